@@ -1,0 +1,45 @@
+"""Recorded data is evidence: the admin shows it, filterable by market and time, never edits it."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.http import HttpRequest
+
+from apps.marketdata.models import OrderbookDelta, OrderbookSnapshot, RecordingConnection
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    # Counting a table of millions of rows on every page load is slow: show "more" instead.
+    show_full_result_count = False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(RecordingConnection)
+class RecordingConnectionAdmin(ReadOnlyAdmin):
+    list_display = ("id", "exchange", "ws_url", "opened_at", "closed_at", "close_reason")
+    list_filter = ("exchange",)
+    date_hierarchy = "opened_at"
+
+
+@admin.register(OrderbookSnapshot)
+class OrderbookSnapshotAdmin(ReadOnlyAdmin):
+    list_display = ("market_ticker", "source", "sid", "seq", "received_at", "exchange_ts")
+    list_filter = ("source", "market_ticker")
+    search_fields = ("market_ticker",)
+    date_hierarchy = "received_at"
+
+
+@admin.register(OrderbookDelta)
+class OrderbookDeltaAdmin(ReadOnlyAdmin):
+    list_display = ("market_ticker", "side", "price_e4", "delta_e2", "sid", "seq", "received_at")
+    list_filter = ("side", "market_ticker")
+    search_fields = ("market_ticker",)
+    date_hierarchy = "received_at"

@@ -1,0 +1,130 @@
+"""Recorded market data.
+
+Units (see apps/marketdata/kalshi/units.py): ``*_e4`` prices are integer $0.0001 (10_000 =
+$1.00), ``*_e2`` sizes are integer 0.01 contract (100 = one contract). Book levels are stored
+as JSON lists of ``[price_e4, size_e2]`` ascending by price; the NO ladder always holds NO-bid
+prices, whatever ``use_yes_price`` mode the connection used.
+
+A message is identified by (connection, sid, seq): Kalshi's seq counts per subscription id and
+sids restart on every WebSocket connection. The unique constraints make every retried batch
+write idempotent.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+
+
+class RecordingConnection(models.Model):
+    """One WebSocket connection of one recorder process: the namespace of its (sid, seq)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    exchange = models.CharField(max_length=16, help_text="local, demo or prod")
+    ws_url = models.CharField(max_length=300)
+    markets = models.JSONField(default=list)
+    use_yes_price = models.BooleanField(default=False)
+    host = models.CharField(max_length=255, blank=True, default="")
+    pid = models.IntegerField(null=True, blank=True)
+    opened_at = models.DateTimeField()
+    closed_at = models.DateTimeField(null=True, blank=True)
+    close_reason = models.CharField(max_length=200, blank=True, default="")
+
+    class Meta:
+        db_table = "rl_recording_connections"
+        ordering = ["-opened_at"]
+
+    def __str__(self) -> str:
+        return f"{self.exchange} connection {self.id} opened {self.opened_at:%Y-%m-%d %H:%M:%S}"
+
+
+class SnapshotSource(models.TextChoices):
+    WS = "ws", "exchange snapshot on subscribe"
+    PERIODIC = "periodic", "recorder's periodic snapshot of its in-memory book"
+    RESYNC = "resync", "exchange snapshot after a gap or error"
+
+
+class OrderbookSnapshot(models.Model):
+    """A full book for one market at one moment.
+
+    Snapshots the recorder takes itself from its in-memory book have no exchange seq: they
+    use ``sid = 0`` (Kalshi's sids start at 1) and a per-connection counter as ``seq``, so
+    their identity cannot collide with an exchange message.
+    """
+
+    PERIODIC_SID = 0
+
+    id = models.BigAutoField(primary_key=True)
+    connection = models.ForeignKey(
+        RecordingConnection, on_delete=models.PROTECT, db_index=False, related_name="snapshots"
+    )
+    market_ticker = models.CharField(max_length=128)
+    sid = models.IntegerField()
+    seq = models.BigIntegerField()
+    yes_levels = models.JSONField(default=list, help_text="[[price_e4, size_e2], ...] ascending")
+    no_levels = models.JSONField(default=list, help_text="[[price_e4, size_e2], ...] ascending")
+    exchange_ts = models.DateTimeField(null=True, blank=True)
+    received_at = models.DateTimeField()
+    source = models.CharField(max_length=8, choices=SnapshotSource.choices)
+
+    class Meta:
+        db_table = "rl_orderbook_snapshots"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["connection", "sid", "seq"], name="rl_snapshot_unique_message"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(source__in=SnapshotSource.values), name="rl_snapshot_source"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["market_ticker", "received_at"], name="rl_snap_market_time"),
+        ]
+        ordering = ["-received_at"]
+
+    def __str__(self) -> str:
+        return f"{self.market_ticker} snapshot sid={self.sid} seq={self.seq}"
+
+
+class BookSide(models.TextChoices):
+    YES = "yes", "YES"
+    NO = "no", "NO"
+
+
+class OrderbookDelta(models.Model):
+    """A signed change of resting size at one price on one side of one market."""
+
+    id = models.BigAutoField(primary_key=True)
+    connection = models.ForeignKey(
+        RecordingConnection, on_delete=models.PROTECT, db_index=False, related_name="deltas"
+    )
+    market_ticker = models.CharField(max_length=128)
+    sid = models.IntegerField()
+    seq = models.BigIntegerField()
+    side = models.CharField(max_length=3, choices=BookSide.choices)
+    price_e4 = models.IntegerField(help_text="NO-side prices are NO-bid prices")
+    delta_e2 = models.BigIntegerField(help_text="signed change in 0.01 contracts")
+    exchange_ts = models.DateTimeField(null=True, blank=True)
+    received_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "rl_orderbook_deltas"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["connection", "sid", "seq"], name="rl_delta_unique_message"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(side__in=BookSide.values), name="rl_delta_side"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(price_e4__gte=0, price_e4__lte=10_000), name="rl_delta_price"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["market_ticker", "received_at"], name="rl_delta_market_time"),
+        ]
+        ordering = ["-received_at"]
+
+    def __str__(self) -> str:
+        return f"{self.market_ticker} {self.side} {self.price_e4} {self.delta_e2:+d}"

@@ -1,0 +1,117 @@
+"""The model registry (rl_models) and trading episodes (rl_trading_episodes)."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class Algorithm(models.TextChoices):
+    PPO = "PPO", "PPO"
+    A2C = "A2C", "A2C"
+    MASKABLE_PPO = "MaskablePPO", "Maskable PPO"
+
+
+class ModelStatus(models.TextChoices):
+    TRAINING = "training", "training"
+    READY = "ready", "ready (trained and evaluated, awaiting promotion)"
+    ACTIVE = "active", "active"
+    RETIRED = "retired", "retired"
+    FAILED = "failed", "failed"
+    CANCELLED = "cancelled", "cancelled"
+
+
+class EpisodeMode(models.TextChoices):
+    """Live does not exist: the product never places real orders."""
+
+    TRAINING = "training", "training"
+    EVALUATION = "evaluation", "evaluation"
+    PAPER = "paper", "paper"
+
+
+class RLModel(models.Model):
+    """One trained (or training) version of a named agent."""
+
+    name = models.CharField(max_length=100)
+    version = models.PositiveIntegerField()
+    algorithm = models.CharField(max_length=16, choices=Algorithm.choices)
+    status = models.CharField(max_length=16, choices=ModelStatus.choices, default="training")
+    hyperparameters = models.JSONField(default=dict, blank=True)
+    metrics = models.JSONField(default=dict, blank=True)
+    progress = models.JSONField(default=dict, blank=True)
+    markets = models.JSONField(default=list)
+    observation_spec_version = models.PositiveIntegerField(default=1)
+    artifact_path = models.CharField(max_length=500, blank=True, default="")
+    artifact_sha256 = models.CharField(max_length=64, blank=True, default="")
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children"
+    )
+    error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    trained_at = models.DateTimeField(null=True, blank=True)
+    promoted_at = models.DateTimeField(null=True, blank=True)
+    promoted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="promoted_models",
+    )
+
+    class Meta:
+        db_table = "rl_models"
+        ordering = ["name", "-version"]
+        constraints = [
+            models.UniqueConstraint(fields=["name", "version"], name="rl_model_name_version"),
+            models.UniqueConstraint(
+                fields=["name"],
+                condition=models.Q(status="active"),
+                name="rl_model_one_active_per_name",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(status__in=ModelStatus.values), name="rl_model_status"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(algorithm__in=Algorithm.values), name="rl_model_algorithm"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} v{self.version} ({self.status})"
+
+
+class TradingEpisode(models.Model):
+    """One run of a model over a stretch of market time, with its summary metrics.
+
+    Money is in price_e4 units ($0.0001); returns, Sharpe, drawdown and win rate are ratios.
+    """
+
+    model = models.ForeignKey(RLModel, on_delete=models.CASCADE, related_name="episodes")
+    mode = models.CharField(max_length=16, choices=EpisodeMode.choices)
+    markets = models.JSONField(default=list)
+    started_at = models.DateTimeField()
+    ended_at = models.DateTimeField(null=True, blank=True)
+    steps = models.PositiveIntegerField(default=0)
+    total_reward = models.FloatField(default=0.0)
+    total_return = models.FloatField(default=0.0, help_text="final value / initial value - 1")
+    sharpe = models.FloatField(null=True, blank=True)
+    max_drawdown = models.FloatField(default=0.0, help_text="largest peak-to-trough fall, ratio")
+    win_rate = models.FloatField(null=True, blank=True)
+    fees_paid_e4 = models.BigIntegerField(default=0)
+    final_positions = models.JSONField(default=dict, blank=True)
+    equity_curve = models.JSONField(default=list, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "rl_trading_episodes"
+        ordering = ["-started_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(mode__in=EpisodeMode.values), name="rl_episode_mode"
+            ),
+        ]
+        indexes = [models.Index(fields=["model", "mode"], name="rl_episode_model_mode")]
+
+    def __str__(self) -> str:
+        return f"{self.mode} episode of {self.model} at {self.started_at:%Y-%m-%d %H:%M}"

@@ -1,0 +1,51 @@
+"""Settings come from the environment; live trading stops start-up."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from kalshiflow_site.modes import LiveTradingRefused, validate_mode
+from tests.conftest import REPO_ROOT
+
+
+def run_check(**env: str) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, **env}
+    full_env.pop("DATABASE_URL", None)
+    return subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=REPO_ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("mode", ["live", "LIVE", "real", ""])
+def test_validate_mode_refuses_anything_but_the_three_modes(mode: str) -> None:
+    with pytest.raises(LiveTradingRefused):
+        validate_mode(mode)
+
+
+def test_validate_mode_accepts_the_three_modes() -> None:
+    assert [validate_mode(m) for m in ("training", "Evaluation", " paper ")] == [
+        "training",
+        "evaluation",
+        "paper",
+    ]
+
+
+def test_rl_mode_live_stops_start_up_with_a_clear_error() -> None:
+    result = run_check(RL_MODE="live")
+    assert result.returncode != 0
+    assert "RL_MODE='live' is refused" in result.stderr
+
+
+def test_the_project_starts_with_zero_configuration(tmp_path) -> None:
+    result = run_check(RL_VAR_DIR=str(tmp_path), RL_MODE="paper")
+    assert result.returncode == 0, result.stderr
+    assert "no issues" in result.stdout
