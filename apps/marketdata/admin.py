@@ -5,7 +5,13 @@ from __future__ import annotations
 from django.contrib import admin
 from django.http import HttpRequest
 
-from apps.marketdata.models import OrderbookDelta, OrderbookSnapshot, RecordingConnection
+from apps.marketdata.models import (
+    OrderbookDelta,
+    OrderbookSnapshot,
+    PublicTrade,
+    RecordingConnection,
+    RecordingEvent,
+)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -43,3 +49,17 @@ class OrderbookDeltaAdmin(ReadOnlyAdmin):
     list_filter = ("side", "market_ticker")
     search_fields = ("market_ticker",)
     date_hierarchy = "received_at"
+
+
+@admin.register(PublicTrade)
+class PublicTradeAdmin(ReadOnlyAdmin):
+    list_display = ("market_ticker", "yes_price_e4", "count_e2", "taker_side", "received_at")
+    list_filter = ("taker_side", "market_ticker")
+    date_hierarchy = "received_at"
+
+
+@admin.register(RecordingEvent)
+class RecordingEventAdmin(ReadOnlyAdmin):
+    list_display = ("kind", "market_ticker", "sid", "expected_seq", "got_seq", "detail", "at")
+    list_filter = ("kind", "market_ticker")
+    date_hierarchy = "at"

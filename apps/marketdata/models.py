@@ -128,3 +128,74 @@ class OrderbookDelta(models.Model):
 
     def __str__(self) -> str:
         return f"{self.market_ticker} {self.side} {self.price_e4} {self.delta_e2:+d}"
+
+
+class PublicTrade(models.Model):
+    """A public execution from the ``trade`` channel (taker side; prices in e4, count in e2)."""
+
+    id = models.BigAutoField(primary_key=True)
+    connection = models.ForeignKey(
+        RecordingConnection, on_delete=models.PROTECT, db_index=False, related_name="trades"
+    )
+    market_ticker = models.CharField(max_length=128)
+    sid = models.IntegerField()
+    seq = models.BigIntegerField()
+    trade_id = models.CharField(max_length=64)
+    yes_price_e4 = models.IntegerField()
+    no_price_e4 = models.IntegerField()
+    count_e2 = models.BigIntegerField()
+    taker_side = models.CharField(max_length=3, choices=BookSide.choices)
+    exchange_ts = models.DateTimeField(null=True, blank=True)
+    received_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "rl_public_trades"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["connection", "sid", "seq"], name="rl_trade_unique_message"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["market_ticker", "received_at"], name="rl_trade_market_time"),
+        ]
+        ordering = ["-received_at"]
+
+    def __str__(self) -> str:
+        return f"{self.market_ticker} {self.count_e2} @ {self.yes_price_e4} ({self.taker_side})"
+
+
+class RecordingEventKind(models.TextChoices):
+    CONNECTED = "connected", "connected and subscribed"
+    GAP = "gap", "sequence gap: books on the sid untrusted until a fresh snapshot"
+    RESYNC = "resync", "resync requested"
+    CROSSED = "crossed", "crossed book detected"
+    SUB_ERROR = "sub_error", "subscription error from the exchange"
+    DISCONNECT = "disconnect", "socket closed or timed out"
+
+
+class RecordingEvent(models.Model):
+    """An explicit marker of where recorded books were untrusted (gaps, resyncs, disconnects).
+
+    Anyone rebuilding history treats a market (or, without a market, every market of the
+    connection / sid) as untrusted from a marker until its next snapshot.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    connection = models.ForeignKey(
+        RecordingConnection, on_delete=models.PROTECT, related_name="events"
+    )
+    kind = models.CharField(max_length=16, choices=RecordingEventKind.choices)
+    market_ticker = models.CharField(max_length=128, blank=True, default="")
+    sid = models.IntegerField(null=True, blank=True)
+    expected_seq = models.BigIntegerField(null=True, blank=True)
+    got_seq = models.BigIntegerField(null=True, blank=True)
+    detail = models.CharField(max_length=500, blank=True, default="")
+    at = models.DateTimeField()
+
+    class Meta:
+        db_table = "rl_recording_events"
+        indexes = [models.Index(fields=["market_ticker", "at"], name="rl_event_market_time")]
+        ordering = ["-at"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.market_ticker or '*'} at {self.at:%H:%M:%S}"
