@@ -1,0 +1,682 @@
+"""Typed parsing of Kalshi WebSocket server frames (kalshi-protocol.md §3, §4, §5).
+
+One call, :meth:`FrameDecoder.decode`, turns a raw frame into one of the frozen structs below,
+already in the product's fixed-point units (see :mod:`.units`): prices are ``price_e4``
+(10_000 = $1.00), sizes ``size_e2`` (100 = one contract), times ``*_ms`` (Unix milliseconds).
+
+Every historic wire format of the orderbook channel is accepted (legacy integer cents and
+contracts, ``*_dollars`` with integer sizes, ``*_dollars_fp`` / ``delta_fp`` fixed-point
+strings); when several are present the most precise one wins. With ``use_yes_price=True``
+the NO side arrives on the YES scale and is turned back into NO-bid prices here, so the rest
+of the product only ever sees NO bids in NO prices.
+
+Anything malformed raises :class:`ProtocolError` and nothing is coerced: booleans and floats
+are not integers, prices above $1 or with more than 4 decimals and sizes with more than 2
+decimals are rejected. A frame whose ``type`` is unknown is not an error: it comes back as
+:class:`UnknownMessage` so that its ``seq`` still counts.
+
+No Django here. The decode path for deltas is kept short on purpose: it runs for every
+message the recorder receives (see ``benchmarks/bench_book.py``).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Final, Literal
+
+import msgspec
+
+from apps.marketdata.kalshi.units import (
+    PRICE_SCALE,
+    UnitError,
+    cents_to_e4,
+    complement_e4,
+    contracts_to_e2,
+    count_to_e2,
+    dollars_to_e4,
+    e4_to_dollars,
+)
+
+__all__ = [
+    "ErrorMessage",
+    "FrameDecoder",
+    "Message",
+    "Ok",
+    "OrderbookDelta",
+    "OrderbookSnapshot",
+    "ProtocolError",
+    "Side",
+    "Subscribed",
+    "SubscriptionInfo",
+    "Ticker",
+    "Trade",
+    "UnknownMessage",
+    "Unsubscribed",
+    "parse_frame",
+]
+
+Side = Literal["yes", "no"]
+Level = tuple[int, int]  # (price_e4, size_e2)
+
+RAW_EXCERPT_BYTES: Final = 2048  # how much of a bad frame a ProtocolError keeps
+
+
+class ProtocolError(ValueError):
+    """A frame that is not valid Kalshi protocol.
+
+    ``reason`` is a sentence saying what is wrong; ``raw`` is the offending frame, cut to
+    its first :data:`RAW_EXCERPT_BYTES` bytes/characters so logs stay bounded.
+    """
+
+    def __init__(self, reason: str, raw: bytes | str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.raw = _excerpt(raw)
+
+
+def _excerpt(raw: object) -> bytes | str | None:
+    if isinstance(raw, bytes | str):
+        return raw[:RAW_EXCERPT_BYTES]
+    if isinstance(raw, bytearray | memoryview):
+        return bytes(raw[:RAW_EXCERPT_BYTES])
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Normalised messages (what callers get)
+# --------------------------------------------------------------------------------------------
+# Every message has ``sid`` and ``seq`` (None when the frame has none) so that sequence
+# tracking is one line for the caller, whatever the type.
+
+
+class OrderbookSnapshot(msgspec.Struct, frozen=True, gc=False):
+    """Full book of one market. Levels are (price_e4, size_e2) bids, ascending by price.
+
+    ``no`` holds NO bids in NO prices whatever the subscription's ``use_yes_price``.
+    ``id`` is set when the snapshot answers an ``update_subscription``/``get_snapshot``.
+    """
+
+    sid: int
+    seq: int
+    market_ticker: str
+    market_id: str | None
+    yes: list[Level]
+    no: list[Level]
+    sending_ts_ms: int | None = None
+    id: int | None = None
+
+
+class OrderbookDelta(msgspec.Struct, frozen=True, gc=False):
+    """Signed change ``delta_e2`` of resting size at ``price_e4`` on one side's bids."""
+
+    sid: int
+    seq: int
+    market_ticker: str
+    market_id: str | None
+    side: Side
+    price_e4: int
+    delta_e2: int
+    ts_ms: int | None = None
+    sending_ts_ms: int | None = None
+    client_order_id: str | None = None
+
+
+class Subscribed(msgspec.Struct, frozen=True, gc=False):
+    """Ack of one channel of a ``subscribe`` command; ``sid`` is the new subscription."""
+
+    id: int | None
+    channel: str
+    sid: int
+    seq: None = None  # acks of this kind never take a sequence number
+
+
+class Unsubscribed(msgspec.Struct, frozen=True, gc=False):
+    """Ack of ``unsubscribe`` for one sid; it takes the sid's next ``seq``."""
+
+    id: int | None
+    sid: int
+    seq: int | None
+
+
+class SubscriptionInfo(msgspec.Struct, frozen=True, gc=False):
+    """One entry of a ``list_subscriptions`` answer."""
+
+    channel: str
+    sid: int
+
+
+class Ok(msgspec.Struct, frozen=True, gc=False):
+    """Generic ack.
+
+    After ``update_subscription`` (or a merged ``subscribe``) it has ``sid``, ``seq`` and the
+    full ``market_tickers`` list; after ``list_subscriptions`` it has ``subscriptions``.
+    ``market_tickers`` is None when the server left it out (``skip_ticker_ack``).
+    """
+
+    id: int | None
+    sid: int | None
+    seq: int | None
+    market_tickers: list[str] | None = None
+    subscriptions: list[SubscriptionInfo] | None = None
+    sending_ts_ms: int | None = None
+
+
+class ErrorMessage(msgspec.Struct, frozen=True, gc=False):
+    """A server ``error`` frame: ``code`` as in the §3 table, ``message`` the server's text."""
+
+    id: int | None
+    sid: int | None
+    code: int
+    message: str
+    market_ticker: str | None = None
+    market_id: str | None = None
+    seq: int | None = None
+
+
+class Trade(msgspec.Struct, frozen=True, gc=False):
+    """A public trade print. ``ts_ms`` falls back to ``ts`` (seconds) x 1000."""
+
+    sid: int
+    seq: int | None
+    trade_id: str
+    market_ticker: str
+    yes_price_e4: int
+    no_price_e4: int
+    count_e2: int
+    taker_side: Side
+    ts_ms: int | None
+    sending_ts_ms: int | None = None
+
+
+class Ticker(msgspec.Struct, frozen=True, gc=False):
+    """Top-of-book / last-trade summary of one market (no ``seq`` on this channel).
+
+    Prices are ``price_e4`` and may be None when the frame leaves them out; ``yes_ask_e4``
+    of 10_000 means "no ask". ``ts_ms`` falls back to ``ts`` (seconds) x 1000.
+    """
+
+    sid: int
+    market_ticker: str
+    market_id: str | None
+    price_e4: int | None
+    yes_bid_e4: int | None
+    yes_ask_e4: int | None
+    volume_e2: int | None
+    open_interest_e2: int | None
+    ts_ms: int | None
+    sending_ts_ms: int | None = None
+    seq: None = None
+
+
+class UnknownMessage(msgspec.Struct, frozen=True, gc=False):
+    """A frame whose ``type`` this parser does not model; its ``seq`` still counts."""
+
+    type: str
+    sid: int | None
+    seq: int | None
+
+
+Message = (
+    OrderbookSnapshot
+    | OrderbookDelta
+    | Subscribed
+    | Unsubscribed
+    | Ok
+    | ErrorMessage
+    | Trade
+    | Ticker
+    | UnknownMessage
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Wire structs (what msgspec decodes into; private)
+# --------------------------------------------------------------------------------------------
+# msgspec checks types in C, strictly: no str->int, no bool->int, no float->int. Unknown keys
+# are skipped. Constraints below are the ones that would otherwise need Python code.
+
+# Upper bound: these end up in PostgreSQL bigint columns.
+_INT64_MAX: Final = 2**63 - 1
+_Sid = Annotated[int, msgspec.Meta(ge=1, le=_INT64_MAX)]
+_Count = Annotated[int, msgspec.Meta(ge=0, le=_INT64_MAX)]  # seq, ids, timestamps
+_Ticker = Annotated[str, msgspec.Meta(min_length=1)]
+
+
+class _Wire(msgspec.Struct, tag_field="type", gc=False):
+    pass
+
+
+class _SnapshotBody(msgspec.Struct, gc=False):
+    market_ticker: _Ticker
+    market_id: str | None = None
+    yes_dollars_fp: list[tuple[str, str]] | None = None
+    no_dollars_fp: list[tuple[str, str]] | None = None
+    yes_dollars: list[tuple[str, int]] | None = None
+    no_dollars: list[tuple[str, int]] | None = None
+    yes: list[tuple[int, int]] | None = None
+    no: list[tuple[int, int]] | None = None
+
+
+class _SnapshotFrame(_Wire, tag="orderbook_snapshot"):
+    sid: _Sid
+    seq: _Count
+    msg: _SnapshotBody
+    sending_ts_ms: _Count | None = None
+    id: _Count | None = None
+
+
+class _DeltaBody(msgspec.Struct, gc=False):
+    market_ticker: _Ticker
+    side: Side
+    market_id: str | None = None
+    price_dollars: str | None = None
+    delta_fp: str | None = None
+    price: int | None = None
+    delta: int | None = None
+    ts_ms: _Count | None = None
+    ts: str | None = None
+    client_order_id: str | None = None
+
+
+class _DeltaFrame(_Wire, tag="orderbook_delta"):
+    sid: _Sid
+    seq: _Count
+    msg: _DeltaBody
+    sending_ts_ms: _Count | None = None
+
+
+class _SubscribedBody(msgspec.Struct, gc=False):
+    channel: str
+    sid: _Sid
+
+
+class _SubscribedFrame(_Wire, tag="subscribed"):
+    msg: _SubscribedBody
+    id: _Count | None = None
+
+
+class _UnsubscribedFrame(_Wire, tag="unsubscribed"):
+    sid: _Sid
+    seq: _Count | None = None
+    id: _Count | None = None
+
+
+class _OkMarkets(msgspec.Struct, gc=False):
+    market_tickers: list[_Ticker] | None = None
+
+
+class _SubscriptionItem(msgspec.Struct, gc=False):
+    channel: str
+    sid: _Sid
+
+
+class _OkFrame(_Wire, tag="ok"):
+    msg: _OkMarkets | list[_SubscriptionItem] | None = None
+    sid: _Sid | None = None
+    seq: _Count | None = None
+    id: _Count | None = None
+    sending_ts_ms: _Count | None = None
+
+
+class _ErrorBody(msgspec.Struct, gc=False):
+    code: int
+    msg: str
+    market_ticker: str | None = None
+    market_id: str | None = None
+
+
+class _ErrorFrame(_Wire, tag="error"):
+    msg: _ErrorBody
+    sid: _Sid | None = None
+    seq: _Count | None = None
+    id: _Count | None = None
+
+
+class _TradeBody(msgspec.Struct, gc=False):
+    trade_id: str
+    market_ticker: _Ticker
+    taker_side: Side
+    yes_price_dollars: str | None = None
+    no_price_dollars: str | None = None
+    yes_price: int | None = None
+    no_price: int | None = None
+    count_fp: str | None = None
+    count: int | None = None
+    ts: _Count | None = None
+    ts_ms: _Count | None = None
+
+
+class _TradeFrame(_Wire, tag="trade"):
+    sid: _Sid
+    msg: _TradeBody
+    seq: _Count | None = None
+    sending_ts_ms: _Count | None = None
+
+
+class _TickerBody(msgspec.Struct, gc=False):
+    market_ticker: _Ticker
+    market_id: str | None = None
+    price_dollars: str | None = None
+    yes_bid_dollars: str | None = None
+    yes_ask_dollars: str | None = None
+    price: int | None = None
+    yes_bid: int | None = None
+    yes_ask: int | None = None
+    volume_fp: str | None = None
+    volume: int | None = None
+    open_interest_fp: str | None = None
+    open_interest: int | None = None
+    ts: _Count | None = None
+    ts_ms: _Count | None = None
+
+
+class _TickerFrame(_Wire, tag="ticker"):
+    sid: _Sid
+    msg: _TickerBody
+    sending_ts_ms: _Count | None = None
+
+
+class _Envelope(msgspec.Struct, gc=False):
+    """Just enough of any frame to report an unknown type and keep its seq."""
+
+    type: str
+    sid: _Sid | None = None
+    seq: _Count | None = None
+
+
+_WireFrame = (
+    _SnapshotFrame
+    | _DeltaFrame
+    | _SubscribedFrame
+    | _UnsubscribedFrame
+    | _OkFrame
+    | _ErrorFrame
+    | _TradeFrame
+    | _TickerFrame
+)
+_KNOWN_TYPES: Final = frozenset(
+    cls.__struct_config__.tag
+    for cls in _WireFrame.__args__  # type: ignore[attr-defined]
+)
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS: Final = timedelta(milliseconds=1)
+
+
+class _Reject(Exception):
+    """Raised by the converters; decode() adds the frame type and the raw frame."""
+
+
+# --------------------------------------------------------------------------------------------
+# Field converters
+# --------------------------------------------------------------------------------------------
+
+
+def _book_price(price_e4: int, side: str, *, yes_scale: bool) -> int:
+    """A bid price on the book: strictly inside ($0, $1), NO side back on the NO scale."""
+    if yes_scale and side == "no":
+        price_e4 = complement_e4(price_e4)
+    if not 0 < price_e4 < PRICE_SCALE:
+        raise _Reject(_outside_book(side, price_e4))
+    return price_e4
+
+
+def _outside_book(side: str, price_e4: int) -> str:
+    return f"the {side} bid price ${e4_to_dollars(price_e4)} is not strictly between $0 and $1"
+
+
+def _levels(body: _SnapshotBody, side: Side, *, yes_scale: bool) -> list[Level]:
+    """One side of a snapshot from its most precise format, ascending, no duplicate prices."""
+    fp = body.yes_dollars_fp if side == "yes" else body.no_dollars_fp
+    if fp is not None:
+        levels = [(dollars_to_e4(p), count_to_e2(s)) for p, s in fp]
+    else:
+        dollars = body.yes_dollars if side == "yes" else body.no_dollars
+        if dollars is not None:
+            levels = [(dollars_to_e4(p), contracts_to_e2(s)) for p, s in dollars]
+        else:
+            cents = body.yes if side == "yes" else body.no
+            if cents is None:
+                return []  # the key is absent when that side is empty
+            levels = [(cents_to_e4(p), contracts_to_e2(s)) for p, s in cents]
+    levels = [(_book_price(p, side, yes_scale=yes_scale), s) for p, s in levels]
+    # With use_yes_price the NO side arrives in descending NO price; sorting an already
+    # ascending list is linear, so sort always rather than trust the order.
+    levels.sort()
+    for i in range(1, len(levels)):
+        if levels[i][0] == levels[i - 1][0]:
+            raise _Reject(f"the {side} side lists price {levels[i][0]} e4 twice")
+    return levels
+
+
+def _rfc3339_to_ms(text: str) -> int:
+    """``"2026-10-08T02:47:03.348Z"`` -> Unix ms; any number of fractional digits."""
+    try:
+        moment = msgspec.convert(text, datetime)
+    except msgspec.ValidationError:
+        raise _Reject(f"ts {text!r} is not an RFC 3339 timestamp") from None
+    if moment.tzinfo is None:
+        raise _Reject(f"ts {text!r} has no UTC offset")
+    return (moment - _EPOCH) // _ONE_MS
+
+
+def _optional_price(dollars: str | None, cents: int | None) -> int | None:
+    if dollars is not None:
+        return dollars_to_e4(dollars)
+    if cents is not None:
+        return cents_to_e4(cents)
+    return None
+
+
+def _optional_size(fp: str | None, contracts: int | None) -> int | None:
+    if fp is not None:
+        return count_to_e2(fp)
+    if contracts is not None:
+        return contracts_to_e2(contracts)
+    return None
+
+
+def _seconds_or_ms(ts_ms: int | None, ts_s: int | None) -> int | None:
+    if ts_ms is not None:
+        return ts_ms
+    return None if ts_s is None else ts_s * 1000
+
+
+# --------------------------------------------------------------------------------------------
+# Decoder
+# --------------------------------------------------------------------------------------------
+
+
+class FrameDecoder:
+    """Decodes raw server frames of one connection into typed messages.
+
+    ``use_yes_price`` must match what the orderbook subscription asked for (protocol §4):
+    with True, NO-side prices arrive on the YES scale and are converted back here.
+    One decoder is cheap; it keeps no per-frame state and is safe to reuse forever.
+    """
+
+    __slots__ = ("_decoder", "_envelope", "_handlers", "use_yes_price")
+
+    def __init__(self, *, use_yes_price: bool = False) -> None:
+        self.use_yes_price = use_yes_price
+        self._decoder = msgspec.json.Decoder(_WireFrame)
+        self._envelope = msgspec.json.Decoder(_Envelope)
+        self._handlers = {
+            _SnapshotFrame: self._snapshot,
+            _SubscribedFrame: _subscribed,
+            _UnsubscribedFrame: _unsubscribed,
+            _OkFrame: _ok,
+            _ErrorFrame: _error,
+            _TradeFrame: _trade,
+            _TickerFrame: _ticker,
+        }
+
+    def decode(self, raw: bytes | str) -> Message:
+        """Parse one frame (bytes or text) into a message; raises :class:`ProtocolError`."""
+        try:
+            frame = self._decoder.decode(raw)
+        except (msgspec.MsgspecError, UnicodeError, RecursionError, TypeError) as exc:
+            return self._fallback(raw, exc)
+        # msgspec validates UTF-8 only inside the strings it keeps; an ASCII check costs a
+        # few ns and sends the rare non-ASCII frame through a full validation.
+        if type(raw) is not str and not (type(raw) is bytes and raw.isascii()):
+            _require_utf8(raw)
+        try:
+            if type(frame) is _DeltaFrame:  # the hot path: checked first, kept inline
+                m = frame.msg
+                if m.price_dollars is not None:
+                    price_e4 = dollars_to_e4(m.price_dollars)
+                elif m.price is not None:
+                    price_e4 = cents_to_e4(m.price)
+                else:
+                    raise _Reject("it has neither price_dollars nor price")
+                if m.delta_fp is not None:
+                    delta_e2 = count_to_e2(m.delta_fp, signed=True)
+                elif m.delta is not None:
+                    delta_e2 = contracts_to_e2(m.delta, signed=True)
+                else:
+                    raise _Reject("it has neither delta_fp nor delta")
+                side = m.side
+                if side == "no" and self.use_yes_price:
+                    price_e4 = complement_e4(price_e4)
+                if not 0 < price_e4 < PRICE_SCALE:
+                    raise _Reject(_outside_book(side, price_e4))
+                ts_ms = m.ts_ms
+                if ts_ms is None and m.ts is not None:
+                    ts_ms = _rfc3339_to_ms(m.ts)
+                return OrderbookDelta(
+                    frame.sid,
+                    frame.seq,
+                    m.market_ticker,
+                    m.market_id,
+                    side,
+                    price_e4,
+                    delta_e2,
+                    ts_ms,
+                    frame.sending_ts_ms,
+                    m.client_order_id,
+                )
+            return self._handlers[type(frame)](frame)
+        except (_Reject, UnitError) as exc:
+            raise ProtocolError(
+                f"{frame.__struct_config__.tag} frame rejected: {exc}", raw
+            ) from None
+
+    def _snapshot(self, frame: _SnapshotFrame) -> OrderbookSnapshot:
+        body = frame.msg
+        return OrderbookSnapshot(
+            frame.sid,
+            frame.seq,
+            body.market_ticker,
+            body.market_id,
+            _levels(body, "yes", yes_scale=self.use_yes_price),
+            _levels(body, "no", yes_scale=self.use_yes_price),
+            frame.sending_ts_ms,
+            frame.id,
+        )
+
+    def _fallback(self, raw: bytes | str, exc: BaseException) -> UnknownMessage:
+        """The typed decode failed: an unknown ``type`` is fine, anything else is an error."""
+        if isinstance(exc, UnicodeError):
+            raise ProtocolError(f"the frame is not valid UTF-8 text: {exc.reason}", raw) from None
+        if isinstance(exc, RecursionError):
+            raise ProtocolError("the frame nests JSON too deeply", raw) from None
+        if isinstance(exc, TypeError):
+            raise ProtocolError(
+                f"a frame must be bytes or str, not {type(raw).__name__}", raw
+            ) from None
+        # ValidationError subclasses DecodeError: only the latter means "not JSON".
+        if not isinstance(exc, msgspec.ValidationError):
+            raise ProtocolError(f"the frame is not valid JSON ({exc})", raw) from None
+        try:
+            envelope = self._envelope.decode(raw)
+        except msgspec.MsgspecError as envelope_exc:
+            raise ProtocolError(
+                f"the frame is not a Kalshi message ({envelope_exc})", raw
+            ) from None
+        if envelope.type in _KNOWN_TYPES:
+            raise ProtocolError(f"{envelope.type} frame rejected: {exc}", raw) from None
+        if type(raw) is not str:
+            _require_utf8(raw)
+        return UnknownMessage(envelope.type, envelope.sid, envelope.seq)
+
+
+def _require_utf8(raw: bytes | bytearray | memoryview) -> None:
+    try:
+        bytes(raw).decode()
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"the frame is not valid UTF-8: {exc.reason}", raw) from None
+
+
+def _subscribed(frame: _SubscribedFrame) -> Subscribed:
+    return Subscribed(frame.id, frame.msg.channel, frame.msg.sid)
+
+
+def _unsubscribed(frame: _UnsubscribedFrame) -> Unsubscribed:
+    return Unsubscribed(frame.id, frame.sid, frame.seq)
+
+
+def _ok(frame: _OkFrame) -> Ok:
+    body = frame.msg
+    if isinstance(body, list):
+        subscriptions = [SubscriptionInfo(item.channel, item.sid) for item in body]
+        return Ok(frame.id, frame.sid, frame.seq, None, subscriptions, frame.sending_ts_ms)
+    tickers = None if body is None else body.market_tickers
+    return Ok(frame.id, frame.sid, frame.seq, tickers, None, frame.sending_ts_ms)
+
+
+def _error(frame: _ErrorFrame) -> ErrorMessage:
+    body = frame.msg
+    return ErrorMessage(
+        frame.id, frame.sid, body.code, body.msg, body.market_ticker, body.market_id, frame.seq
+    )
+
+
+def _trade(frame: _TradeFrame) -> Trade:
+    body = frame.msg
+    yes_price_e4 = _optional_price(body.yes_price_dollars, body.yes_price)
+    no_price_e4 = _optional_price(body.no_price_dollars, body.no_price)
+    count_e2 = _optional_size(body.count_fp, body.count)
+    if yes_price_e4 is None or no_price_e4 is None:
+        raise _Reject("it lacks the yes or no price")
+    if count_e2 is None:
+        raise _Reject("it has neither count_fp nor count")
+    return Trade(
+        frame.sid,
+        frame.seq,
+        body.trade_id,
+        body.market_ticker,
+        yes_price_e4,
+        no_price_e4,
+        count_e2,
+        body.taker_side,
+        _seconds_or_ms(body.ts_ms, body.ts),
+        frame.sending_ts_ms,
+    )
+
+
+def _ticker(frame: _TickerFrame) -> Ticker:
+    body = frame.msg
+    return Ticker(
+        frame.sid,
+        body.market_ticker,
+        body.market_id,
+        _optional_price(body.price_dollars, body.price),
+        _optional_price(body.yes_bid_dollars, body.yes_bid),
+        _optional_price(body.yes_ask_dollars, body.yes_ask),
+        _optional_size(body.volume_fp, body.volume),
+        _optional_size(body.open_interest_fp, body.open_interest),
+        _seconds_or_ms(body.ts_ms, body.ts),
+        frame.sending_ts_ms,
+    )
+
+
+_DEFAULT_DECODERS: dict[bool, FrameDecoder] = {}
+
+
+def parse_frame(raw: bytes | str, *, use_yes_price: bool = False) -> Message:
+    """Convenience wrapper around a shared :class:`FrameDecoder` per ``use_yes_price``."""
+    decoder = _DEFAULT_DECODERS.get(use_yes_price)
+    if decoder is None:
+        decoder = _DEFAULT_DECODERS[use_yes_price] = FrameDecoder(use_yes_price=use_yes_price)
+    return decoder.decode(raw)
