@@ -376,6 +376,10 @@ class _TickerFrame(_Wire, tag="ticker"):
     sending_ts_ms: _Count | None = None
 
 
+class _TypeOnly(msgspec.Struct, gc=False):
+    type: str
+
+
 class _Envelope(msgspec.Struct, gc=False):
     """Just enough of any frame to report an unknown type and keep its seq."""
 
@@ -445,18 +449,28 @@ def _levels(body: _SnapshotBody, side: Side, *, yes_scale: bool) -> list[Level]:
     levels.sort()
     for i in range(1, len(levels)):
         if levels[i][0] == levels[i - 1][0]:
-            raise _Reject(f"the {side} side lists price {levels[i][0]} e4 twice")
+            raise _Reject(f"the {side} side lists price ${e4_to_dollars(levels[i][0])} twice")
     return levels
 
 
 def _rfc3339_to_ms(text: str) -> int:
     """``"2026-10-08T02:47:03.348Z"`` -> Unix ms; any number of fractional digits."""
+    original = text
+    dot = text.find(".")
+    if dot != -1:
+        # Keep 3 fractional digits: the parser would round sub-microsecond digits, which
+        # could push a time into the next millisecond; truncation keeps it in its own.
+        end = dot + 1
+        while end < len(text) and "0" <= text[end] <= "9":
+            end += 1
+        if end - dot > 4:
+            text = text[: dot + 4] + text[end:]
     try:
         moment = msgspec.convert(text, datetime)
     except msgspec.ValidationError:
-        raise _Reject(f"ts {text!r} is not an RFC 3339 timestamp") from None
+        raise _Reject(f"ts {original!r} is not an RFC 3339 timestamp") from None
     if moment.tzinfo is None:
-        raise _Reject(f"ts {text!r} has no UTC offset")
+        raise _Reject(f"ts {original!r} has no UTC offset")
     return (moment - _EPOCH) // _ONE_MS
 
 
@@ -495,12 +509,13 @@ class FrameDecoder:
     One decoder is cheap; it keeps no per-frame state and is safe to reuse forever.
     """
 
-    __slots__ = ("_decoder", "_envelope", "_handlers", "use_yes_price")
+    __slots__ = ("_decoder", "_envelope", "_handlers", "_type_only", "use_yes_price")
 
     def __init__(self, *, use_yes_price: bool = False) -> None:
         self.use_yes_price = use_yes_price
         self._decoder = msgspec.json.Decoder(_WireFrame)
         self._envelope = msgspec.json.Decoder(_Envelope)
+        self._type_only = msgspec.json.Decoder(_TypeOnly)
         self._handlers = {
             _SnapshotFrame: self._snapshot,
             _SubscribedFrame: _subscribed,
@@ -578,7 +593,7 @@ class FrameDecoder:
     def _fallback(self, raw: bytes | str, exc: BaseException) -> UnknownMessage:
         """The typed decode failed: an unknown ``type`` is fine, anything else is an error."""
         if isinstance(exc, UnicodeError):
-            raise ProtocolError(f"the frame is not valid UTF-8 text: {exc.reason}", raw) from None
+            raise ProtocolError(f"the frame is not valid UTF-8 ({exc.reason})", raw) from None
         if isinstance(exc, RecursionError):
             raise ProtocolError("the frame nests JSON too deeply", raw) from None
         if isinstance(exc, TypeError):
@@ -589,13 +604,15 @@ class FrameDecoder:
         if not isinstance(exc, msgspec.ValidationError):
             raise ProtocolError(f"the frame is not valid JSON ({exc})", raw) from None
         try:
+            kind = self._type_only.decode(raw).type
+        except msgspec.MsgspecError as type_exc:
+            raise ProtocolError(f"the frame is not a Kalshi message ({type_exc})", raw) from None
+        if kind in _KNOWN_TYPES:
+            raise ProtocolError(f"{kind} frame rejected: {exc}", raw) from None
+        try:
             envelope = self._envelope.decode(raw)
         except msgspec.MsgspecError as envelope_exc:
-            raise ProtocolError(
-                f"the frame is not a Kalshi message ({envelope_exc})", raw
-            ) from None
-        if envelope.type in _KNOWN_TYPES:
-            raise ProtocolError(f"{envelope.type} frame rejected: {exc}", raw) from None
+            raise ProtocolError(f"{kind} frame rejected: {envelope_exc}", raw) from None
         if type(raw) is not str:
             _require_utf8(raw)
         return UnknownMessage(envelope.type, envelope.sid, envelope.seq)
@@ -605,7 +622,7 @@ def _require_utf8(raw: bytes | bytearray | memoryview) -> None:
     try:
         bytes(raw).decode()
     except UnicodeDecodeError as exc:
-        raise ProtocolError(f"the frame is not valid UTF-8: {exc.reason}", raw) from None
+        raise ProtocolError(f"the frame is not valid UTF-8 ({exc.reason})", raw) from None
 
 
 def _subscribed(frame: _SubscribedFrame) -> Subscribed:
