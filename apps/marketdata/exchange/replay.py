@@ -336,8 +336,9 @@ class JsonlReplaySource(MarketDataSource):
         self.skipped_lines = 0
         self.events_applied = 0
 
-    def events(self) -> Iterator[ReplayEvent]:
-        """Every replayable event in file order; unreadable lines are counted and skipped."""
+    def events(self, *, warn: bool = True) -> Iterator[ReplayEvent]:
+        """Every replayable event in file order; unreadable lines are counted and skipped
+        (the first few logged when ``warn``)."""
         self.skipped_lines = 0
         with self.path.open(encoding="utf-8") as handle:
             for number, line in enumerate(handle, 1):
@@ -347,7 +348,7 @@ class JsonlReplaySource(MarketDataSource):
                     event = parse_line(line, recorded_use_yes_price=self.recorded_use_yes_price)
                 except (ValueError, UnitError, TypeError) as exc:
                     self.skipped_lines += 1
-                    if self.skipped_lines <= 5:
+                    if warn and self.skipped_lines <= 5:
                         logger.warning("%s:%d skipped: %s", self.path, number, exc)
                     continue
                 if event is not None:
@@ -358,7 +359,7 @@ class JsonlReplaySource(MarketDataSource):
 
     def _scan(self) -> list[Market]:
         found: dict[str, tuple[str | None, set[int], bool]] = {}
-        for event in self.events():
+        for event in self.events(warn=False):  # run() reports bad lines, once
             market_id, prices, fractional = found.get(event.ticker, (None, set(), False))
             more_prices, more_fractional = event_prices(event)
             found[event.ticker] = (

@@ -466,6 +466,11 @@ class LocalExchange:
             raise RuntimeError("this LocalExchange is already running")
         await self.prepare()
         self._gate_event()
+        ws_logger = logging.getLogger(f"{__name__}.ws")
+        if ws_logger.level == logging.NOTSET:
+            # websockets logs every connection and every REST response at INFO; keep that
+            # out of the product's logs unless someone configures this logger explicitly.
+            ws_logger.setLevel(logging.WARNING)
         self._source_done = asyncio.Event()
         server = await serve(
             self._handle,
@@ -476,7 +481,10 @@ class LocalExchange:
             compression="deflate" if self.config.compression else None,
             max_size=2**20,
             write_limit=2**20,
-            logger=logging.getLogger(f"{__name__}.ws"),
+            # A client that stopped reading never sees our close frame; don't let it hold up
+            # shutdown for websockets' default 10 s.
+            close_timeout=2.0,
+            logger=ws_logger,
         )
         self._server = server
         bound_port = server.sockets[0].getsockname()[1]
