@@ -528,3 +528,20 @@ def test_the_exchange_pings_with_heartbeat_and_answers_client_pings() -> None:
         assert exchange.stats.pings_sent >= 3
 
     run(body())
+
+
+def test_a_client_that_answers_no_ping_is_dropped_after_the_pong_timeout() -> None:
+    async def body() -> None:
+        exchange = make_exchange(start_paused=True, ping_interval_s=0.1, pong_timeout_s=0.25)
+        async with exchange.running() as url:
+            client = await Client.connect(url)
+            await client.barrier()
+            client.ws.transport.pause_reading()  # our pings go unread, so unanswered
+            await asyncio.sleep(0.6)
+            assert exchange.stats.pong_timeouts == 1
+            assert exchange.connection_count == 0
+            client.ws.transport.resume_reading()
+            with pytest.raises(ConnectionClosed):
+                await client.recv()
+
+    run(body())

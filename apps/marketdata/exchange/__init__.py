@@ -7,6 +7,29 @@ Typical use from async code::
         ...
 
 and from synchronous code, ``ExchangeThread(exchange).start()`` returns the URL.
+
+Where Kalshi's behaviour is undocumented or contradictory (kalshi-protocol.md §3, §11), the
+exchange makes these choices:
+
+* A second ``subscribe`` for a channel already subscribed on the connection merges the new
+  markets into the existing sid and answers ``{"type":"ok","id","sid","seq","msg":
+  {"market_tickers":[all]}}`` (observed Aug 2026), rather than the documented error 6; the new
+  markets' snapshots follow on that sid. ``skip_ticker_ack`` leaves ``msg`` empty (``{}``).
+* ``ok`` and ``unsubscribed`` take the sid's next seq on sequenced channels (orderbook_delta,
+  trade); the ticker channel has no seq at all. ``subscribed`` acks take none.
+* ``get_snapshot`` answers with the snapshots only (carrying the command ``id`` and the sid's
+  next seq), no ``ok``; without markets it re-sends every market of the sid.
+* A command is validated completely before anything changes: a failing multi-channel
+  subscribe or multi-sid unsubscribe subscribes / unsubscribes nothing.
+* Real Kalshi channels this exchange does not simulate (fill, user_orders, lifecycle, ...)
+  get error 10 (channel error); names Kalshi does not know get error 8.
+* Unsolicited errors (fault knob, buffer overflow) are ``{"type":"error","sid":S,"msg":
+  {"code":25,"msg":"Subscription buffer overflow"}}`` without ``id``, and end that sid.
+* A NO-side book level or delta under ``use_yes_price`` is priced ``1 - q``, and levels keep
+  the NO-price order, so the best ask is still last (observed 2026).
+* Handshake clock skew: ±``max_clock_skew_s`` (30 s by default; Kalshi's is undocumented).
+  The 401 body is ``Unauthorized: <reason>``.
+* A client that answers no ping for ``pong_timeout_s`` is dropped without a close handshake.
 """
 
 from .config import ApiKey, ConfigError, ExchangeConfig, FaultConfig

@@ -52,6 +52,7 @@ class ExchangeStats:
     messages_sent: Counter[str] = field(default_factory=Counter)  # by frame type
     source_messages: int = 0  # deltas + trades produced by the source (the "rate")
     pings_sent: int = 0
+    pong_timeouts: int = 0  # connections dropped for not answering our pings
     gaps_injected: int = 0
     stalls: int = 0
     subscription_errors: int = 0

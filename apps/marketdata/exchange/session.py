@@ -145,7 +145,9 @@ class Session:
         if not self.closing:
             self.enqueue(kind, frames.control_frame(frame))
 
-    def send_error(self, code: int, cmd_id: int | None, *, sid: int | None = None, **extra: Any):
+    def send_error(
+        self, code: int, cmd_id: int | None, *, sid: int | None = None, **extra: Any
+    ) -> None:
         if not self.closing:
             self.enqueue("error", frames.error_frame(code, cmd_id, sid=sid, **extra))
 
@@ -293,8 +295,12 @@ class Session:
                     continue
                 if waiter is not None and not waiter.done():
                     if pong_timeout_s is not None and loop.time() - sent_at > pong_timeout_s:
-                        logger.info("connection %d: no pong, closing", self.number)
-                        await self.ws.close(1011, "pong timeout")
+                        # A peer that answers no ping would not answer a close frame either:
+                        # cut the connection instead of waiting for a closing handshake.
+                        logger.info("connection %d: no pong, dropping it", self.number)
+                        self.exchange.stats.pong_timeouts += 1
+                        self.closing = True
+                        self.ws.transport.abort()
                         return
                     continue
                 waiter = await self.ws.ping(b"heartbeat")  # type: ignore[assignment]
