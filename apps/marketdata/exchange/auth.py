@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from apps.marketdata.kalshi.signer import (
     HEADER_KEY,
     HEADER_SIGNATURE,
     HEADER_TIMESTAMP,
     WS_PATH,
-    string_to_sign,
+    verify_signature,
 )
 
 from .config import ApiKey
@@ -27,31 +23,6 @@ BAD_TIMESTAMP = "bad_timestamp"
 STALE_TIMESTAMP = "stale_timestamp"
 UNKNOWN_KEY = "unknown_key"
 BAD_SIGNATURE = "bad_signature"
-
-
-_PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.DIGEST_LENGTH)
-
-
-def verify_handshake_signature(
-    public_key: rsa.RSAPublicKey, *, timestamp_ms: str, path: str, signature_b64: str
-) -> bool:
-    """RSA-PSS/SHA-256 check of ``timestamp + "GET" + path``; PSS is randomised, so verify.
-
-    ``signer.verify_signature`` would be the natural call, but at the time of writing it
-    passes no hash algorithm to ``RSAPublicKey.verify`` and raises TypeError on every call;
-    this is the same check with the algorithm. Switch back once the signer is fixed.
-    """
-    try:
-        signature = base64.b64decode(signature_b64, validate=True)
-        public_key.verify(
-            signature,
-            string_to_sign(timestamp_ms, "GET", path).encode(),
-            _PSS,
-            hashes.SHA256(),
-        )
-    except (InvalidSignature, ValueError, binascii.Error):
-        return False
-    return True
 
 
 class HandshakeAuth:
@@ -94,8 +65,8 @@ class HandshakeAuth:
         if not candidates:
             return UNKNOWN_KEY
         for public in candidates:
-            if verify_handshake_signature(
-                public, timestamp_ms=timestamp, path=path, signature_b64=signature
+            if verify_signature(
+                public, timestamp_ms=timestamp, method="GET", path=path, signature_b64=signature
             ):
                 return None
         return BAD_SIGNATURE

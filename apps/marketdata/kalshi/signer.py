@@ -59,7 +59,12 @@ def verify_signature(
     """True when ``signature_b64`` signs the request. PSS is randomised: verify, never compare."""
     try:
         signature = base64.b64decode(signature_b64, validate=True)
-        public_key.verify(signature, string_to_sign(timestamp_ms, method, path).encode(), _PSS)
+        public_key.verify(
+            signature,
+            string_to_sign(timestamp_ms, method, path).encode(),
+            _PSS,
+            hashes.SHA256(),
+        )
     except (InvalidSignature, ValueError):
         return False
     return True
