@@ -5,52 +5,95 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('marketdata', '0001_initial'),
+        ("marketdata", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='PublicTrade',
+            name="PublicTrade",
             fields=[
-                ('id', models.BigAutoField(primary_key=True, serialize=False)),
-                ('market_ticker', models.CharField(max_length=128)),
-                ('sid', models.IntegerField()),
-                ('seq', models.BigIntegerField()),
-                ('trade_id', models.CharField(max_length=64)),
-                ('yes_price_e4', models.IntegerField()),
-                ('no_price_e4', models.IntegerField()),
-                ('count_e2', models.BigIntegerField()),
-                ('taker_side', models.CharField(choices=[('yes', 'YES'), ('no', 'NO')], max_length=3)),
-                ('exchange_ts', models.DateTimeField(blank=True, null=True)),
-                ('received_at', models.DateTimeField()),
-                ('connection', models.ForeignKey(db_index=False, on_delete=django.db.models.deletion.PROTECT, related_name='trades', to='marketdata.recordingconnection')),
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                ("market_ticker", models.CharField(max_length=128)),
+                ("sid", models.IntegerField()),
+                ("seq", models.BigIntegerField()),
+                ("trade_id", models.CharField(max_length=64)),
+                ("yes_price_e4", models.IntegerField()),
+                ("no_price_e4", models.IntegerField()),
+                ("count_e2", models.BigIntegerField()),
+                (
+                    "taker_side",
+                    models.CharField(choices=[("yes", "YES"), ("no", "NO")], max_length=3),
+                ),
+                ("exchange_ts", models.DateTimeField(blank=True, null=True)),
+                ("received_at", models.DateTimeField()),
+                (
+                    "connection",
+                    models.ForeignKey(
+                        db_index=False,
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="trades",
+                        to="marketdata.recordingconnection",
+                    ),
+                ),
             ],
             options={
-                'db_table': 'rl_public_trades',
-                'ordering': ['-received_at'],
-                'indexes': [models.Index(fields=['market_ticker', 'received_at'], name='rl_trade_market_time')],
-                'constraints': [models.UniqueConstraint(fields=('connection', 'sid', 'seq'), name='rl_trade_unique_message')],
+                "db_table": "rl_public_trades",
+                "ordering": ["-received_at"],
+                "indexes": [
+                    models.Index(
+                        fields=["market_ticker", "received_at"], name="rl_trade_market_time"
+                    )
+                ],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("connection", "sid", "seq"), name="rl_trade_unique_message"
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='RecordingEvent',
+            name="RecordingEvent",
             fields=[
-                ('id', models.BigAutoField(primary_key=True, serialize=False)),
-                ('kind', models.CharField(choices=[('connected', 'connected and subscribed'), ('gap', 'sequence gap: books on the sid untrusted until a fresh snapshot'), ('resync', 'resync requested'), ('crossed', 'crossed book detected'), ('sub_error', 'subscription error from the exchange'), ('disconnect', 'socket closed or timed out')], max_length=16)),
-                ('market_ticker', models.CharField(blank=True, default='', max_length=128)),
-                ('sid', models.IntegerField(blank=True, null=True)),
-                ('expected_seq', models.BigIntegerField(blank=True, null=True)),
-                ('got_seq', models.BigIntegerField(blank=True, null=True)),
-                ('detail', models.CharField(blank=True, default='', max_length=500)),
-                ('at', models.DateTimeField()),
-                ('connection', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='events', to='marketdata.recordingconnection')),
+                ("id", models.BigAutoField(primary_key=True, serialize=False)),
+                (
+                    "kind",
+                    models.CharField(
+                        choices=[
+                            ("connected", "connected and subscribed"),
+                            (
+                                "gap",
+                                "sequence gap: books on the sid untrusted until a fresh snapshot",
+                            ),
+                            ("resync", "resync requested"),
+                            ("crossed", "crossed book detected"),
+                            ("sub_error", "subscription error from the exchange"),
+                            ("disconnect", "socket closed or timed out"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("market_ticker", models.CharField(blank=True, default="", max_length=128)),
+                ("sid", models.IntegerField(blank=True, null=True)),
+                ("expected_seq", models.BigIntegerField(blank=True, null=True)),
+                ("got_seq", models.BigIntegerField(blank=True, null=True)),
+                ("detail", models.CharField(blank=True, default="", max_length=500)),
+                ("at", models.DateTimeField()),
+                (
+                    "connection",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="events",
+                        to="marketdata.recordingconnection",
+                    ),
+                ),
             ],
             options={
-                'db_table': 'rl_recording_events',
-                'ordering': ['-at'],
-                'indexes': [models.Index(fields=['market_ticker', 'at'], name='rl_event_market_time')],
+                "db_table": "rl_recording_events",
+                "ordering": ["-at"],
+                "indexes": [
+                    models.Index(fields=["market_ticker", "at"], name="rl_event_market_time")
+                ],
             },
         ),
     ]
