@@ -1,0 +1,547 @@
+"""The Kalshi market-data client: connect -> sign -> subscribe -> read, with its own watchdogs.
+
+One :class:`KalshiClient` owns one logical feed (a list of markets). It keeps one in-memory
+:class:`~apps.marketdata.book.OrderBook` per market and hands every frame it receives to a
+:class:`FeedSink` (the recorder stores them; tests and the demo print them). Rules:
+
+* ``seq`` is checked per sid. A gap makes every book on that sid untrusted (a new book
+  epoch): the book is dropped, deltas are not applied until a fresh snapshot (requested with
+  ``update_subscription``/``get_snapshot``), and the gap is reported to the sink as a marker.
+  Frames are still passed to the sink: recording is lossless, trust is the reader's business.
+* Deltas that arrive for a market waiting for its snapshot are buffered (bounded) and those
+  newer than the snapshot are applied after it, never applied to an empty book.
+* A crossed book after a delta triggers the same resync for that market.
+* An unsolicited subscription error (codes 10, 17, 25) kills that sid: the client
+  resubscribes its markets on a new sid.
+* Malformed frames are counted, logged (rate limited, raw excerpt only) and skipped.
+* A dropped or silent socket (no pong within ``ping_timeout_s``) reconnects with exponential
+  backoff and full jitter, then resubscribes everything on a new connection id.
+
+No Django here: the sink is the only bridge to storage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from collections import deque
+from collections.abc import Coroutine, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+
+from apps.marketdata.book import BookError, OrderBook
+from apps.marketdata.kalshi.commands import CommandBuilder
+from apps.marketdata.kalshi.messages import (
+    ErrorMessage,
+    FrameDecoder,
+    Ok,
+    OrderbookDelta,
+    OrderbookSnapshot,
+    ProtocolError,
+    Subscribed,
+    Trade,
+    Unsubscribed,
+)
+from apps.marketdata.kalshi.seq import SeqStatus, SeqTracker
+from apps.marketdata.kalshi.signer import WS_PATH, KalshiSigner
+
+log = logging.getLogger(__name__)
+
+ORDERBOOK = "orderbook_delta"
+TRADE = "trade"
+FATAL_SUB_ERRORS = frozenset({10, 17, 25})
+
+# Marker kinds reported to the sink (stored in rl_recording_events by the recorder).
+EVENT_CONNECTED = "connected"
+EVENT_GAP = "gap"
+EVENT_RESYNC = "resync"
+EVENT_CROSSED = "crossed"
+EVENT_SUB_ERROR = "sub_error"
+EVENT_DISCONNECT = "disconnect"
+
+# Snapshot sources (rl_orderbook_snapshots.source).
+SOURCE_WS = "ws"
+SOURCE_RESYNC = "resync"
+
+
+class FeedSink(Protocol):
+    """Receives everything the client sees. Methods are called on the event loop: be O(1)."""
+
+    def on_connect(self, connection_id: uuid.UUID, url: str, markets: list[str]) -> None: ...
+
+    def on_snapshot(
+        self, connection_id: uuid.UUID, msg: OrderbookSnapshot, received_ns: int, source: str
+    ) -> None: ...
+
+    def on_delta(self, connection_id: uuid.UUID, msg: OrderbookDelta, received_ns: int) -> None: ...
+
+    def on_trade(self, connection_id: uuid.UUID, msg: Trade, received_ns: int) -> None: ...
+
+    def on_event(
+        self,
+        connection_id: uuid.UUID,
+        kind: str,
+        *,
+        market_ticker: str = "",
+        sid: int | None = None,
+        expected_seq: int | None = None,
+        got_seq: int | None = None,
+        detail: str = "",
+    ) -> None: ...
+
+    def on_disconnect(self, connection_id: uuid.UUID, reason: str) -> None: ...
+
+
+@dataclass
+class ClientConfig:
+    """How to reach the exchange and what to follow. Times in seconds."""
+
+    ws_url: str
+    markets: list[str]
+    channels: tuple[str, ...] = (ORDERBOOK, TRADE)
+    use_yes_price: bool = False
+    open_timeout_s: float = 10.0
+    ping_interval_s: float = 10.0
+    ping_timeout_s: float = 20.0
+    close_timeout_s: float = 2.0
+    reconnect_initial_s: float = 0.25
+    reconnect_max_s: float = 30.0
+    # A connection that lived this long resets the backoff: it was not a flapping endpoint.
+    reconnect_reset_after_s: float = 30.0
+    pending_delta_limit: int = 10_000
+    max_reconnects: int | None = None  # None = forever
+    latency_sample_every: int = 0  # 0 = off; N = time recv->book-applied for every Nth frame
+
+
+@dataclass
+class ClientStats:
+    """Counters since the client was created (all connections)."""
+
+    connections: int = 0
+    reconnects: int = 0
+    messages: int = 0
+    snapshots: int = 0
+    deltas: int = 0
+    trades: int = 0
+    acks: int = 0
+    malformed: int = 0
+    gaps: int = 0
+    missed_seqs: int = 0
+    stale: int = 0
+    resyncs: int = 0
+    resubscribes: int = 0
+    crossed: int = 0
+    book_errors: int = 0
+    sub_errors: int = 0
+    buffered_deltas: int = 0
+    dropped_pending: int = 0
+    last_message_at: float = 0.0
+    last_exchange_lag_ms: float | None = None
+    connected: bool = False
+    last_disconnect_reason: str = ""
+    latency_ns: deque[int] = field(default_factory=lambda: deque(maxlen=100_000))
+
+    def as_dict(self) -> dict[str, object]:
+        data = {k: v for k, v in self.__dict__.items() if k != "latency_ns"}
+        return data
+
+
+@dataclass
+class _MarketState:
+    sid: int | None = None  # orderbook sid carrying this market
+    trusted: bool = False
+    awaiting_resync: bool = False
+    pending: deque[OrderbookDelta] = field(default_factory=deque)
+
+
+class _RateLimitedLog:
+    """At most one warning per ``interval_s`` per key, with a count of what was suppressed."""
+
+    def __init__(self, interval_s: float = 5.0) -> None:
+        self.interval_s = interval_s
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, key: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last.get(key, 0.0) >= self.interval_s:
+            suppressed = self._suppressed.pop(key, 0)
+            self._last[key] = now
+            if suppressed:
+                message += f" ({suppressed} similar suppressed)"
+            log.warning(message, *args)
+        else:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+
+
+class KalshiClient:
+    """Follows the order books (and public trades) of ``config.markets`` until stopped."""
+
+    def __init__(
+        self,
+        config: ClientConfig,
+        *,
+        signer: KalshiSigner,
+        sink: FeedSink,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not config.markets:
+            raise ValueError("the client needs at least one market ticker")
+        self.config = config
+        self.signer = signer
+        self.sink = sink
+        self.books: dict[str, OrderBook] = {m: OrderBook(m) for m in config.markets}
+        self.stats = ClientStats()
+        self.connection_id: uuid.UUID | None = None
+        self._rng = rng or random.Random()
+        self._markets: dict[str, _MarketState] = {m: _MarketState() for m in config.markets}
+        self._decoder = FrameDecoder(use_yes_price=config.use_yes_price)
+        self._seq = SeqTracker()
+        self._commands = CommandBuilder()
+        self._sid_channel: dict[int, str] = {}
+        self._pending_cmds: dict[int, tuple[str, list[str]]] = {}
+        self._ws: ClientConnection | None = None
+        self._stopping = asyncio.Event()
+        self._warn = _RateLimitedLog()
+        self._tasks: set[asyncio.Future] = set()
+
+    # -- public control -----------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to close the socket and return (safe from signal handlers)."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def is_trusted(self, market: str) -> bool:
+        return self._markets[market].trusted
+
+    async def run(self) -> None:
+        """Connect, follow the markets, reconnect on failure; returns after :meth:`stop`."""
+        attempt = 0
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            reason = "closed"
+            try:
+                await self._session()
+            except (OSError, websockets.WebSocketException, TimeoutError) as exc:
+                reason = f"{type(exc).__name__}: {exc}"[:200]
+            if self._stopping.is_set():
+                break
+            self.stats.reconnects += 1
+            if time.monotonic() - started >= self.config.reconnect_reset_after_s:
+                attempt = 0
+            attempt += 1
+            if self.config.max_reconnects is not None and attempt > self.config.max_reconnects:
+                log.error("giving up after %d reconnect attempts: %s", attempt - 1, reason)
+                raise ConnectionError(f"could not stay connected to {self.config.ws_url}: {reason}")
+            delay = self.backoff_delay(attempt)
+            log.warning("feed disconnected (%s); reconnecting in %.2fs", reason, delay)
+            try:
+                await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+
+    def backoff_delay(self, attempt: int) -> float:
+        """Exponential backoff with jitter: uniform(cap/2, cap), cap = min(max, first*2**(n-1))."""
+        cap = min(self.config.reconnect_max_s, self.config.reconnect_initial_s * 2 ** (attempt - 1))
+        return self._rng.uniform(cap / 2, cap)
+
+    # -- one connection -----------------------------------------------------------------
+
+    async def _session(self) -> None:
+        headers = self.signer.headers(method="GET", path=WS_PATH)
+        async with connect(
+            self.config.ws_url,
+            additional_headers=headers,
+            open_timeout=self.config.open_timeout_s,
+            ping_interval=self.config.ping_interval_s,
+            ping_timeout=self.config.ping_timeout_s,
+            # A silent peer will not answer the close handshake either: do not wait long.
+            close_timeout=self.config.close_timeout_s,
+            max_size=2**24,
+            max_queue=4096,
+            compression=None,
+        ) as ws:
+            self._start_connection(ws)
+            closer = asyncio.ensure_future(self._close_on_stop(ws))
+            reason = "closed by the exchange"
+            try:
+                await self._subscribe(self.config.channels, self.config.markets)
+                await self._read_loop(ws)
+            except (OSError, websockets.WebSocketException, TimeoutError) as exc:
+                reason = f"{type(exc).__name__}: {exc}"[:200]
+                raise
+            finally:
+                closer.cancel()
+                self._end_connection("stopped" if self._stopping.is_set() else reason)
+
+    async def _close_on_stop(self, ws: ClientConnection) -> None:
+        await self._stopping.wait()
+        await ws.close()
+
+    def _start_connection(self, ws: ClientConnection) -> None:
+        self._ws = ws
+        self.connection_id = uuid.uuid4()
+        self._seq.reset()
+        self._sid_channel.clear()
+        self._pending_cmds.clear()
+        self._commands = CommandBuilder()
+        for market, state in self._markets.items():
+            # A new connection is a new book epoch for every market.
+            state.sid = None
+            state.trusted = False
+            state.awaiting_resync = False
+            state.pending.clear()
+            self.books[market].clear()
+        self.stats.connections += 1
+        self.stats.connected = True
+        self.sink.on_connect(self.connection_id, self.config.ws_url, list(self.config.markets))
+        log.info(
+            "connected to %s as connection %s (%d markets)",
+            self.config.ws_url,
+            self.connection_id,
+            len(self._markets),
+        )
+
+    def _end_connection(self, reason: str) -> None:
+        if self.connection_id is not None:
+            self.sink.on_event(self.connection_id, EVENT_DISCONNECT, detail=reason)
+            self.sink.on_disconnect(self.connection_id, reason)
+        for state in self._markets.values():
+            state.trusted = False
+        self.stats.connected = False
+        self.stats.last_disconnect_reason = reason
+        self._ws = None
+
+    async def _read_loop(self, ws: ClientConnection) -> None:
+        sample_every = self.config.latency_sample_every
+        handle = self.handle_frame
+        latency = self.stats.latency_ns
+        # A clean close ends the loop; an abnormal one raises ConnectionClosedError.
+        async for raw in ws:
+            received_ns = time.time_ns()
+            handle(raw, received_ns)
+            if sample_every and self.stats.messages % sample_every == 0:
+                latency.append(time.time_ns() - received_ns)
+
+    def handle_frame(self, raw: str | bytes, received_ns: int) -> None:
+        """Decode, sequence-check, apply and hand on one frame (the hot path; never awaits)."""
+        stats = self.stats
+        stats.messages += 1
+        stats.last_message_at = received_ns / 1e9
+        try:
+            msg = self._decoder.decode(raw)
+        except ProtocolError as exc:
+            stats.malformed += 1
+            self._warn.warning("malformed", "skipped a malformed frame: %s", exc.reason)
+            return
+        seq = msg.seq
+        if seq is not None and msg.sid is not None:
+            check = self._seq.observe(msg.sid, seq)
+            if check.status is SeqStatus.STALE:
+                stats.stale += 1
+                return
+            if check.status is SeqStatus.GAP:
+                self._on_gap(msg.sid, check.expected, seq)
+        kind = type(msg)
+        if kind is OrderbookDelta:
+            self._on_delta(msg, received_ns)
+        elif kind is Trade:
+            stats.trades += 1
+            self.sink.on_trade(self.connection_id, msg, received_ns)
+        elif kind is OrderbookSnapshot:
+            self._on_snapshot(msg, received_ns)
+        elif kind is Subscribed:
+            stats.acks += 1
+            self._on_subscribed(msg)
+        elif kind is ErrorMessage:
+            self._on_error(msg)
+        elif kind is Ok or kind is Unsubscribed:
+            stats.acks += 1
+            if kind is Unsubscribed:
+                self._seq.forget(msg.sid)
+                self._sid_channel.pop(msg.sid, None)
+
+    # -- data frames --------------------------------------------------------------------
+
+    def _on_delta(self, msg: OrderbookDelta, received_ns: int) -> None:
+        self.stats.deltas += 1
+        if msg.sending_ts_ms is not None:
+            self.stats.last_exchange_lag_ms = received_ns / 1e6 - msg.sending_ts_ms
+        self.sink.on_delta(self.connection_id, msg, received_ns)
+        state = self._markets.get(msg.market_ticker)
+        if state is None:
+            return  # a market we did not ask for: stored, not followed
+        if not state.trusted:
+            if len(state.pending) >= self.config.pending_delta_limit:
+                state.pending.popleft()
+                self.stats.dropped_pending += 1
+            state.pending.append(msg)
+            self.stats.buffered_deltas += 1
+            return
+        self._apply_delta(msg, state)
+
+    def _apply_delta(self, msg: OrderbookDelta, state: _MarketState) -> None:
+        book = self.books[msg.market_ticker]
+        try:
+            book.apply_delta(msg.side, msg.price_e4, msg.delta_e2)
+        except BookError as exc:
+            self.stats.book_errors += 1
+            self._warn.warning("book", "book out of sync: %s", exc)
+            self._untrust(msg.market_ticker, EVENT_RESYNC, detail=str(exc)[:200])
+            return
+        if book.is_crossed():
+            self.stats.crossed += 1
+            self._untrust(msg.market_ticker, EVENT_CROSSED, detail=repr(book)[:200])
+
+    def _on_snapshot(self, msg: OrderbookSnapshot, received_ns: int) -> None:
+        self.stats.snapshots += 1
+        state = self._markets.get(msg.market_ticker)
+        source = SOURCE_RESYNC if state is not None and state.awaiting_resync else SOURCE_WS
+        self.sink.on_snapshot(self.connection_id, msg, received_ns, source)
+        if state is None:
+            return
+        book = self.books[msg.market_ticker]
+        try:
+            book.apply_snapshot(msg.yes, msg.no)
+        except BookError as exc:
+            self.stats.book_errors += 1
+            self._warn.warning("snapshot", "unusable snapshot: %s", exc)
+            return
+        state.sid = msg.sid
+        state.trusted = True
+        state.awaiting_resync = False
+        # Deltas buffered while waiting: the ones the snapshot already contains are older.
+        pending, state.pending = state.pending, deque()
+        for delta in pending:
+            if delta.sid == msg.sid and msg.seq is not None and delta.seq <= msg.seq:
+                continue
+            if state.trusted:
+                self._apply_delta(delta, state)
+
+    # -- control frames -----------------------------------------------------------------
+
+    def _on_subscribed(self, msg: Subscribed) -> None:
+        self._sid_channel[msg.sid] = msg.channel
+        if msg.channel == ORDERBOOK:
+            pending = self._pending_cmds.get(msg.id)
+            for market in pending[1] if pending else []:
+                if market in self._markets:
+                    self._markets[market].sid = msg.sid
+
+    def _on_gap(self, sid: int, expected: int | None, got: int) -> None:
+        self.stats.gaps += 1
+        if expected is not None:
+            self.stats.missed_seqs += got - expected
+        channel = self._sid_channel.get(sid, "")
+        markets = [m for m, s in self._markets.items() if s.sid == sid]
+        self._warn.warning(
+            "gap", "seq gap on sid %s (%s): expected %s, got %s", sid, channel, expected, got
+        )
+        self.sink.on_event(
+            self.connection_id,
+            EVENT_GAP,
+            sid=sid,
+            expected_seq=expected,
+            got_seq=got,
+            detail=f"{channel} markets={len(markets)}",
+        )
+        if channel == ORDERBOOK and markets:
+            for market in markets:
+                self._drop_book(market)
+            self._spawn(self._request_snapshots(sid, markets))
+
+    def _on_error(self, msg: ErrorMessage) -> None:
+        self.stats.sub_errors += 1
+        self._warn.warning("error", "exchange error %s: %s", msg.code, msg.message)
+        if self.connection_id is None:
+            return
+        self.sink.on_event(
+            self.connection_id,
+            EVENT_SUB_ERROR,
+            market_ticker=msg.market_ticker or "",
+            sid=msg.sid,
+            detail=f"code {msg.code}: {msg.message}"[:200],
+        )
+        if msg.code in FATAL_SUB_ERRORS and msg.sid is not None:
+            # The subscription is dead: resubscribe its markets on a new sid.
+            channel = self._sid_channel.pop(msg.sid, "")
+            self._seq.forget(msg.sid)
+            if channel == ORDERBOOK:
+                markets = [m for m, s in self._markets.items() if s.sid == msg.sid]
+                for market in markets:
+                    self._drop_book(market)
+                    self._markets[market].awaiting_resync = True
+            else:
+                markets = list(self._markets)
+            if channel:
+                self.stats.resubscribes += 1
+                self._spawn(self._subscribe((channel,), markets))
+
+    def _untrust(self, market: str, kind: str, *, detail: str = "") -> None:
+        """Drop a market's book and ask for a fresh snapshot (scheduled, not awaited here)."""
+        state = self._markets[market]
+        self.sink.on_event(
+            self.connection_id, kind, market_ticker=market, sid=state.sid, detail=detail
+        )
+        self._drop_book(market)
+        if state.sid is not None:
+            self._spawn(self._request_snapshots(state.sid, [market]))
+
+    def _drop_book(self, market: str) -> None:
+        state = self._markets[market]
+        state.trusted = False
+        state.pending.clear()
+        self.books[market].clear()
+
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+        """Send a command without blocking the frame handler; failures are only logged."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Future) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("command to the exchange failed: %s", task.exception())
+
+    async def _request_snapshots(self, sid: int, markets: Iterable[str]) -> None:
+        markets = list(markets)
+        for market in markets:
+            self._markets[market].awaiting_resync = True
+        self.stats.resyncs += 1
+        if self.connection_id is not None:
+            self.sink.on_event(
+                self.connection_id, EVENT_RESYNC, sid=sid, detail=f"get_snapshot x{len(markets)}"
+            )
+        cmd = self._commands.update_subscription(
+            sid=sid, action="get_snapshot", market_tickers=markets
+        )
+        await self._send(cmd.text)
+
+    async def _subscribe(self, channels: Iterable[str], markets: list[str]) -> None:
+        for channel in channels:
+            cmd = self._commands.subscribe(
+                [channel],
+                markets,
+                use_yes_price=self.config.use_yes_price if channel == ORDERBOOK else None,
+            )
+            self._pending_cmds[cmd.id] = (channel, list(markets))
+            await self._send(cmd.text)
+
+    async def _send(self, text: str) -> None:
+        if self._ws is None:
+            return
+        try:
+            await self._ws.send(text)
+        except websockets.ConnectionClosed:
+            pass  # the read loop sees the close and reconnects
