@@ -8,6 +8,11 @@ prices, whatever ``use_yes_price`` mode the connection used.
 A message is identified by (connection, sid, seq): Kalshi's seq counts per subscription id and
 sids restart on every WebSocket connection. The unique constraints make every retried batch
 write idempotent.
+
+The foreign keys to RecordingConnection are not enforced by the database on purpose: the
+connection row is written beside the data, not before it, so that a recorder never has to wait
+for (or lose data over) that row when the database is slow or down; rows spilled to disk and
+replayed later arrive in any order.
 """
 
 from __future__ import annotations
@@ -57,7 +62,11 @@ class OrderbookSnapshot(models.Model):
 
     id = models.BigAutoField(primary_key=True)
     connection = models.ForeignKey(
-        RecordingConnection, on_delete=models.PROTECT, db_index=False, related_name="snapshots"
+        RecordingConnection,
+        on_delete=models.DO_NOTHING,
+        db_index=False,
+        db_constraint=False,
+        related_name="snapshots",
     )
     market_ticker = models.CharField(max_length=128)
     sid = models.IntegerField()
@@ -97,7 +106,11 @@ class OrderbookDelta(models.Model):
 
     id = models.BigAutoField(primary_key=True)
     connection = models.ForeignKey(
-        RecordingConnection, on_delete=models.PROTECT, db_index=False, related_name="deltas"
+        RecordingConnection,
+        on_delete=models.DO_NOTHING,
+        db_index=False,
+        db_constraint=False,
+        related_name="deltas",
     )
     market_ticker = models.CharField(max_length=128)
     sid = models.IntegerField()
@@ -135,7 +148,11 @@ class PublicTrade(models.Model):
 
     id = models.BigAutoField(primary_key=True)
     connection = models.ForeignKey(
-        RecordingConnection, on_delete=models.PROTECT, db_index=False, related_name="trades"
+        RecordingConnection,
+        on_delete=models.DO_NOTHING,
+        db_index=False,
+        db_constraint=False,
+        related_name="trades",
     )
     market_ticker = models.CharField(max_length=128)
     sid = models.IntegerField()
@@ -182,7 +199,7 @@ class RecordingEvent(models.Model):
 
     id = models.BigAutoField(primary_key=True)
     connection = models.ForeignKey(
-        RecordingConnection, on_delete=models.PROTECT, related_name="events"
+        RecordingConnection, on_delete=models.DO_NOTHING, db_constraint=False, related_name="events"
     )
     kind = models.CharField(max_length=16, choices=RecordingEventKind.choices)
     market_ticker = models.CharField(max_length=128, blank=True, default="")
