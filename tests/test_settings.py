@@ -49,3 +49,27 @@ def test_the_project_starts_with_zero_configuration(tmp_path) -> None:
     result = run_check(RL_VAR_DIR=str(tmp_path), RL_MODE="paper")
     assert result.returncode == 0, result.stderr
     assert "no issues" in result.stdout
+
+
+def test_check_deploy_is_clean_with_production_like_settings(tmp_path) -> None:
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=REPO_ROOT,
+        env={
+            **os.environ,
+            "RL_VAR_DIR": str(tmp_path),
+            "DEBUG": "false",
+            "SECRET_KEY": "x" * 30 + "-production-like-secret-key-0123456789abcdef",
+            "SECURE_SSL_REDIRECT": "true",
+            "SECURE_COOKIES": "true",
+            "SECURE_HSTS_SECONDS": "31536000",
+            "SECURE_HSTS_INCLUDE_SUBDOMAINS": "true",
+            "SECURE_HSTS_PRELOAD": "true",
+            "ALLOWED_HOSTS": "rl.example.com",
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout

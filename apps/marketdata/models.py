@@ -55,7 +55,9 @@ class OrderbookSnapshot(models.Model):
 
     Snapshots the recorder takes itself from its in-memory book have no exchange seq: they
     use ``sid = 0`` (Kalshi's sids start at 1) and a per-connection counter as ``seq``, so
-    their identity cannot collide with an exchange message.
+    their identity cannot collide with an exchange message. ``as_of_sid``/``as_of_seq`` say
+    which orderbook frame the book includes (for exchange snapshots: their own sid/seq), so
+    history can be rebuilt from any snapshot by applying the deltas after it.
     """
 
     PERIODIC_SID = 0
@@ -76,6 +78,12 @@ class OrderbookSnapshot(models.Model):
     exchange_ts = models.DateTimeField(null=True, blank=True)
     received_at = models.DateTimeField()
     source = models.CharField(max_length=8, choices=SnapshotSource.choices)
+    as_of_sid = models.IntegerField(
+        null=True, blank=True, help_text="orderbook sid whose frames this book reflects"
+    )
+    as_of_seq = models.BigIntegerField(
+        null=True, blank=True, help_text="last seq on as_of_sid included in this book"
+    )
 
     class Meta:
         db_table = "rl_orderbook_snapshots"

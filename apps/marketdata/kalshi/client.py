@@ -157,6 +157,7 @@ class _MarketState:
     sid: int | None = None  # orderbook sid carrying this market
     trusted: bool = False
     awaiting_resync: bool = False
+    applied_seq: int | None = None  # seq (on ``sid``) of the last frame the book reflects
     pending: deque[OrderbookDelta] = field(default_factory=deque)
 
 
@@ -223,6 +224,13 @@ class KalshiClient:
 
     def is_trusted(self, market: str) -> bool:
         return self._markets[market].trusted
+
+    def book_position(self, market: str) -> tuple[int, int] | None:
+        """(sid, seq) of the last frame a trusted book reflects, or None when untrusted."""
+        state = self._markets[market]
+        if not state.trusted or state.sid is None or state.applied_seq is None:
+            return None
+        return state.sid, state.applied_seq
 
     async def run(self) -> None:
         """Connect, follow the markets, reconnect on failure; returns after :meth:`stop`."""
@@ -399,6 +407,7 @@ class KalshiClient:
             self._warn.warning("book", "book out of sync: %s", exc)
             self._untrust(msg.market_ticker, EVENT_RESYNC, detail=str(exc)[:200])
             return
+        state.applied_seq = msg.seq
         if book.is_crossed():
             self.stats.crossed += 1
             self._untrust(msg.market_ticker, EVENT_CROSSED, detail=repr(book)[:200])
@@ -420,6 +429,7 @@ class KalshiClient:
         state.sid = msg.sid
         state.trusted = True
         state.awaiting_resync = False
+        state.applied_seq = msg.seq
         # Deltas buffered while waiting: the ones the snapshot already contains are older.
         pending, state.pending = state.pending, deque()
         for delta in pending:
