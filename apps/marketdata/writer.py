@@ -638,7 +638,7 @@ class SpillStore:
                 end_offset=fh.tell(),
                 line_count=len(lines),
                 corrupt_lines=corrupt,
-                at_end=len(lines) < max_rows,
+                at_end=fh.tell() >= os.fstat(fh.fileno()).st_size,  # sealed: no more growth
             )
             if not rows:
                 self.commit_chunk(chunk)  # only corrupt lines or the end: nothing to write
@@ -982,6 +982,7 @@ class RecordWriter:
         self._last_exchange_lag_s: float | None = None
         self._max_exchange_lag_s: float | None = None
         self._heartbeat = time.monotonic()
+        self._failed_attempt_started_at = -math.inf
         self._method: BatchWriteMethod | None = None
         self._spill_pending_at_close = 0
 
@@ -1033,26 +1034,29 @@ class RecordWriter:
     def flush(self, timeout_s: float | None = None) -> bool:
         """Wait until every row enqueued so far is committed; True if it is.
 
-        False when ``timeout_s`` passed first or the database is down; rows that could not be
-        written are then safe in the spill file (see :meth:`stats`) and are replayed later.
+        Returns False when ``timeout_s`` passes first, or as soon as a write attempted after
+        this call fails (the database is down): the rows not written are then safe in the
+        spill file (see :meth:`stats`) and are replayed when the database is back.
         """
         deadline = math.inf if timeout_s is None else time.monotonic() + timeout_s
         thread = self._thread
         if thread is None or not thread.is_alive():
             return not self._queue and self._spill.pending_rows == 0
+        called_at = time.monotonic()
         marker = _FlushMarker()
         with self._marker_lock:
             self._markers_queued += 1
         self._queue.append(marker)
         self._wake.set()
-        if not marker.done.wait(
-            None if deadline == math.inf else max(0.0, deadline - time.monotonic())
-        ):
+        wait_s = None if deadline == math.inf else max(0.0, deadline - time.monotonic())
+        if not marker.done.wait(wait_s):
             return False
         with self._progress:
             while self._spill.pending_rows > 0:
                 remaining = deadline - time.monotonic()
-                if not self._db_up or remaining <= 0 or not thread.is_alive():
+                if remaining <= 0 or not thread.is_alive():
+                    return False
+                if self._failed_attempt_started_at > called_at and not self._db_up:
                     return False
                 self._progress.wait(min(remaining, 1.0))
         return True
@@ -1295,10 +1299,11 @@ class RecordWriter:
         if not self._db_usable():
             self._spill_batch(batch)
             return
+        attempt_started = time.monotonic()
         try:
             rejected = self._write_isolating_bad_rows(batch, expect_conflicts=False)
         except _Outage as outage:
-            self._on_outage(outage.cause)
+            self._on_outage(outage.cause, attempt_started)
             self._spill_batch(outage.unresolved)
             return
         self._on_commit(batch, rejected, live=True)
@@ -1312,12 +1317,13 @@ class RecordWriter:
         chunk = self._spill.next_chunk(self._batch_rows)
         if chunk is None:
             return False
+        attempt_started = time.monotonic()
         try:
             rejected = self._write_isolating_bad_rows(
                 {chunk.table: chunk.rows}, expect_conflicts=True
             )
         except _Outage as outage:
-            self._on_outage(outage.cause)
+            self._on_outage(outage.cause, attempt_started)
             self._spill.keep_only(chunk, outage.unresolved.get(chunk.table, []))
             return False
         self._spill.commit_chunk(chunk)
@@ -1414,8 +1420,9 @@ class RecordWriter:
         self._last_error_unix_s = time.time()
         return reason
 
-    def _on_outage(self, exc: BaseException) -> None:
+    def _on_outage(self, exc: BaseException, attempt_started: float) -> None:
         reason = self._note_error(exc)
+        self._failed_attempt_started_at = attempt_started
         self._retries += 1
         self._failures_in_a_row += 1
         self._db_up = False
