@@ -9,6 +9,15 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kalshiflow_site.settings")
 django_asgi_app = get_asgi_application()
 
-from channels.routing import ProtocolTypeRouter  # noqa: E402  (needs Django set up first)
+# These imports need Django set up first.
+from channels.routing import ChannelNameRouter, ProtocolTypeRouter  # noqa: E402
 
-application = ProtocolTypeRouter({"http": django_asgi_app})
+from apps.marketdata.consumers import INGEST_CHANNEL, IngestWorker  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        # Background workers: `manage.py runworker kalshi-ingest`.
+        "channel": ChannelNameRouter({INGEST_CHANNEL: IngestWorker.as_asgi()}),
+    }
+)
