@@ -23,6 +23,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.db import connections
 from django.utils import timezone
 
 from apps.dashboard.services import report_worker_status, worker_name
@@ -230,14 +231,14 @@ class RecorderSink(FeedSink):
 
 def _logged(fn: Callable[..., Any]) -> Callable[..., Any]:
     def call(*args: Any, **kwargs: Any) -> Any:
-        from django.db import close_old_connections
-
-        close_old_connections()
         try:
             return fn(*args, **kwargs)
         except Exception as exc:  # a metadata write must never take the recorder down
             log.warning("background write %s failed: %s", fn.__name__, exc)
             return None
+        finally:
+            # Executor threads are reused by anything: leave no connection open behind us.
+            connections.close_all()
 
     return call
 
