@@ -149,6 +149,16 @@ LOCAL_EXCHANGE_PORT = env_int("LOCAL_EXCHANGE_PORT", 8765, minimum=0)
 LOCAL_EXCHANGE_KEY_DIR = Path(env_str("LOCAL_EXCHANGE_KEY_DIR", str(VAR_DIR / "keys")))
 LOCAL_EXCHANGE_MSG_RATE = env_float("LOCAL_EXCHANGE_MSG_RATE", 200.0, minimum=0.0)
 
+# The recorder's writer (apps/marketdata/writer.py): batching, memory bound, spill, retries.
+RL_WRITER_METHOD = env_str("RL_WRITER_METHOD", "copy")  # copy (PostgreSQL) | bulk_create
+RL_WRITER_BATCH_ROWS = env_int("RL_WRITER_BATCH_ROWS", 5000, minimum=1)
+RL_WRITER_FLUSH_INTERVAL_S = env_float("RL_WRITER_FLUSH_INTERVAL_S", 0.25, minimum=0.001)
+RL_WRITER_QUEUE_MAX_ROWS = env_int("RL_WRITER_QUEUE_MAX_ROWS", 200_000, minimum=1)
+RL_WRITER_SPILL_DIR = Path(env_str("RL_WRITER_SPILL_DIR", str(VAR_DIR / "spill")))
+RL_WRITER_STUCK_AFTER_S = env_float("RL_WRITER_STUCK_AFTER_S", 30.0, minimum=1.0)
+RL_FEED_SILENT_S = env_float("RL_FEED_SILENT_S", 30.0, minimum=1.0)
+RL_HEARTBEAT_STALE_S = env_float("RL_HEARTBEAT_STALE_S", 15.0, minimum=1.0)
+
 MODEL_DIR = Path(env_str("MODEL_DIR", str(VAR_DIR / "models")))
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")

@@ -372,6 +372,7 @@ class IngestResult:
     books: dict[str, OrderBook]
     elapsed_s: float
     connection_id: uuid.UUID | None = None
+    client_latency_ns: list[int] = field(default_factory=list)
 
 
 def _counters(client: KalshiClient, writer: RecordWriter) -> dict[str, Any]:
@@ -471,6 +472,7 @@ async def run_ingest_async(
         books=client.books,
         elapsed_s=time.time() - started,
         connection_id=client.connection_id,
+        client_latency_ns=list(client.stats.latency_ns),
     )
 
 
