@@ -55,3 +55,5 @@ def _isolated_var(tmp_path: Path, settings) -> None:  # type: ignore[no-untyped-
     """Keep keys, spill files and artifacts of each test in its own folder."""
     settings.LOCAL_EXCHANGE_KEY_DIR = tmp_path / "keys"
     settings.MODEL_DIR = tmp_path / "models"
+    settings.RL_WRITER_SPILL_DIR = tmp_path / "spill"
+    settings.VAR_DIR = tmp_path

@@ -12,6 +12,7 @@ import time
 import pytest
 from django.db import connection
 
+from apps.dashboard.models import WorkerStatus
 from apps.marketdata.exchange import (
     ApiKey,
     ExchangeConfig,
@@ -100,6 +101,10 @@ def test_books_rebuilt_from_the_database_equal_the_exchange_after_drops_gaps_and
     assert RecordingEvent.objects.filter(kind="disconnect").count() >= 3
     assert OrderbookSnapshot.objects.filter(source="periodic").exists()
     assert OrderbookSnapshot.objects.filter(source="resync").exists()
+    heartbeat = WorkerStatus.objects.get(kind="ingest")
+    assert heartbeat.stopped_at is not None
+    assert heartbeat.counters["client"]["messages"] == client["messages"]
+    assert heartbeat.counters["writer"]["rows_written"] > 0
     for ticker, levels in final.items():
         rebuilt = rebuild_latest_book(market_ticker=ticker, connection_id=result.connection_id)
         assert rebuilt.trusted, (ticker, rebuilt.reason)
