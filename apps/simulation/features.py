@@ -1,0 +1,686 @@
+"""The observation: the one place that turns books, positions, cash and time into features.
+
+The env and the paper trader both call :func:`build_observation` (or its batch form, which
+it wraps), so the same state gives the same vector on both paths, bit for bit.
+
+Layout (``OBSERVATION_SPEC_VERSION = 1``): 545 float32 values =
+``N_MARKETS`` (10) slots × ``FEATURES_PER_MARKET`` (54) + ``PORTFOLIO_FEATURES`` (5).
+Slot ``i`` occupies ``[54·i, 54·i + 54)``; the portfolio block is ``[540, 545)``. Names are
+``m{i}.<name>`` and ``portfolio.<name>`` (:func:`feature_names`). Every value is clipped into
+[−1, 1]; an absent slot is all zeros (its ``present`` is 0). Prices ``p`` below are in dollars
+of the YES (or named) contract and map as ``2p − 1`` ($0 → −1, $0.50 → 0, $1 → +1).
+
+Per market (offset: name — definition and scale):
+
+* 0 ``present`` — 1 if a market occupies the slot.
+* 1 ``trusted`` — 1 if the book is trusted. While untrusted (after a recording gap or resync,
+  until the next snapshot) offsets 3–46 (book and history) are 0.
+* 2 ``open`` — 1 while the market trades.
+* 3 ``has_yes_bid``, 4 ``has_no_bid`` — 1 if that ladder is not empty.
+* 5 ``mid`` — 2·mid − 1, mid = (best YES bid + implied YES ask) / 2; 0 unless both sides exist.
+* 6 ``spread`` — (YES ask − YES bid) / $0.10 (negative when crossed); 0 unless two-sided.
+* 7 ``yes_bid``, 8 ``yes_ask``, 9 ``no_bid``, 10 ``no_ask`` — 2p − 1; asks are implied
+  (YES ask = 1 − best NO bid, NO ask = 1 − best YES bid); 0 when the source side is empty.
+* 11 ``microprice_offset`` — (size-weighted microprice − mid) / $0.05; 0 unless two-sided.
+* 12 ``imbalance_1`` — (YES bid size − NO bid size) / (sum), best level of each side.
+* 13–17 ``yes_size_1..5``, 18–22 ``no_size_1..5`` — log1p(contracts) / log1p(10⁶) per level.
+* 23–26 ``yes_gap_2..5``, 27–30 ``no_gap_2..5`` — (best price − level price) / $0.10; 1 when
+  the level does not exist (nothing within reach).
+* 31 ``imbalance_5``, 32 ``imbalance_10`` — size imbalance over the top 5 / all 10 levels.
+* 33 ``yes_depth_10``, 34 ``no_depth_10`` — log1p(contracts in the top 10 levels) / log1p(10⁷).
+* 35–38 ``mid_change_1/5/30/300`` — mid now − mid w steps ago, / $0.02, $0.05, $0.10, $0.20.
+* 39–42 ``updates_1/5/30/300`` — book updates in the last w steps: log1p(n) / log1p(50·w).
+* 43 ``mid_vol_30`` — std of the 1-step mid changes over 30 steps / $0.02.
+* 44 ``spread_change_5`` — spread now − 5 steps ago, / $0.10.
+* 45 ``yes_depth_change_5``, 46 ``no_depth_change_5`` — change of log1p(top-5 contracts)
+  over 5 steps, / ln 100.
+* 47 ``time_to_close_log`` — log1p(seconds) / log1p(30 days); 48 ``time_to_close_1h`` —
+  seconds / 3600. Both 0 once the close has passed.
+* 49 ``net_position`` — (YES held − NO held) / the per-market position limit.
+* 50 ``avg_entry`` — 2p − 1 of the average price paid for the contracts held; 0 when flat.
+* 51 ``unrealized_per_contract`` — mark − average entry in dollars (mark = mid for YES,
+  1 − mid for NO); 0 when flat or without a trusted two-sided book.
+* 52 ``unrealized`` — unrealized P&L / (10 % of the starting cash).
+* 53 ``exposure`` — the market's cost basis / starting cash.
+
+Portfolio (offset from 540): 0 ``cash`` — cash / starting cash − 1; 1 ``exposure`` — total
+cost basis / starting cash; 2 ``fees_paid`` — fees / (1 % of starting cash); 3 ``drawdown``
+— fraction of the equity peak lost; 4 ``progress`` — episode progress in [0, 1].
+
+History features come from :class:`MarketHistory` (a ring buffer the paper trader pushes one
+sample per step into) or :func:`history_summaries` (the same numbers for a whole series at
+once, for the env); both read only samples at or before the current step. A step whose book
+is unknown (untrusted, or one side empty) records NaN and contributes no change.
+
+Inputs are plain typed state: one :class:`MarketState` per market (from a live OrderBook with
+:meth:`MarketState.from_book`, or from the env's top-K arrays with
+:meth:`MarketState.from_arrays`) and a :class:`PortfolioState`. The env can skip the per-market
+objects: it keeps one :class:`MarketBatch` (books as (10, 2, BOOK_LEVELS) arrays) and may
+compute :func:`book_features` (offsets 3–46, elementwise) for a whole episode at once, then
+pass each step's rows as ``book_block``; the result is bit-identical and the per-step cost
+drops to the time, position and portfolio features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from apps.marketdata.kalshi.units import PRICE_SCALE, SIZE_SCALE
+from apps.simulation.fills import BOOK_LEVELS, BookView, book_to_arrays, validate_book_arrays
+from apps.simulation.portfolio import MarketPosition, Portfolio
+
+OBSERVATION_SPEC_VERSION = 1
+N_MARKETS = 10
+FEATURES_PER_MARKET = 54
+PORTFOLIO_FEATURES = 5
+N_FEATURES = N_MARKETS * FEATURES_PER_MARKET + PORTFOLIO_FEATURES  # 545
+DEPTH_LEVELS = 5  # per-level sizes and gaps shown for the top 5 levels
+
+HISTORY_WINDOWS = (1, 5, 30, 300)  # steps
+VOL_WINDOW = 30  # steps of 1-step mid changes
+CHANGE_WINDOW = 5  # steps for spread and depth changes
+HISTORY_CAPACITY = max(HISTORY_WINDOWS) + 1  # samples a ring buffer keeps
+HISTORY_NAMES = (
+    *(f"mid_change_{w}" for w in HISTORY_WINDOWS),
+    *(f"updates_{w}" for w in HISTORY_WINDOWS),
+    f"mid_vol_{VOL_WINDOW}",
+    f"spread_change_{CHANGE_WINDOW}",
+    f"yes_depth_change_{CHANGE_WINDOW}",
+    f"no_depth_change_{CHANGE_WINDOW}",
+)
+N_HISTORY = len(HISTORY_NAMES)  # 12 raw values per market
+
+MARKET_FEATURE_NAMES: tuple[str, ...] = (
+    "present",
+    "trusted",
+    "open",
+    "has_yes_bid",
+    "has_no_bid",
+    "mid",
+    "spread",
+    "yes_bid",
+    "yes_ask",
+    "no_bid",
+    "no_ask",
+    "microprice_offset",
+    "imbalance_1",
+    *(f"yes_size_{i}" for i in range(1, DEPTH_LEVELS + 1)),
+    *(f"no_size_{i}" for i in range(1, DEPTH_LEVELS + 1)),
+    *(f"yes_gap_{i}" for i in range(2, DEPTH_LEVELS + 1)),
+    *(f"no_gap_{i}" for i in range(2, DEPTH_LEVELS + 1)),
+    "imbalance_5",
+    f"imbalance_{BOOK_LEVELS}",
+    f"yes_depth_{BOOK_LEVELS}",
+    f"no_depth_{BOOK_LEVELS}",
+    *HISTORY_NAMES,
+    "time_to_close_log",
+    "time_to_close_1h",
+    "net_position",
+    "avg_entry",
+    "unrealized_per_contract",
+    "unrealized",
+    "exposure",
+)
+PORTFOLIO_FEATURE_NAMES: tuple[str, ...] = ("cash", "exposure", "fees_paid", "drawdown", "progress")
+
+# Column offsets, named so the builder reads like the layout above.
+_C = {name: i for i, name in enumerate(MARKET_FEATURE_NAMES)}
+_BOOK_FIRST, _BOOK_END = _C["has_yes_bid"], _C[HISTORY_NAMES[-1]] + 1  # zeroed when untrusted
+
+# Scales (dollars unless noted). Inverses are precomputed: the builder runs every env step.
+SPREAD_SCALE = 0.10
+MICROPRICE_SCALE = 0.05
+LEVEL_SIZE_LOG_SCALE = np.log1p(1e6)  # contracts
+TOTAL_DEPTH_LOG_SCALE = np.log1p(1e7)  # contracts
+GAP_SCALE = 0.10
+MID_CHANGE_SCALES = (0.02, 0.05, 0.10, 0.20)
+UPDATES_PER_STEP_SCALE = 50
+MID_VOL_SCALE = 0.02
+SPREAD_CHANGE_SCALE = 0.10
+DEPTH_CHANGE_SCALE = np.log(100.0)
+TIME_TO_CLOSE_LOG_SCALE = np.log1p(30 * 86_400.0)  # seconds
+TIME_TO_CLOSE_NEAR_S = 3_600.0
+UNREALIZED_CAPITAL_SHARE = 0.10
+FEES_CAPITAL_SHARE = 0.01
+
+_INV_MID_CHANGE = 1.0 / np.array(MID_CHANGE_SCALES)
+_INV_UPDATES = 1.0 / np.log1p(UPDATES_PER_STEP_SCALE * np.array(HISTORY_WINDOWS, dtype=np.float64))
+_INV_TAIL = 1.0 / np.array(
+    [MID_VOL_SCALE, SPREAD_CHANGE_SCALE, DEPTH_CHANGE_SCALE, DEPTH_CHANGE_SCALE]
+)
+_SIZE_TO_CONTRACTS = 1.0 / SIZE_SCALE
+_PRICE_TO_DOLLARS = 1.0 / PRICE_SCALE
+
+
+def feature_names() -> list[str]:
+    """The 545 feature names in observation order."""
+    names = [f"m{i}.{name}" for i in range(N_MARKETS) for name in MARKET_FEATURE_NAMES]
+    names += [f"portfolio.{name}" for name in PORTFOLIO_FEATURE_NAMES]
+    return names
+
+
+# -- book statistics and rolling history ---------------------------------------------------
+
+
+def book_stats(
+    yes_px: np.ndarray, yes_sz: np.ndarray, no_px: np.ndarray, no_sz: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Mid, spread and top-5 depths of top-K ladders (any leading shape, levels last).
+
+    Args:
+        yes_px, no_px: bid prices in $0.0001, best first.
+        yes_sz, no_sz: bid sizes in 0.01 contract, 0 = empty slot.
+
+    Returns:
+        (mid in dollars, spread in dollars, YES top-5 contracts, NO top-5 contracts); mid and
+        spread are NaN unless both sides have a level.
+    """
+    yes_best = np.asarray(yes_px)[..., 0].astype(np.float64)
+    no_best = np.asarray(no_px)[..., 0].astype(np.float64)
+    two_sided = (np.asarray(yes_sz)[..., 0] > 0) & (np.asarray(no_sz)[..., 0] > 0)
+    mid = np.where(
+        two_sided, (yes_best + PRICE_SCALE - no_best) * (0.5 * _PRICE_TO_DOLLARS), np.nan
+    )
+    spread = np.where(two_sided, (PRICE_SCALE - no_best - yes_best) * _PRICE_TO_DOLLARS, np.nan)
+    yes_depth = np.asarray(yes_sz)[..., :DEPTH_LEVELS].sum(axis=-1) * _SIZE_TO_CONTRACTS
+    no_depth = np.asarray(no_sz)[..., :DEPTH_LEVELS].sum(axis=-1) * _SIZE_TO_CONTRACTS
+    return mid, spread, yes_depth, no_depth
+
+
+def _lag_change(series: np.ndarray, lag: int) -> np.ndarray:
+    """series[t] − series[t − lag], 0 where the earlier sample is missing or either is NaN."""
+    out = np.zeros_like(series)
+    if lag < len(series):
+        out[lag:] = series[lag:] - series[:-lag]
+    return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def history_summaries(
+    mid: np.ndarray,
+    spread: np.ndarray,
+    updates: np.ndarray,
+    yes_depth: np.ndarray,
+    no_depth: np.ndarray,
+) -> np.ndarray:
+    """Raw history values (``HISTORY_NAMES``) for every step of a series: (T, 12) float64.
+
+    Row ``t`` uses samples 0..t only. A window reaching before the first sample, or touching
+    a NaN (no two-sided or no trusted book), contributes 0 for a change.
+
+    Args:
+        mid: (T,) YES mid in dollars, NaN when unknown.
+        spread: (T,) spread in dollars, NaN when unknown.
+        updates: (T,) book updates (snapshots + deltas) applied during each step, integers.
+        yes_depth, no_depth: (T,) contracts in the top 5 levels, NaN when unknown.
+    """
+    mid = np.asarray(mid, dtype=np.float64)
+    n = len(mid)
+    out = np.zeros((n, N_HISTORY), dtype=np.float64)
+    for j, w in enumerate(HISTORY_WINDOWS):
+        out[:, j] = _lag_change(mid, w)
+    counts = np.concatenate(([0], np.cumsum(np.asarray(updates, dtype=np.int64))))
+    ends = np.arange(1, n + 1)
+    for j, w in enumerate(HISTORY_WINDOWS):
+        out[:, 4 + j] = counts[ends] - counts[np.maximum(ends - w, 0)]
+    # Std of the last VOL_WINDOW one-step changes; summed offset by offset (not with a
+    # reduction) so every row adds in the same order however long the series is.
+    diffs = np.full(n + VOL_WINDOW - 1, np.nan)
+    if n > 1:
+        diffs[VOL_WINDOW:] = mid[1:] - mid[:-1]
+    total = np.zeros(n)
+    total_sq = np.zeros(n)
+    count = np.zeros(n)
+    for j in range(VOL_WINDOW):
+        window = diffs[j : j + n]
+        ok = np.isfinite(window)
+        value = np.where(ok, window, 0.0)
+        total += value
+        total_sq += value * value
+        count += ok
+    safe = np.maximum(count, 1)
+    mean = total / safe
+    var = np.maximum(total_sq / safe - mean * mean, 0.0)
+    out[:, 8] = np.where(count >= 2, np.sqrt(var), 0.0)
+    out[:, 9] = _lag_change(np.asarray(spread, dtype=np.float64), CHANGE_WINDOW)
+    out[:, 10] = _lag_change(np.log1p(np.asarray(yes_depth, dtype=np.float64)), CHANGE_WINDOW)
+    out[:, 11] = _lag_change(np.log1p(np.asarray(no_depth, dtype=np.float64)), CHANGE_WINDOW)
+    return out
+
+
+class MarketHistory:
+    """A fixed ring of the last ``HISTORY_CAPACITY`` samples of one market (paper trader).
+
+    Push one sample per step; :meth:`summary` returns what :func:`history_summaries` gives
+    for the latest step of the same sequence.
+    """
+
+    __slots__ = ("_arrays", "_n")
+
+    def __init__(self) -> None:
+        # Rows: mid, spread, updates, yes_depth, no_depth; oldest first.
+        self._arrays = np.zeros((5, HISTORY_CAPACITY), dtype=np.float64)
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def push(
+        self, *, mid: float, spread: float, updates: int, yes_depth: float, no_depth: float
+    ) -> None:
+        """Append one step.
+
+        Args:
+            mid: YES mid in dollars (NaN when unknown).
+            spread: spread in dollars (NaN when unknown).
+            updates: book updates applied during the step.
+            yes_depth, no_depth: contracts in the top 5 levels (NaN when unknown).
+        """
+        if self._n == HISTORY_CAPACITY:
+            self._arrays[:, :-1] = self._arrays[:, 1:]
+            self._n -= 1
+        self._arrays[:, self._n] = (mid, spread, updates, yes_depth, no_depth)
+        self._n += 1
+
+    def push_book(self, book: BookView, *, updates: int, trusted: bool = True) -> None:
+        """Append one step read from a book (an untrusted book records unknowns).
+
+        Args:
+            book: the market's book as it stands at the end of the step.
+            updates: book updates applied during the step.
+            trusted: False while the book is untrusted.
+        """
+        if not trusted:
+            self.push(mid=np.nan, spread=np.nan, updates=updates, yes_depth=np.nan, no_depth=np.nan)
+            return
+        mid, spread, yes_depth, no_depth = book_stats(*book_to_arrays(book, DEPTH_LEVELS))
+        self.push(
+            mid=float(mid),
+            spread=float(spread),
+            updates=updates,
+            yes_depth=float(yes_depth),
+            no_depth=float(no_depth),
+        )
+
+    def summary(self) -> np.ndarray:
+        """(12,) raw history values for the latest step (zeros before the first push)."""
+        if self._n == 0:
+            return np.zeros(N_HISTORY)
+        a = self._arrays[:, : self._n]
+        return history_summaries(a[0], a[1], a[2].astype(np.int64), a[3], a[4])[-1]
+
+
+# -- inputs -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MarketState:
+    """Everything the builder needs about one market at one step.
+
+    Attributes:
+        yes_px, no_px: (BOOK_LEVELS,) int64 bid prices in $0.0001, best first, 0 = empty.
+        yes_sz, no_sz: (BOOK_LEVELS,) int64 bid sizes in 0.01 contract, 0 = empty.
+        history: (N_HISTORY,) raw history values (:meth:`MarketHistory.summary`).
+        seconds_to_close: seconds until the market closes (negative once past).
+        trusted: False while the book is untrusted after a gap/resync.
+        is_open: False once the market no longer trades.
+        yes_held_e2, no_held_e2: contracts held, in 0.01 contract.
+        cost_e6: cost basis of the contracts held, in $0.000001.
+    """
+
+    yes_px: np.ndarray
+    yes_sz: np.ndarray
+    no_px: np.ndarray
+    no_sz: np.ndarray
+    history: np.ndarray
+    seconds_to_close: float
+    trusted: bool = True
+    is_open: bool = True
+    yes_held_e2: int = 0
+    no_held_e2: int = 0
+    cost_e6: int = 0
+
+    @classmethod
+    def from_arrays(
+        cls,
+        yes_px: np.ndarray,
+        yes_sz: np.ndarray,
+        no_px: np.ndarray,
+        no_sz: np.ndarray,
+        *,
+        history: np.ndarray,
+        seconds_to_close: float,
+        trusted: bool = True,
+        is_open: bool = True,
+        position: MarketPosition | None = None,
+    ) -> MarketState:
+        """From top-K arrays (the env's layout). Arrays are copied, so later writes to the
+        env's buffers do not change the state."""
+        arrays = [np.array(a, dtype=np.int64) for a in (yes_px, yes_sz, no_px, no_sz)]
+        for a in arrays:
+            if a.shape != (BOOK_LEVELS,):
+                raise ValueError(f"book arrays must have shape ({BOOK_LEVELS},), got {a.shape}")
+        validate_book_arrays(*arrays)
+        history = np.array(history, dtype=np.float64)
+        if history.shape != (N_HISTORY,) or not np.isfinite(history).all():
+            raise ValueError(f"history must be ({N_HISTORY},) finite values, got {history!r}")
+        pos = position or MarketPosition()
+        return cls(
+            *arrays,
+            history=history,
+            seconds_to_close=float(seconds_to_close),
+            trusted=bool(trusted),
+            is_open=bool(is_open),
+            yes_held_e2=pos.yes_e2,
+            no_held_e2=pos.no_e2,
+            cost_e6=pos.cost_e6,
+        )
+
+    @classmethod
+    def from_book(
+        cls,
+        book: BookView,
+        *,
+        history: np.ndarray,
+        seconds_to_close: float,
+        trusted: bool = True,
+        is_open: bool = True,
+        position: MarketPosition | None = None,
+    ) -> MarketState:
+        """From a live OrderBook (or any BookView): its top ``BOOK_LEVELS`` levels per side."""
+        return cls.from_arrays(
+            *book_to_arrays(book, BOOK_LEVELS),
+            history=history,
+            seconds_to_close=seconds_to_close,
+            trusted=trusted,
+            is_open=is_open,
+            position=position,
+        )
+
+
+@dataclass(slots=True)
+class MarketBatch:
+    """The builder's input for all ``N_MARKETS`` slots as arrays (row = slot).
+
+    Books are stored side by side: ``px[slot, 0]`` / ``sz[slot, 0]`` are the YES ladder and
+    ``px[slot, 1]`` / ``sz[slot, 1]`` the NO ladder, best first (so one numpy operation
+    treats both sides). The env keeps one batch and writes rows of its history arrays into it
+    each step; the paper trader builds one from :class:`MarketState` objects.
+
+    Attributes:
+        px: (N_MARKETS, 2, BOOK_LEVELS) int64 bid prices in $0.0001, 0 = empty slot.
+        sz: (N_MARKETS, 2, BOOK_LEVELS) int64 bid sizes in 0.01 contract, 0 = empty slot.
+        history: (N_MARKETS, N_HISTORY) float64 raw history values.
+        seconds_to_close: (N_MARKETS,) float64 seconds (negative once past).
+        present, trusted, is_open: (N_MARKETS,) bool.
+        yes_held_e2, no_held_e2: (N_MARKETS,) int64 contracts held, in 0.01 contract.
+        cost_e6: (N_MARKETS,) int64 cost basis of the contracts held, in $0.000001.
+    """
+
+    px: np.ndarray
+    sz: np.ndarray
+    history: np.ndarray
+    seconds_to_close: np.ndarray
+    present: np.ndarray
+    trusted: np.ndarray
+    is_open: np.ndarray
+    yes_held_e2: np.ndarray
+    no_held_e2: np.ndarray
+    cost_e6: np.ndarray
+
+    @classmethod
+    def empty(cls) -> MarketBatch:
+        """All slots absent."""
+        book = (N_MARKETS, 2, BOOK_LEVELS)
+        return cls(
+            px=np.zeros(book, np.int64),
+            sz=np.zeros(book, np.int64),
+            history=np.zeros((N_MARKETS, N_HISTORY)),
+            seconds_to_close=np.zeros(N_MARKETS),
+            present=np.zeros(N_MARKETS, bool),
+            trusted=np.zeros(N_MARKETS, bool),
+            is_open=np.zeros(N_MARKETS, bool),
+            yes_held_e2=np.zeros(N_MARKETS, np.int64),
+            no_held_e2=np.zeros(N_MARKETS, np.int64),
+            cost_e6=np.zeros(N_MARKETS, np.int64),
+        )
+
+    def set(self, slot: int, state: MarketState | None) -> None:
+        """Write one slot (None clears it)."""
+        if state is None:
+            self.present[slot] = False
+            return
+        self.px[slot, 0] = state.yes_px
+        self.px[slot, 1] = state.no_px
+        self.sz[slot, 0] = state.yes_sz
+        self.sz[slot, 1] = state.no_sz
+        self.history[slot] = state.history
+        self.seconds_to_close[slot] = state.seconds_to_close
+        self.present[slot] = True
+        self.trusted[slot] = state.trusted
+        self.is_open[slot] = state.is_open
+        self.yes_held_e2[slot] = state.yes_held_e2
+        self.no_held_e2[slot] = state.no_held_e2
+        self.cost_e6[slot] = state.cost_e6
+
+    def set_position(self, slot: int, position: MarketPosition) -> None:
+        """Write one slot's holdings from the portfolio."""
+        self.yes_held_e2[slot] = position.yes_e2
+        self.no_held_e2[slot] = position.no_e2
+        self.cost_e6[slot] = position.cost_e6
+
+    @classmethod
+    def from_states(cls, states: Sequence[MarketState | None]) -> MarketBatch:
+        """Slots in order; fewer than ``N_MARKETS`` states leave the rest absent."""
+        if len(states) > N_MARKETS:
+            raise ValueError(f"at most {N_MARKETS} markets, got {len(states)}")
+        batch = cls.empty()
+        for slot, state in enumerate(states):
+            batch.set(slot, state)
+        return batch
+
+
+@dataclass(frozen=True, slots=True)
+class PortfolioState:
+    """Account-level inputs.
+
+    Attributes:
+        cash_e6: cash in $0.000001.
+        initial_cash_e6: starting cash in $0.000001 (the scale of money features; > 0).
+        exposure_e6: total cost basis of open contracts in $0.000001.
+        fees_paid_e4: fees paid so far in $0.0001.
+        drawdown: fraction of the equity peak lost (0..1).
+        progress: episode progress (0 at reset, 1 at the last step).
+        max_position_e2: the per-market position limit in 0.01 contract (scale of positions).
+    """
+
+    cash_e6: int
+    initial_cash_e6: int
+    exposure_e6: int = 0
+    fees_paid_e4: int = 0
+    drawdown: float = 0.0
+    progress: float = 0.0
+    max_position_e2: int = 10_000
+
+    def __post_init__(self) -> None:
+        if self.initial_cash_e6 <= 0 or self.max_position_e2 <= 0:
+            raise ValueError(
+                "initial_cash_e6 and max_position_e2 must be positive (feature scales)"
+            )
+
+    @classmethod
+    def from_portfolio(cls, portfolio: Portfolio, *, progress: float) -> PortfolioState:
+        """Read a :class:`Portfolio` (drawdown as of its last ``record_equity``).
+
+        Args:
+            portfolio: the account.
+            progress: episode progress in [0, 1] (steps taken / episode length).
+        """
+        return cls(
+            cash_e6=portfolio.cash_e6,
+            initial_cash_e6=portfolio.initial_cash_e6,
+            exposure_e6=portfolio.exposure_e6(),
+            fees_paid_e4=portfolio.fees_paid_e4,
+            drawdown=portfolio.drawdown,
+            progress=progress,
+            max_position_e2=portfolio.limits.max_position_e2,
+        )
+
+
+# -- the builder ----------------------------------------------------------------------------
+
+_M = N_MARKETS
+_TOP = DEPTH_LEVELS
+N_BOOK_FEATURES = _BOOK_END - _BOOK_FIRST  # 44: offsets 3..46, what book_features() returns
+# Offsets inside the book block (feature offset − _BOOK_FIRST).
+_B = {name: _C[name] - _BOOK_FIRST for name in MARKET_FEATURE_NAMES[_BOOK_FIRST:_BOOK_END]}
+_B_SIZES = _B["yes_size_1"]  # yes_size_1..5 then no_size_1..5
+_B_GAPS = _B["yes_gap_2"]  # yes_gap_2..5 then no_gap_2..5
+_B_IMBALANCE = _B["imbalance_5"]  # imbalance_5, imbalance_10
+_B_DEPTH = _B[f"yes_depth_{BOOK_LEVELS}"]  # yes_depth_10, no_depth_10
+_B_HIST = _B[HISTORY_NAMES[0]]
+_C_TIME = _C["time_to_close_log"]  # time_to_close_log, time_to_close_1h
+_C_NET, _C_ENTRY, _C_UNREAL_PC, _C_UNREAL, _C_EXPOSURE = (
+    _C[n]
+    for n in ("net_position", "avg_entry", "unrealized_per_contract", "unrealized", "exposure")
+)
+_INV_HISTORY = np.concatenate((_INV_MID_CHANGE, np.zeros(len(HISTORY_WINDOWS)), _INV_TAIL))
+_INV_LEVEL_SIZE = 1.0 / LEVEL_SIZE_LOG_SCALE
+_INV_TOTAL_DEPTH = 1.0 / TOTAL_DEPTH_LOG_SCALE
+_IMBALANCE_DEPTHS = np.array([0, _TOP - 1, BOOK_LEVELS - 1])  # cumulative-size columns
+_TINY = 1e-12  # a denominator guard; sizes are multiples of 0.01 contract
+
+
+def book_features(
+    px: np.ndarray, sz: np.ndarray, history: np.ndarray, trusted: np.ndarray
+) -> np.ndarray:
+    """The book and history block of the per-market features (offsets 3–46), any batch shape.
+
+    Elementwise over the leading axes, so the env may compute it once for a whole recorded
+    history (shape (T, N_MARKETS, ...)) and pass rows to :func:`build_observation_batch` as
+    ``book_block``: the observation is bit-identical to computing it per step, also when the
+    block is stored as float32 (the final cast and clip commute).
+
+    Args:
+        px: (..., 2, BOOK_LEVELS) integer bid prices in $0.0001; [..., 0, :] YES, [..., 1, :] NO.
+        sz: (..., 2, BOOK_LEVELS) integer bid sizes in 0.01 contract; 0 marks an empty slot.
+        history: (..., N_HISTORY) raw history values (update counts ≥ 0).
+        trusted: (...) bool; untrusted rows are all zeros.
+
+    Returns:
+        (..., N_BOOK_FEATURES) float64, normalised but not yet clipped.
+    """
+    px = px * _PRICE_TO_DOLLARS
+    sz = sz * _SIZE_TO_CONTRACTS
+    lead = px.shape[:-2]
+    b = np.zeros((*lead, N_BOOK_FEATURES))
+
+    best = px[..., 0]  # (yes bid, no bid)
+    has = sz[..., 0] > 0  # (has yes bid, has no bid)
+    two = has[..., 0] & has[..., 1]
+    yes_bid = best[..., 0]
+    no_bid = best[..., 1]
+    b[..., 0:2] = has
+    b[..., 2] = (yes_bid - no_bid) * two  # 2·mid − 1 = yes bid + (1 − no bid) − 1
+    spread = (1.0 - yes_bid - no_bid) * two
+    b[..., 3] = spread * (1.0 / SPREAD_SCALE)
+    # yes_bid, yes_ask, no_bid, no_ask as 2p − 1 are (u, −v, v, −u) with u, v the bids':
+    # an implied ask is 1 − the other side's bid, shown when that side has a bid.
+    bids = (2.0 * best - 1.0) * has
+    b[..., 4:8:2] = bids
+    b[..., 5:9:2] = -bids[..., ::-1]
+    # Size imbalance (YES − NO) / (YES + NO) over the best level, the top 5 and all levels.
+    cum = np.cumsum(sz, axis=-1)[..., _IMBALANCE_DEPTHS]  # (..., side, 3)
+    imbalance = (cum[..., 0, :] - cum[..., 1, :]) / np.maximum(cum.sum(axis=-2), _TINY)
+    # Size-weighted microprice − mid = spread × imbalance_1 / 2.
+    b[..., 8] = spread * imbalance[..., 0] * (0.5 / MICROPRICE_SCALE)
+    b[..., 9] = imbalance[..., 0]
+    b[..., _B_IMBALANCE : _B_IMBALANCE + 2] = imbalance[..., 1:]
+    b[..., _B_DEPTH : _B_DEPTH + 2] = np.log1p(cum[..., 2]) * _INV_TOTAL_DEPTH
+
+    b[..., _B_SIZES : _B_SIZES + 2 * _TOP] = np.log1p(sz[..., :_TOP]).reshape(*lead, 2 * _TOP)
+    b[..., _B_SIZES : _B_SIZES + 2 * _TOP] *= _INV_LEVEL_SIZE
+    gaps = np.where(sz[..., 1:_TOP] > 0, (px[..., :1] - px[..., 1:_TOP]) * (1 / GAP_SCALE), 1.0)
+    b[..., _B_GAPS : _B_GAPS + 2 * (_TOP - 1)] = gaps.reshape(*lead, 2 * (_TOP - 1))
+
+    b[..., _B_HIST : _B_HIST + N_HISTORY] = history * _INV_HISTORY
+    b[..., _B_HIST + 4 : _B_HIST + 8] = np.log1p(history[..., 4:8]) * _INV_UPDATES
+    b *= np.asarray(trusted)[..., None]  # a stale book must not look informative
+    return b
+
+
+def build_observation_batch(
+    batch: MarketBatch, portfolio: PortfolioState, *, book_block: np.ndarray | None = None
+) -> np.ndarray:
+    """The (545,) float32 observation of a :class:`MarketBatch` (a fresh array).
+
+    Args:
+        batch: per-slot book, history, time and position arrays.
+        portfolio: account-level values.
+        book_block: (N_MARKETS, N_BOOK_FEATURES) from :func:`book_features` for this very
+            batch, precomputed by the env; computed here when None.
+    """
+    if book_block is None:
+        book_block = book_features(batch.px, batch.sz, batch.history, batch.trusted)
+    f = np.zeros((_M, FEATURES_PER_MARKET))
+    f[:, _BOOK_FIRST:_BOOK_END] = book_block
+    trusted = batch.trusted
+    f[:, 0] = 1.0
+    f[:, 1] = trusted
+    f[:, 2] = batch.is_open
+
+    seconds = np.fmax(batch.seconds_to_close, 0.0)  # fmax also turns NaN into 0
+    f[:, _C_TIME] = np.log1p(seconds) * (1.0 / TIME_TO_CLOSE_LOG_SCALE)
+    f[:, _C_TIME + 1] = seconds * (1.0 / TIME_TO_CLOSE_NEAR_S)
+
+    yes_held = batch.yes_held_e2
+    no_held = batch.no_held_e2
+    held = yes_held + no_held
+    initial = float(portfolio.initial_cash_e6)
+    f[:, _C_NET] = (yes_held - no_held) * (1.0 / portfolio.max_position_e2)
+    cost = batch.cost_e6
+    # cost_e6 / held_e2 is a price in $0.0001 of the held contract.
+    entry = cost / np.maximum(held, 1) * _PRICE_TO_DOLLARS
+    is_held = held > 0
+    f[:, _C_ENTRY] = (2.0 * entry - 1.0) * is_held
+    # Mark the held contract at mid (YES) or 1 − mid (NO), only on a trusted two-sided book.
+    best_e4 = batch.px[:, :, 0]
+    two_sided = (batch.sz[:, 0, 0] > 0) & (batch.sz[:, 1, 0] > 0) & trusted
+    yes_mid = (best_e4[:, 0] - best_e4[:, 1] + PRICE_SCALE) * (0.5 * _PRICE_TO_DOLLARS)
+    mark = np.where(yes_held > 0, yes_mid, 1.0 - yes_mid)
+    per_contract = (mark - entry) * (is_held & two_sided)
+    f[:, _C_UNREAL_PC] = per_contract
+    # per_contract (dollars) × held (0.01 contract) / (share × starting cash in dollars)
+    f[:, _C_UNREAL] = per_contract * held * (1e4 / (UNREALIZED_CAPITAL_SHARE * initial))
+    f[:, _C_EXPOSURE] = cost * (1.0 / initial)
+    f *= batch.present[:, None]  # absent slots are all zeros
+
+    out = np.empty(N_FEATURES, dtype=np.float32)
+    out[: _M * FEATURES_PER_MARKET] = f.reshape(-1)
+    out[_M * FEATURES_PER_MARKET :] = (
+        portfolio.cash_e6 / initial - 1.0,
+        portfolio.exposure_e6 / initial,
+        portfolio.fees_paid_e4 * 100 / (FEES_CAPITAL_SHARE * initial),
+        portfolio.drawdown,
+        portfolio.progress,
+    )
+    if np.isnan(out).any():
+        names = feature_names()
+        bad = [names[i] for i in np.flatnonzero(np.isnan(out))[:5]]
+        raise ValueError(f"observation has NaN features (non-finite inputs): {bad}")
+    np.clip(out, -1.0, 1.0, out=out)
+    return out
+
+
+def build_observation(
+    markets: Sequence[MarketState | None], portfolio: PortfolioState
+) -> np.ndarray:
+    """The (545,) float32 observation (a fresh array) for up to ``N_MARKETS`` markets.
+
+    Args:
+        markets: slot order; None or a short list leaves slots absent (zero-padded).
+        portfolio: account-level values.
+    """
+    return build_observation_batch(MarketBatch.from_states(markets), portfolio)
