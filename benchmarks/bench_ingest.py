@@ -11,7 +11,8 @@ share the recorder's core. Measured in the same run:
    from ``benchmarks/bench_writer.py``;
 3. p50/p99 latency from socket receive to book applied (and row enqueued) at 5k msg/s.
 
-Ends with one JSON line of figures. Uses (and drops) its own database ``kalshiflow_bench``.
+Ends with one JSON line of figures. Uses (and drops) its own database: ``BENCH_DB``,
+default ``kalshiflow_bench_ingest``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-DB_NAME = "kalshiflow_bench"
+DB_NAME = os.environ.get("BENCH_DB", "kalshiflow_bench_ingest")
 PG = "postgres://postgres@127.0.0.1:5432"
 
 
