@@ -204,3 +204,13 @@ def test_book_arrays_are_padded_ladders_of_the_best_levels(yes, no) -> None:
         n = len(best)
         assert list(zip(px[:n].tolist(), sz[:n].tolist(), strict=True)) == best
         assert not px[n:].any() and not sz[n:].any()
+
+
+def test_int32_price_arrays_from_the_history_loader_fill_the_same() -> None:
+    book = book_from(YES, NO)
+    yes_px, yes_sz, no_px, no_sz = book_to_arrays(book)
+    narrow = ArrayBook(yes_px.astype(np.int32), yes_sz, no_px.astype(np.int32), no_sz)
+    for contract in ("yes", "no"):
+        for side in ("buy", "sell"):
+            kwargs = {"contract": contract, "side": side, "size_e2": 3 * 10**7}
+            assert fill_order(narrow, **kwargs) == fill_order(book, **kwargs)
