@@ -474,6 +474,7 @@ class SpillStore:
         if self._dir is not None:
             return
         self.base_dir.mkdir(parents=True, exist_ok=True)
+        self.pending_rows = self.pending_bytes = 0  # a reopened store re-adopts what it left
         name = f"w-{os.getpid()}-{time.time_ns()}"
         staging = self.base_dir / f"tmp-{name}"
         staging.mkdir()
@@ -491,7 +492,7 @@ class SpillStore:
                 continue
             if not other.name.startswith("w-") and not (
                 # a tmp- directory is a writer starting up, unless it is old (crashed then)
-                other.name.startswith("tmp-") and time.time() - other.stat().st_mtime > 60
+                other.name.startswith("tmp-") and _age_s(other) > 60
             ):
                 continue
             try:
@@ -706,14 +707,19 @@ class SpillStore:
             folder, fd = self._dir, self._lock_fd
             self._dir, self._lock_fd = None, None
             self._sealed.clear()
-            self.pending_rows = 0
-            self.pending_bytes = 0
-            self._next_segment = 1
+            self._next_segment = 1  # pending_* stay: they are the rows left on disk
             if not any(_SEGMENT_RE.match(p.name) for p in folder.iterdir()):
                 (folder / ".lock").unlink(missing_ok=True)
                 folder.rmdir()
             if fd is not None:
                 os.close(fd)
+
+
+def _age_s(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
 
 
 def _decode_lines(table: str, lines: list[bytes]) -> tuple[list[tuple], list[bytes]]:
@@ -957,6 +963,7 @@ class RecordWriter:
         self._wake = threading.Event()
         self._progress = threading.Condition()
         self._marker_lock = threading.Lock()
+        self._overflow_lock = threading.Lock()
         self._markers_queued = 0
         self._thread: threading.Thread | None = None
         self._closed = True  # until start()
@@ -1040,8 +1047,10 @@ class RecordWriter:
         """
         deadline = math.inf if timeout_s is None else time.monotonic() + timeout_s
         thread = self._thread
-        if thread is None or not thread.is_alive():
-            return not self._queue and self._spill.pending_rows == 0
+        if thread is None:
+            return not self._queue
+        if not thread.is_alive():
+            return not self._queue and self._spill_pending_at_close == 0
         called_at = time.monotonic()
         marker = _FlushMarker()
         with self._marker_lock:
@@ -1152,7 +1161,8 @@ class RecordWriter:
 
     def _overflow(self, table: str, row: tuple) -> None:
         self._spill.append(table, (row,))
-        self._overflow_rows += 1  # single-threaded in practice; a lost count loses no row
+        with self._overflow_lock:
+            self._overflow_rows += 1
         self._log(
             "overflow",
             logging.WARNING,
