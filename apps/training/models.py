@@ -101,6 +101,9 @@ class TradingEpisode(models.Model):
     fees_paid_e4 = models.BigIntegerField(default=0)
     final_positions = models.JSONField(default=dict, blank=True)
     equity_curve = models.JSONField(default=list, blank=True)
+    action_ids = models.JSONField(
+        default=list, blank=True, help_text="per step, the action id of each market (compact)"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

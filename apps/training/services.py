@@ -1,0 +1,199 @@
+"""Changing the model registry: start, cancel, promote, roll back, retire, clean up.
+
+Each service takes keyword-only arguments and runs in one transaction; admin actions, views,
+the ``train`` command and the Celery task all call these, never the models directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from apps.training.artifacts import ArtifactError, sha256_of
+from apps.training.models import ModelStatus, RLModel
+from apps.training.selectors import running_training_count
+from apps.training.spec import RunSpec, SpecError, validate_spec
+
+log = logging.getLogger(__name__)
+
+
+class RegistryError(Exception):
+    """A registry operation that cannot be done now; the message says why."""
+
+
+class PromotionRefused(RegistryError):
+    """The model does not meet the promotion gate."""
+
+
+def artifact_dir(*, name: str, version: int) -> Path:
+    return Path(settings.MODEL_DIR) / name / f"v{version}"
+
+
+@transaction.atomic
+def start_training_run(*, spec: RunSpec, enqueue: bool = True) -> RLModel:
+    """Validate ``spec``, create the model row (status training) and queue the Celery task.
+
+    Raises :class:`SpecError` before anything is written when the spec is invalid, and
+    :class:`RegistryError` when the concurrency limit is reached or the parent is missing.
+    """
+    validate_spec(spec)
+    limit = settings.RL_TRAINING_MAX_CONCURRENT
+    if running_training_count() >= limit:
+        raise RegistryError(
+            f"{limit} training run(s) already running (RL_TRAINING_MAX_CONCURRENT); "
+            "wait for one to finish or cancel it"
+        )
+    parent = None
+    if spec.parent_version is not None:
+        parent = RLModel.objects.filter(name=spec.name, version=spec.parent_version).first()
+        if parent is None or not parent.artifact_sha256:
+            raise RegistryError(f"{spec.name} v{spec.parent_version} has no trained artifact")
+    # Lock this name's rows so two starts cannot take the same version number.
+    list(RLModel.objects.select_for_update().filter(name=spec.name).values_list("id"))
+    version = (RLModel.objects.filter(name=spec.name).aggregate(v=Max("version"))["v"] or 0) + 1
+    model = RLModel.objects.create(
+        name=spec.name,
+        version=version,
+        algorithm=spec.algorithm,
+        status=ModelStatus.TRAINING,
+        hyperparameters={**spec.hyperparameters, "_spec": spec.as_json()},
+        markets=spec.markets,
+        parent=parent,
+        progress={"timesteps": 0, "total_timesteps": spec.total_timesteps, "fraction": 0.0},
+    )
+    if enqueue:
+        from apps.training.tasks import train_model_task
+
+        transaction.on_commit(lambda: train_model_task.delay(model.pk))
+    log.info("training run %s v%s queued (%s)", model.name, version, spec.algorithm)
+    return model
+
+
+def spec_of(model: RLModel) -> RunSpec:
+    return RunSpec.from_json(model.hyperparameters["_spec"])
+
+
+@transaction.atomic
+def cancel_training_run(*, model: RLModel) -> RLModel:
+    """Mark a queued or running run cancelled; the task stops at its next progress check."""
+    model = RLModel.objects.select_for_update().get(pk=model.pk)
+    if model.status != ModelStatus.TRAINING:
+        raise RegistryError(f"{model} is not training")
+    model.status = ModelStatus.CANCELLED
+    model.error = "cancelled by a user"
+    model.save(update_fields=["status", "error", "updated_at"])
+    return model
+
+
+@transaction.atomic
+def promote_model(*, model: RLModel, promoted_by: Any = None) -> RLModel:
+    """Make ``model`` the active version of its name (the previous one is retired).
+
+    Refused unless the model is trained and evaluated, its artifact still has the recorded
+    sha256, and it meets ``RL_PROMOTION_MIN_SHARPE`` (when set).
+    """
+    model = RLModel.objects.select_for_update().get(pk=model.pk)
+    if model.status not in (ModelStatus.READY, ModelStatus.RETIRED):
+        raise RegistryError(f"{model} cannot be promoted: only ready or retired models can")
+    _check_artifact(model)
+    threshold = settings.RL_PROMOTION_MIN_SHARPE
+    if threshold is not None:
+        sharpe = (model.metrics.get("evaluation") or {}).get("sharpe")
+        if sharpe is None or sharpe < threshold:
+            raise PromotionRefused(
+                f"{model} has held-out Sharpe {sharpe}, below the promotion threshold "
+                f"{threshold} (RL_PROMOTION_MIN_SHARPE)"
+            )
+    RLModel.objects.filter(name=model.name, status=ModelStatus.ACTIVE).update(
+        status=ModelStatus.RETIRED
+    )
+    model.status = ModelStatus.ACTIVE
+    model.promoted_at = timezone.now()
+    model.promoted_by = promoted_by if getattr(promoted_by, "pk", None) else None
+    model.save(update_fields=["status", "promoted_at", "promoted_by", "updated_at"])
+    return model
+
+
+@transaction.atomic
+def rollback_model(*, name: str, promoted_by: Any = None) -> RLModel:
+    """Retire the active version of ``name`` and re-activate the one promoted before it."""
+    current = RLModel.objects.select_for_update().filter(name=name, status="active").first()
+    if current is None:
+        raise RegistryError(f"{name} has no active version to roll back")
+    previous = (
+        RLModel.objects.select_for_update()
+        .filter(name=name, status=ModelStatus.RETIRED, promoted_at__isnull=False)
+        .exclude(pk=current.pk)
+        .order_by("-promoted_at")
+        .first()
+    )
+    if previous is None:
+        raise RegistryError(f"{name} v{current.version} has no earlier promoted version")
+    _check_artifact(previous)
+    current.status = ModelStatus.RETIRED
+    current.save(update_fields=["status", "updated_at"])
+    previous.status = ModelStatus.ACTIVE
+    previous.promoted_at = timezone.now()
+    previous.promoted_by = promoted_by if getattr(promoted_by, "pk", None) else None
+    previous.save(update_fields=["status", "promoted_at", "promoted_by", "updated_at"])
+    return previous
+
+
+@transaction.atomic
+def retire_model(*, model: RLModel) -> RLModel:
+    model = RLModel.objects.select_for_update().get(pk=model.pk)
+    if model.status not in (ModelStatus.ACTIVE, ModelStatus.READY):
+        raise RegistryError(f"{model} is not active or ready")
+    model.status = ModelStatus.RETIRED
+    model.save(update_fields=["status", "updated_at"])
+    return model
+
+
+@transaction.atomic
+def cleanup_models(*, name: str, keep_last: int) -> list[int]:
+    """Delete versions of ``name`` beyond the newest ``keep_last`` (never the active one or
+    a running one), with their artifacts. Returns the deleted version numbers."""
+    if keep_last < 0:
+        raise RegistryError("keep_last must be >= 0")
+    versions = list(RLModel.objects.filter(name=name).order_by("-version"))
+    doomed = [
+        m
+        for m in versions[keep_last:]
+        if m.status not in (ModelStatus.ACTIVE, ModelStatus.TRAINING)
+    ]
+    deleted = []
+    for model in doomed:
+        path = artifact_dir(name=model.name, version=model.version)
+        version = model.version
+        model.delete()
+        transaction.on_commit(lambda p=path: shutil.rmtree(p, ignore_errors=True))
+        deleted.append(version)
+    return deleted
+
+
+def _check_artifact(model: RLModel) -> None:
+    path = Path(model.artifact_path)
+    if not model.artifact_sha256 or not path.is_file():
+        raise RegistryError(f"{model} has no artifact on disk")
+    if sha256_of(path) != model.artifact_sha256:
+        raise ArtifactError(f"{model}: the artifact's sha256 no longer matches the registry")
+
+
+__all__ = [
+    "PromotionRefused",
+    "RegistryError",
+    "SpecError",
+    "cancel_training_run",
+    "cleanup_models",
+    "promote_model",
+    "retire_model",
+    "rollback_model",
+    "start_training_run",
+]
