@@ -29,11 +29,18 @@ Row types are plain tuples in the fixed column order of :data:`TABLES` (the ``*R
 tuples below document and construct them). Timestamps are timezone-aware ``datetime`` values
 (UTC), prices ``*_e4`` and sizes ``*_e2`` integers, ``connection_id`` a ``uuid.UUID``.
 
-Spill durability: each spilled batch is written to the OS at once (a killed process loses
-none of it); files are ``fsync``-ed at most every ``RL_WRITER_SPILL_FSYNC_INTERVAL_S`` and
-when a segment is sealed, so a power cut can cost at most that much of the spill. Rows still
-in the in-memory queue are lost only if the process is killed with SIGKILL; SIGTERM and
+Spill durability: the worker hands each spilled batch to the OS before it takes the next
+one, and rows that ``enqueue`` spills itself reach the OS within 50 ms, so a killed process
+loses none of the spill; files are ``fsync``-ed at most every
+``RL_WRITER_SPILL_FSYNC_INTERVAL_S`` and when a segment is sealed, so a power cut can cost at
+most that much of it. Rows still in the in-memory queue are lost only to SIGKILL; SIGTERM and
 SIGINT go through :meth:`RecordWriter.close`, which writes or spills everything.
+
+Pauses: the worker holds the GIL only in short steps, so the socket's loop is not held up by
+it, but the rows it allocates trigger Python's cyclic garbage collector, and a full
+collection over Django's start-up heap holds every thread for 30-60 ms. A recording process
+should call ``gc.freeze()`` once after ``django.setup()``; the loop then stays within a few ms
+(``tests/marketdata/test_writer_outage.py`` measures it).
 
 The row types, the config and the spill store do not import Django; the write methods import
 the ORM inside the worker thread.
@@ -971,7 +978,7 @@ class RecordWriter:
         self._stop_deadline = math.inf
         self._method_name = config.method
         self._log = _RateLimitedLog()
-        # Counters: written by the worker thread only (overflow_rows under the spill lock).
+        # Counters: written by the worker thread only (overflow_rows under its own lock).
         self._popped_rows = 0
         self._overflow_rows = 0
         self._rows_written = dict.fromkeys(TABLES, 0)

@@ -487,7 +487,7 @@ def test_a_full_queue_spills_from_enqueue_which_stays_fast(proxy, make_writer, c
     stats = writer.stats()
     assert stats.overflow_rows >= 3500
     assert stats.queue_depth <= 1000
-    assert slowest_s < 0.02
+    assert slowest_s < 0.1  # the worker is stuck for 2 s in its connect; enqueue never waits
     proxy.start()
     assert writer.flush(timeout_s=20)
     assert stored_seqs(conn_id) == list(range(1, 5001))
