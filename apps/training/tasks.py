@@ -108,5 +108,10 @@ def train_model_task(model_id: int) -> dict[str, Any]:
                 for r in outcome.agent_episodes
             ]
         )
-    log.info("training run %s v%s ready: %s", model.name, model.version, outcome.metrics)
+    log.info(
+        "training run %s v%s ready (sha256 %s)",
+        model.name,
+        model.version,
+        outcome.artifact_sha256[:12],
+    )
     return {"model": model_id, "status": ModelStatus.READY, "metrics": outcome.metrics}

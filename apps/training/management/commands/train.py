@@ -1,0 +1,122 @@
+"""Train an agent on recorded history from the shell (the same service the admin uses)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import datetime
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from tqdm import tqdm
+
+from apps.training import selectors, services
+from apps.training.models import ModelStatus, RLModel
+from apps.training.spec import RunSpec, SpecError
+
+
+def _hp(value: str) -> tuple[str, object]:
+    key, sep, raw = value.partition("=")
+    if not sep:
+        raise ValueError(f"--hp takes key=value, got {value!r}")
+    return key, json.loads(raw)
+
+
+class Command(BaseCommand):
+    help = "Train PPO / A2C / MaskablePPO on recorded history as a Celery task, then evaluate."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--name", required=True, help="model name (versions are per name)")
+        parser.add_argument("--algorithm", choices=["PPO", "A2C", "MaskablePPO"], default="PPO")
+        parser.add_argument("--markets", default="", help="comma-separated; default: recorded")
+        parser.add_argument("--timesteps", type=int, default=20_000)
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--step-s", type=float, default=1.0, help="env clock step, seconds")
+        parser.add_argument("--episode-steps", type=int, default=300)
+        parser.add_argument("--eval-episodes", type=int, default=3)
+        parser.add_argument("--train-share", type=float, default=0.7)
+        parser.add_argument("--train-start", type=datetime.fromisoformat)
+        parser.add_argument("--train-end", type=datetime.fromisoformat)
+        parser.add_argument("--eval-start", type=datetime.fromisoformat)
+        parser.add_argument("--eval-end", type=datetime.fromisoformat)
+        parser.add_argument("--hp", type=_hp, action="append", default=[], help="key=value")
+        parser.add_argument("--parent-version", type=int, help="fine-tune from this version")
+        parser.add_argument("--no-wait", action="store_true", help="queue and return")
+
+    def handle(self, *args: object, **opts: object) -> None:
+        markets = [m for m in str(opts["markets"]).split(",") if m] or selectors.recorded_markets()
+        if not markets:
+            raise CommandError("no recorded markets: run ingest_orderbook first")
+        windows = [opts["train_start"], opts["train_end"], opts["eval_start"], opts["eval_end"]]
+        if not all(windows):
+            span = selectors.recorded_span(markets)
+            if span is None:
+                raise CommandError(f"no recorded deltas for {', '.join(markets)}")
+            (ts, te), (es, ee) = selectors.split_windows(*span, train_share=opts["train_share"])
+            windows = [w or d for w, d in zip(windows, (ts, te, es, ee), strict=True)]
+        spec = RunSpec(
+            name=opts["name"],
+            algorithm=opts["algorithm"],
+            markets=markets,
+            train_start=windows[0],
+            train_end=windows[1],
+            eval_start=windows[2],
+            eval_end=windows[3],
+            total_timesteps=opts["timesteps"],
+            hyperparameters=dict(opts["hp"]),
+            seed=opts["seed"],
+            step_s=opts["step_s"],
+            episode_steps=opts["episode_steps"],
+            eval_episodes=opts["eval_episodes"],
+            parent_version=opts["parent_version"],
+        )
+        stop = threading.Event()
+        holder: dict[str, RLModel] = {}
+        bar = tqdm(total=spec.total_timesteps, unit="steps", desc=f"training {spec.name}")
+        watcher = threading.Thread(target=self._watch, args=(holder, bar, stop), daemon=True)
+        watcher.start()
+        try:
+            model = services.start_training_run(spec=spec)
+        except (SpecError, services.RegistryError) as exc:
+            stop.set()
+            bar.close()
+            raise CommandError(str(exc)) from None
+        holder["model"] = model
+        if opts["no_wait"]:
+            stop.set()
+            bar.close()
+            self.stdout.write(f"queued {model}")
+            return
+        while RLModel.objects.get(pk=model.pk).status == ModelStatus.TRAINING:
+            time.sleep(1)
+        stop.set()
+        watcher.join(5)
+        bar.close()
+        model.refresh_from_db()
+        if model.status != ModelStatus.READY:
+            raise CommandError(f"{model}: {model.error.splitlines()[0] if model.error else ''}")
+        self.report(model)
+
+    def _watch(self, holder: dict[str, RLModel], bar: tqdm, stop: threading.Event) -> None:
+        """Move the bar from the progress the task writes to the row (works in eager mode)."""
+        from django.db import connection
+
+        while not stop.wait(1.0):
+            model = holder.get("model")
+            query = RLModel.objects.filter(status=ModelStatus.TRAINING).order_by("-id")
+            row = query.filter(pk=model.pk).first() if model else query.first()
+            if row is not None:
+                bar.n = int(row.progress.get("timesteps", 0))
+                bar.refresh()
+        connection.close()
+
+    def report(self, model: RLModel) -> None:
+        ev = model.metrics["evaluation"]
+        self.stdout.write(self.style.SUCCESS(f"{model} trained; artifact {model.artifact_path}"))
+        rows = [("agent", ev), *model.metrics["baselines"].items()]
+        for label, m in rows:
+            sharpe = "n/a" if m["sharpe"] is None else f"{m['sharpe']:.2f}"
+            self.stdout.write(
+                f"  {label:14s} return {m['mean_return']:+.4%}  sharpe {sharpe:>6s}  "
+                f"max drawdown {m['max_drawdown']:.4%}  fees ${m['fees_paid_e4'] / 1e4:.2f}"
+            )
