@@ -127,10 +127,15 @@ def rollback_model(*, name: str, promoted_by: Any = None) -> RLModel:
     current = RLModel.objects.select_for_update().filter(name=name, status="active").first()
     if current is None:
         raise RegistryError(f"{name} has no active version to roll back")
+    # The version promoted most recently before the current one: repeated rollbacks walk
+    # back through the promotion history (a rolled-back version keeps its promotion time).
     previous = (
         RLModel.objects.select_for_update()
-        .filter(name=name, status=ModelStatus.RETIRED, promoted_at__isnull=False)
-        .exclude(pk=current.pk)
+        .filter(
+            name=name,
+            status=ModelStatus.RETIRED,
+            promoted_at__lt=current.promoted_at,
+        )
         .order_by("-promoted_at")
         .first()
     )
@@ -140,9 +145,8 @@ def rollback_model(*, name: str, promoted_by: Any = None) -> RLModel:
     current.status = ModelStatus.RETIRED
     current.save(update_fields=["status", "updated_at"])
     previous.status = ModelStatus.ACTIVE
-    previous.promoted_at = timezone.now()
-    previous.promoted_by = promoted_by if getattr(promoted_by, "pk", None) else None
-    previous.save(update_fields=["status", "promoted_at", "promoted_by", "updated_at"])
+    previous.save(update_fields=["status", "updated_at"])
+    log.info("%s rolled back to v%s by %s", name, previous.version, promoted_by or "system")
     return previous
 
 

@@ -14,6 +14,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from apps.simulation.history import RecordedHistory
 from apps.simulation.loader import load
 from apps.training.models import EpisodeMode, ModelStatus, RLModel, TradingEpisode
 from apps.training.services import artifact_dir, spec_of
@@ -30,6 +31,16 @@ def _set_progress(model_id: int, progress: dict[str, Any]) -> None:
 
 def _cancelled(model_id: int) -> bool:
     return RLModel.objects.filter(pk=model_id, status=ModelStatus.CANCELLED).exists()
+
+
+def _require_data(history: RecordedHistory, window: str) -> None:
+    """Training on a window with no trusted book teaches nothing: fail with the reason."""
+    empty = [m for j, m in enumerate(history.markets) if not history.trusted[:, j].any()]
+    if empty:
+        raise ValueError(
+            f"no trusted recorded book in the {window} window for {', '.join(empty)}: "
+            "record these markets first (ingest_orderbook) or choose another window"
+        )
 
 
 def _dt(ns: int) -> datetime:
@@ -51,6 +62,8 @@ def train_model_task(model_id: int) -> dict[str, Any]:
         eval_history = load(
             spec.markets, spec.eval_start, spec.eval_end, step_s=spec.step_s, progress=False
         )
+        _require_data(train_history, "training")
+        _require_data(eval_history, "evaluation")
         parent = Path(model.parent.artifact_path) if model.parent else None
         outcome = train_and_evaluate(
             spec,
