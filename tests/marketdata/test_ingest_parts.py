@@ -80,7 +80,7 @@ def test_the_publisher_sends_a_changed_book_to_its_group_once() -> None:
     top = message["book"]
     assert message["type"] == "book.update"
     assert (top["yes_bid_e4"], top["yes_ask_e4"], top["spread_e4"]) == (4000, 4500, 500)
-    assert top["yes_depth"] == [(4000, 500)]
+    assert [list(level) for level in top["yes_depth"]] == [[4000, 500]]
 
 
 @pytest.mark.django_db(transaction=True)
