@@ -18,10 +18,10 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -65,6 +65,18 @@ async def _feed(args: argparse.Namespace) -> dict:
         loop.add_signal_handler(sig, stop.set)
     rss_start_mb = _rss_mb()
     rss_samples: list[float] = []
+    # Peak memory is sampled by a thread every 20 ms, through the outage and the final close.
+    # (ru_maxrss is no use here: Linux carries the forking parent's high-water mark over
+    # exec, so a child of a large pytest process would report the parent's size.)
+    peak = {"mb": rss_start_mb}
+    sampling = threading.Event()
+
+    def sample() -> None:
+        while not sampling.wait(0.02):
+            peak["mb"] = max(peak["mb"], _rss_mb())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     accepted = 0
     max_lag_s = 0.0
     max_enqueue_s = 0.0
@@ -89,6 +101,8 @@ async def _feed(args: argparse.Namespace) -> dict:
             rss_samples.append(round(_rss_mb(), 1))
     stats_before_close = writer.stats_dict()
     close_ok = await asyncio.to_thread(writer.close, 60.0)
+    sampling.set()
+    sampler.join(1)
     return {
         "accepted_rows": accepted,
         "close_ok": close_ok,
@@ -96,7 +110,7 @@ async def _feed(args: argparse.Namespace) -> dict:
         "max_enqueue_s": max_enqueue_s,
         "rss_start_mb": round(rss_start_mb, 1),
         "rss_end_mb": round(_rss_mb(), 1),
-        "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "max_rss_mb": round(max(peak["mb"], _rss_mb()), 1),
         "rss_samples_mb": rss_samples,
         "stats_before_close": stats_before_close,
         "stats": writer.stats_dict(),
