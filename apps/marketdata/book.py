@@ -150,9 +150,11 @@ class OrderBook:
         ladder = self._yes if side == "yes" else self._no
         if side not in ("yes", "no"):
             raise BookError(f"side {side!r} is not 'yes' or 'no'")
-        count = min(n, len(ladder))
-        items = ladder.items()
-        return [items[-1 - i] for i in range(count)]
+        if n <= 0:
+            return []
+        # One slice of the sorted keys (cheap in SortedList), then dict lookups.
+        prices = ladder.keys()[-n:]
+        return [(price, ladder[price]) for price in reversed(prices)]
 
     def total_size(self, side: str) -> int:
         """Sum of resting size_e2 on one side."""

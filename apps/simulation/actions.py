@@ -318,7 +318,8 @@ def execute(
     )
     if decision.trades:
         assert decision.fill is not None
-        portfolio.apply_fill(market, decision.fill)
+        # decide() checked every limit against this exact portfolio state just now.
+        portfolio.apply_checked_fill(market, decision.fill)
     return decision
 
 

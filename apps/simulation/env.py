@@ -240,7 +240,7 @@ class KalshiTradingEnv(gym.Env):
                     "size_e2": decision.size_e2,
                     "filled_e2": decision.fill.filled_e2 if decision.trades else 0,
                     "avg_price_e4": (
-                        float(decision.fill.avg_price_e4)
+                        decision.fill.notional_e6 / decision.fill.filled_e2
                         if decision.trades and decision.fill.filled_e2
                         else None
                     ),

@@ -291,7 +291,8 @@ class HistoryBuilder:
             replay.dirty = True
             replay.updates += 1
             replay.quality.deltas_applied += 1
-            if book.is_crossed():
+            # Only added size can cross a book that was not crossed before.
+            if delta_e2[i] > 0 and book.is_crossed():
                 replay.quality.crossed += 1
                 self._untrust(replay)
 

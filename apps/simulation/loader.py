@@ -72,7 +72,7 @@ def load(
     levels: int = DEFAULT_LEVELS,
     use_cache: bool = True,
     progress: bool | None = None,
-    chunk_rows: int = 200_000,
+    chunk_rows: int = 50_000,
 ) -> RecordedHistory:
     """Rebuild the books of ``markets`` (at most 10) and sample them every ``step_s`` seconds
     over [start, end). Returns arrays and a data-quality report (gaps, crossed, stale)."""
@@ -232,6 +232,7 @@ def _marker_events(markets: list[str], first: datetime, end: datetime) -> list[E
         OrderbookDelta.objects.filter(
             market_ticker__in=markets, received_at__gte=first, received_at__lt=end
         )
+        .order_by()  # no default ordering: DISTINCT must not drag received_at along
         .values_list("connection_id", flat=True)
         .distinct()
     )

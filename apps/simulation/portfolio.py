@@ -218,6 +218,9 @@ class Portfolio:
         self.cash_e6 = cash_e6
         self.limits = limits or RiskLimits()
         self.positions: dict[str, MarketPosition] = {}
+        # Σ cost basis, kept up to date by apply_fill and settle (the only writers of
+        # positions): the env asks for it several times per market per step.
+        self._exposure_e6 = 0
         self.fees_paid_e4 = 0
         self.realized_e6 = 0
         self.peak_equity_e6: Fraction = Fraction(cash_e6)
@@ -238,7 +241,7 @@ class Portfolio:
         if market is not None:
             pos = self.positions.get(market)
             return pos.cost_e6 if pos else 0
-        return sum(pos.cost_e6 for pos in self.positions.values())
+        return self._exposure_e6
 
     @property
     def capital_e6(self) -> int:
@@ -322,11 +325,18 @@ class Portfolio:
         hard = [b for b in breaches if b in (LimitBreach.SETTLED, LimitBreach.NOT_HELD)]
         if hard or (enforce and breaches):
             raise LimitError(market, hard or breaches)
+        return self.apply_checked_fill(market, fill)
+
+    def apply_checked_fill(self, market: str, fill: Fill) -> MarketPosition:
+        """Book a fill that :meth:`check_fill` just passed against this very state (the
+        env's hot path: ``actions.execute`` checks before it books, so checking twice would
+        only cost time). Anything else must call :meth:`apply_fill`."""
         if fill.filled_e2 == 0:
             return self.position(market)
         pos = self.positions.get(market) or MarketPosition()
         new, cash_delta = _after_fill(pos, fill)
         self.positions[market] = new
+        self._exposure_e6 += new.cost_e6 - pos.cost_e6
         self.cash_e6 += cash_delta
         self.fees_paid_e4 += fill.fee_e4
         self.realized_e6 += new.realized_e6 - pos.realized_e6
@@ -350,6 +360,7 @@ class Portfolio:
         pos.realized_e6 += payout - pos.cost_e6
         self.realized_e6 += payout - pos.cost_e6
         self.cash_e6 += payout
+        self._exposure_e6 -= pos.cost_e6
         pos.yes_e2 = pos.no_e2 = pos.yes_cost_e6 = pos.no_cost_e6 = 0
         pos.settled = True
         self.positions[market] = pos

@@ -204,6 +204,7 @@ def test_the_books_always_balance(cash_e6, ops, mark) -> None:
         unrealized = sum(pos.unrealized_e6(marks.get(m)) for m, pos in p)
         assert p.equity_e6(marks) - cash_e6 == p.realized_e6 + unrealized - p.fees_paid_e4 * 100
         assert p.unrealized_e6(marks) == unrealized
+        assert p.exposure_e6() == sum(pos.cost_e6 for _, pos in p)  # the cached total holds
         assert p.cash_e6 >= 0
         for _, pos in p:
             assert pos.yes_e2 >= 0 and pos.no_e2 >= 0
