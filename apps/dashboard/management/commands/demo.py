@@ -3,30 +3,14 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from datetime import UTC, datetime, timedelta
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db.models import Count
 
-from apps.marketdata.exchange import (
-    ApiKey,
-    ExchangeConfig,
-    ExchangeThread,
-    LocalExchange,
-    SyntheticConfig,
-    SyntheticSource,
-    ensure_dev_keys,
-)
-from apps.marketdata.ingest import IngestError, IngestOptions, run_ingest
+from apps.dashboard import demo
+from apps.marketdata.exchange import ExchangeThread
+from apps.marketdata.ingest import IngestError
 from apps.marketdata.kalshi.units import e2_to_count, e4_to_dollars
-from apps.marketdata.models import (
-    OrderbookDelta,
-    OrderbookSnapshot,
-    PublicTrade,
-    RecordingConnection,
-    RecordingEvent,
-)
 from apps.marketdata.selectors import rebuild_latest_book
 
 
@@ -37,60 +21,88 @@ class Command(BaseCommand):
         parser.add_argument("--markets", type=int, default=5, help="synthetic markets")
         parser.add_argument("--rate", type=float, default=1000.0, help="exchange messages/s")
         parser.add_argument("--record-seconds", type=float, default=30.0)
+        parser.add_argument("--step-s", type=float, default=0.1, help="env clock step, seconds")
+        parser.add_argument("--timesteps", type=int, default=4096, help="PPO training steps")
+        parser.add_argument("--model-name", default="demo")
         parser.add_argument("--seed", type=int, default=7)
 
     def handle(self, *args: object, **opts: object) -> None:
         started = time.monotonic()
+        say = self.stdout.write
         self.section("1. local exchange")
-        keys = ensure_dev_keys(Path(settings.LOCAL_EXCHANGE_KEY_DIR), announce=self.stdout.write)
-        exchange = LocalExchange(
-            ExchangeConfig(
-                keys=(ApiKey(public_key=keys.public_key_path, key_id=keys.key_id),),
-                source=SyntheticSource(
-                    SyntheticConfig(markets=opts["markets"], rate=opts["rate"], seed=opts["seed"])
-                ),
-            )
+        exchange = demo.local_exchange(
+            markets=opts["markets"], rate=opts["rate"], seed=opts["seed"], say=say
         )
         with ExchangeThread(exchange) as url:
-            self.stdout.write(f"serving {opts['markets']} synthetic markets at {url}")
+            say(f"serving {opts['markets']} synthetic markets at {url}")
             self.section(f"2. recording for {opts['record_seconds']:.0f}s")
             try:
-                result = run_ingest(
-                    IngestOptions(
-                        ws_url=url,
-                        exchange="local",
-                        duration_s=opts["record_seconds"],
-                        snapshot_interval_s=10.0,
-                    ),
-                    progress=lambda line: self.stdout.write(f"  {line}"),
-                )
+                result = demo.record(url=url, seconds=opts["record_seconds"], say=say)
             except IngestError as exc:
                 raise CommandError(str(exc)) from None
-        self.section("rows per table")
-        for model in (
-            RecordingConnection,
-            OrderbookSnapshot,
-            OrderbookDelta,
-            PublicTrade,
-            RecordingEvent,
-        ):
-            self.stdout.write(f"  {model._meta.db_table:28s} {model.objects.count():>9,d}")
-        by_market = dict(
-            OrderbookDelta.objects.values_list("market_ticker").annotate(n=Count("id"))
-        )
-        self.section("final top of book (YES bid / ask); the book rebuilt from the database")
-        for ticker, book in sorted(result.books.items()):
-            bid, ask = book.best_yes_bid(), book.best_yes_ask()
-            rebuilt = rebuild_latest_book(market_ticker=ticker, connection_id=result.connection_id)
-            same = rebuilt.book.snapshot_levels() == book.snapshot_levels()
-            self.stdout.write(
-                f"  {ticker:24s} bid {self.level(bid)}  ask {self.level(ask)}  "
-                f"deltas {by_market.get(ticker, 0):>7,d}  "
-                f"{'equals the live book' if same else 'DIFFERS from the live book'}"
+            self.report_recording(result)
+            markets = sorted(result.books)
+            # This run's own window: from its first to its last recorded frame.
+            first_ns = time.time_ns() - int(result.elapsed_s * 1e9)
+            start = datetime.fromtimestamp(first_ns / 1e9, UTC)
+            end = datetime.now(UTC)
+            self.section("3. history -> KalshiTradingEnv, one random-policy episode")
+            episode = demo.random_episode(
+                markets=markets, start=start, end=end, step_s=opts["step_s"], seed=opts["seed"]
             )
+            say(
+                f"  {episode.ticks} ticks of {opts['step_s']}s for {len(markets)} markets; "
+                f"episode of {episode.steps} steps: return {episode.total_return:+.4%}, "
+                f"fees ${episode.fees_dollars:.2f}, {episode.trades} fills"
+            )
+            gaps = sum(q["gaps"] for q in episode.quality.values())
+            untrusted = sum(q["untrusted_ticks"] for q in episode.quality.values())
+            say(f"  data quality: {gaps} gaps, {untrusted} untrusted market-ticks")
+            self.section("4. training PPO as a Celery task, held-out evaluation, promotion")
+            try:
+                model = demo.train_and_promote(
+                    name=opts["model_name"],
+                    markets=markets,
+                    start=start,
+                    end=end + timedelta(seconds=1),
+                    step_s=opts["step_s"],
+                    timesteps=opts["timesteps"],
+                    seed=opts["seed"],
+                )
+            except RuntimeError as exc:
+                raise CommandError(str(exc)) from None
+            self.report_model(model)
         self.stdout.write(
             self.style.SUCCESS(f"\ndemo finished in {time.monotonic() - started:.0f}s")
         )
+
+    def report_recording(self, result) -> None:  # type: ignore[no-untyped-def]
+        say = self.stdout.write
+        self.section("rows per table")
+        for table, count in demo.table_counts().items():
+            say(f"  {table:28s} {count:>9,d}")
+        by_market = demo.deltas_by_market()
+        self.section("final top of book (YES bid / ask); the book rebuilt from the database")
+        for ticker, book in sorted(result.books.items()):
+            rebuilt = rebuild_latest_book(market_ticker=ticker, connection_id=result.connection_id)
+            same = rebuilt.book.snapshot_levels() == book.snapshot_levels()
+            say(
+                f"  {ticker:24s} bid {self.level(book.best_yes_bid())}  "
+                f"ask {self.level(book.best_yes_ask())}  deltas {by_market.get(ticker, 0):>7,d}  "
+                f"{'equals the live book' if same else 'DIFFERS from the live book'}"
+            )
+
+    def report_model(self, model) -> None:  # type: ignore[no-untyped-def]
+        say = self.stdout.write
+        say(f"  {model} promoted; artifact {model.artifact_path}")
+        say(f"  sha256 {model.artifact_sha256}")
+        rows = [("agent", model.metrics["evaluation"]), *model.metrics["baselines"].items()]
+        for label, m in rows:
+            sharpe = "n/a" if m["sharpe"] is None else f"{m['sharpe']:+.2f}"
+            say(
+                f"  {label:14s} held-out return {m['mean_return']:+.4%}  sharpe {sharpe:>6s}  "
+                f"max drawdown {m['max_drawdown']:.4%}  fees ${m['fees_paid_e4'] / 1e4:.2f}"
+            )
 
     def section(self, title: str) -> None:
         self.stdout.write(self.style.MIGRATE_HEADING(f"\n== {title}"))
