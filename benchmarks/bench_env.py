@@ -292,16 +292,9 @@ def write_recording(
 
 def raw_copy(dsn: str, markets: list[str], first: datetime, end: datetime) -> tuple[float, int]:
     """Seconds and bytes for the loader's delta COPY, drained and discarded."""
-    # The same SELECT the loader streams (apps/simulation/loader.py, _copy_chunks).
-    query = sql.SQL(
-        "COPY (SELECT (extract(epoch FROM received_at) * 1000000)::int8 * 1000,"
-        " (array_position({markets}::text[], market_ticker) - 1)::int4,"
-        " connection_id, sid, seq, side = 'yes', price_e4, delta_e2"
-        " FROM rl_orderbook_deltas"
-        " WHERE market_ticker = ANY({markets}::text[])"
-        " AND received_at >= {first} AND received_at < {end}"
-        " ORDER BY received_at, id) TO STDOUT (FORMAT BINARY)"
-    ).format(markets=sql.Literal(markets), first=sql.Literal(first), end=sql.Literal(end))
+    from apps.simulation.loader import delta_copy_query
+
+    query = delta_copy_query(markets, first, end)  # the very COPY the loader streams
     with psycopg.connect(dsn) as conn:
         conn.execute("SELECT 1")  # connected before the clock starts
         started = time.perf_counter()

@@ -268,10 +268,9 @@ def _delta_chunks(
         yield from _orm_chunks(markets, first, end, chunk_rows)
 
 
-def _copy_chunks(
-    markets: list[str], first: datetime, end: datetime, chunk_rows: int
-) -> Iterator[Chunk]:
-    query = sql.SQL(
+def delta_copy_query(markets: list[str], first: datetime, end: datetime) -> sql.Composed:
+    """The binary COPY the loader streams (fixed-width rows matching ``_COPY_ROW``)."""
+    return sql.SQL(
         "COPY (SELECT (extract(epoch FROM received_at) * 1000000)::int8 * 1000,"
         " (array_position({markets}::text[], market_ticker) - 1)::int4,"
         " connection_id, sid, seq, side = 'yes', price_e4, delta_e2"
@@ -280,6 +279,12 @@ def _copy_chunks(
         " AND received_at >= {first} AND received_at < {end}"
         " ORDER BY received_at, id) TO STDOUT (FORMAT BINARY)"
     ).format(markets=sql.Literal(markets), first=sql.Literal(first), end=sql.Literal(end))
+
+
+def _copy_chunks(
+    markets: list[str], first: datetime, end: datetime, chunk_rows: int
+) -> Iterator[Chunk]:
+    query = delta_copy_query(markets, first, end)
     row_size = _COPY_ROW.itemsize
     buffer = bytearray()
     header_done = False

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from apps.marketdata.kalshi.commands import CHANNELS
+
 from . import frames
 
 if TYPE_CHECKING:
@@ -26,23 +28,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Channels Kalshi knows (2026 enum) and the ones this exchange serves.
-KNOWN_CHANNELS = frozenset(
-    {
-        "orderbook_delta",
-        "ticker",
-        "trade",
-        "fill",
-        "market_positions",
-        "market_lifecycle_v2",
-        "multivariate_market_lifecycle",
-        "multivariate",
-        "communications",
-        "order_group_updates",
-        "user_orders",
-        "cfbenchmarks_value",
-    }
-)
+# Channels Kalshi knows (2026 enum, shared with the client) and the ones this exchange serves.
+KNOWN_CHANNELS = CHANNELS
 SERVED_CHANNELS = ("orderbook_delta", "trade", "ticker")
 SEQUENCED_CHANNELS = frozenset({"orderbook_delta", "trade"})
 UPDATE_ACTIONS = ("add_markets", "delete_markets", "get_snapshot")
