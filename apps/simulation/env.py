@@ -26,7 +26,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Any
 
 import gymnasium as gym
@@ -200,9 +199,14 @@ class KalshiTradingEnv(gym.Env):
         self._episode_end = start + steps
         self.portfolio = Portfolio(cash_e6=self.initial_cash_e6, limits=self.config.limits)
         self._settled = np.zeros(self.n_markets, dtype=bool)
+        batch = self._batch
+        batch.yes_held_e2[:] = 0
+        batch.no_held_e2[:] = 0
+        batch.cost_e6[:] = 0
+        self._positions_changed: set[int] = set()
         self._settle_due()
-        self._equity = self._equity_now()
-        self.portfolio.record_equity(self._equity)
+        self._equity_x2 = self._equity_now_x2()
+        self.portfolio.record_equity_x2(self._equity_x2)
         self._steps = 0
         return self._observation(), self._info(trades=[])
 
@@ -232,6 +236,8 @@ class KalshiTradingEnv(gym.Env):
                 sizes_e2=self.sizes_e2,
                 fees=self._fees[j],
             )
+            if decision.trades:
+                self._positions_changed.add(j)
             trades.append(
                 {
                     "market": market,
@@ -251,13 +257,14 @@ class KalshiTradingEnv(gym.Env):
         self._t = t + 1
         self._steps += 1
         settled = self._settle_due()
-        equity = self._equity_now()
+        equity_x2 = self._equity_now_x2()
         drawdown_before = self.portfolio.drawdown
-        drawdown = self.portfolio.record_equity(equity)
-        reward = float((equity - self._equity) / self.initial_cash_e6)
+        drawdown = self.portfolio.record_equity_x2(equity_x2)
+        # Integer numerator over integer denominator: the exact change, rounded once.
+        reward = (equity_x2 - self._equity_x2) / (2 * self.initial_cash_e6)
         if self.config.risk_penalty:
             reward -= self.config.risk_penalty * max(0.0, drawdown - drawdown_before)
-        self._equity = equity
+        self._equity_x2 = equity_x2
         terminated = bool(self._settled.all())
         truncated = not terminated and self._steps >= self.config.episode_steps
         info = self._info(trades=trades)
@@ -314,8 +321,10 @@ class KalshiTradingEnv(gym.Env):
         batch.is_open[:m] = ~self._settled
         now = self.history.times_ns[t]
         batch.seconds_to_close[:m] = (self._close_ns - now) / NS
-        for j, market in enumerate(self.markets):
-            batch.set_position(j, self.portfolio.position(market))
+        # Holdings change only when a market trades or settles: refresh just those slots.
+        for j in self._positions_changed:
+            batch.set_position(j, self.portfolio.position(self.markets[j]))
+        self._positions_changed.clear()
         state = PortfolioState.from_portfolio(
             self.portfolio, progress=self._steps / self.config.episode_steps
         )
@@ -325,8 +334,8 @@ class KalshiTradingEnv(gym.Env):
         row = self._mid_e4x2[self._t]
         return {m: (int(row[j]) if row[j] >= 0 else None) for j, m in enumerate(self.markets)}
 
-    def _equity_now(self) -> Fraction:
-        return self.portfolio.equity_e6(self._marks())
+    def _equity_now_x2(self) -> int:
+        return self.portfolio.equity_e6x2(self._marks())
 
     def _settle_due(self) -> list[dict[str, Any]]:
         """Settle every market whose close has come (at the result, else at its mid)."""
@@ -347,6 +356,7 @@ class KalshiTradingEnv(gym.Env):
                 payout = self.portfolio.settle(market, "scalar", value)
                 how = "settled_at_mid"
             self._settled[j] = True
+            self._positions_changed.add(j)
             done.append({"market": market, "how": how, "payout_e6": payout})
         return done
 
@@ -357,7 +367,7 @@ class KalshiTradingEnv(gym.Env):
             "tick": self._t,
             "trades": trades,
             "cash_e6": p.cash_e6,
-            "equity_e6": float(self._equity) if hasattr(self, "_equity") else p.cash_e6,
+            "equity_e6": self._equity_x2 / 2 if hasattr(self, "_equity_x2") else p.cash_e6,
             "fees_paid_e4": p.fees_paid_e4,
             "drawdown": p.drawdown,
             "positions": {

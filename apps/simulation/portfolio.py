@@ -255,10 +255,14 @@ class Portfolio:
             marks_e4x2: market -> twice its YES mid in $0.0001; a missing market or None marks
                 that market at cost.
         """
+        return Fraction(self.equity_e6x2(marks_e4x2), 2)
+
+    def equity_e6x2(self, marks_e4x2: Mapping[str, int | None]) -> int:
+        """Twice :meth:`equity_e6`, as an integer (the env's hot path avoids Fractions)."""
         total_x2 = 2 * self.cash_e6
         for market, pos in self.positions.items():
             total_x2 += pos.value_e6x2(marks_e4x2.get(market))
-        return Fraction(total_x2, 2)
+        return total_x2
 
     def unrealized_e6(self, marks_e4x2: Mapping[str, int | None]) -> Fraction:
         """Σ value at the marks − cost basis, in $0.000001."""
@@ -365,6 +369,19 @@ class Portfolio:
         pos.settled = True
         self.positions[market] = pos
         return payout
+
+    def record_equity_x2(self, equity_e6x2: int) -> float:
+        """:meth:`record_equity` for twice the equity as an integer: the same peak, drawdown
+        and result, in integer arithmetic (int / int division rounds like Fraction's float)."""
+        peak = self.peak_equity_e6
+        n, d = peak.numerator, peak.denominator
+        if equity_e6x2 * d > 2 * n:
+            self.peak_equity_e6 = Fraction(equity_e6x2, 2)
+            n, d = self.peak_equity_e6.numerator, self.peak_equity_e6.denominator
+        # (peak − equity) / peak with peak = n/d and equity = e/2 is (2n − e·d) / (2n).
+        self.drawdown = (2 * n - equity_e6x2 * d) / (2 * n) if n > 0 else 0.0
+        self.max_drawdown = max(self.max_drawdown, self.drawdown)
+        return self.drawdown
 
     def record_equity(self, equity_e6: Fraction | int) -> float:
         """Track the equity peak; returns the current drawdown (fraction of the peak lost).

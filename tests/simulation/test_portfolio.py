@@ -211,3 +211,14 @@ def test_the_books_always_balance(cash_e6, ops, mark) -> None:
             assert pos.yes_e2 == 0 or pos.no_e2 == 0  # netted
             assert (pos.cost_e6 == 0) == (pos.held_e2 == 0)
             assert pos.held_e2 <= 3_000
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=10**12), min_size=1, max_size=30))
+def test_record_equity_x2_matches_record_equity_exactly(equities_x2) -> None:
+    exact = Portfolio(cash_e6=10**9)
+    fast = Portfolio(cash_e6=10**9)
+    for e in equities_x2:
+        assert fast.record_equity_x2(e) == exact.record_equity(Fraction(e, 2))
+        assert fast.peak_equity_e6 == exact.peak_equity_e6
+        assert fast.max_drawdown == exact.max_drawdown
