@@ -21,7 +21,8 @@ class TradingActionAdmin(admin.ModelAdmin):
         "cash_after_e4",
         "reward",
         "model_version",
+        "refusal",
     )
-    list_filter = ("action_type", "market_ticker", "episode__mode")
+    list_filter = ("action_type", "refusal", "market_ticker", "episode__mode")
     show_full_result_count = False
     date_hierarchy = "time"

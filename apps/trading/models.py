@@ -11,7 +11,11 @@ class TradingAction(models.Model):
     Units: ``price_e4``/``fee_e4``/``cash_after_e4`` in $0.0001, ``quantity_filled_e2`` and
     ``position_after_e2`` in 0.01 contracts (a NO position is negative YES exposure only in
     features; here ``position_after_e2`` is signed: + YES contracts, - NO contracts).
-    ``mask_bits`` has bit i set when action i was allowed.
+    ``mask_bits`` has bit i set when action i was allowed. ``refusal`` says why an action
+    other than HOLD was not carried out (``untrusted``, ``no_liquidity``, ``cash``, ``position``,
+    ... from the simulation, or ``kill_switch``); empty when it was carried out or held.
+    ``reward`` is the market's share of the change of the portfolio's value marked to mid
+    since the previous decision, over the starting cash (see :mod:`apps.trading.actor`).
     """
 
     episode = models.ForeignKey(
@@ -31,6 +35,9 @@ class TradingAction(models.Model):
     cash_after_e4 = models.BigIntegerField(default=0)
     reward = models.FloatField(default=0.0)
     model_version = models.PositiveIntegerField()
+    refusal = models.CharField(
+        max_length=32, blank=True, default="", help_text="why the action was not carried out"
+    )
 
     class Meta:
         db_table = "rl_trading_actions"

@@ -1,0 +1,136 @@
+"""The paper trader's kill switch (pure: no Django).
+
+Three operator limits, on top of the env's own :class:`~apps.simulation.portfolio.RiskLimits`
+(which the model was trained with and which masks orders one by one):
+
+* contracts held in any one market (YES or NO) above ``max_position_contracts``;
+* total exposure (cost basis of every open contract) above ``max_exposure_dollars``;
+* the loss since the UTC day began (equity marked to mid, fees included) reaching
+  ``max_daily_loss_dollars``.
+
+The switch is checked before every decision and after its fills. Once a limit is breached it
+**latches**: every later decision is a hold (the model still runs, and what it asked for is
+logged with refusal ``kill_switch``) until the trader is restarted by an operator who has
+looked at why. Restarting is the reset on purpose: a switch that re-arms itself at midnight
+would trade again without anyone having read the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from fractions import Fraction
+
+from apps.simulation.portfolio import Portfolio
+
+log = logging.getLogger(__name__)
+
+NS_PER_DAY = 86_400 * 1_000_000_000
+KILL_SWITCH = "kill_switch"  # the refusal logged on every decision the switch turned into a hold
+
+
+@dataclass(frozen=True)
+class RiskSettings:
+    """Operator limits (the ``RL_PAPER_MAX_*`` settings), in contracts and dollars; > 0."""
+
+    max_position_contracts: float = 100.0
+    max_exposure_dollars: float = 1_000.0
+    max_daily_loss_dollars: float = 100.0
+
+    def __post_init__(self) -> None:
+        for name in ("max_position_contracts", "max_exposure_dollars", "max_daily_loss_dollars"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+
+    @classmethod
+    def from_settings(cls) -> RiskSettings:
+        """The limits configured in settings or the environment (:mod:`apps.trading.conf`)."""
+        from apps.trading.conf import paper_setting
+
+        return cls(
+            max_position_contracts=paper_setting("RL_PAPER_MAX_POSITION_CONTRACTS"),
+            max_exposure_dollars=paper_setting("RL_PAPER_MAX_EXPOSURE_DOLLARS"),
+            max_daily_loss_dollars=paper_setting("RL_PAPER_MAX_DAILY_LOSS_DOLLARS"),
+        )
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "max_position_contracts": self.max_position_contracts,
+            "max_exposure_dollars": self.max_exposure_dollars,
+            "max_daily_loss_dollars": self.max_daily_loss_dollars,
+        }
+
+
+class KillSwitch:
+    """Latching risk check over a :class:`Portfolio`; see the module docstring."""
+
+    def __init__(self, limits: RiskSettings) -> None:
+        self.limits = limits
+        # Integer thresholds in the portfolio's units, so comparisons are exact.
+        self._max_position_e2 = round(limits.max_position_contracts * 100)
+        self._max_exposure_e6 = round(limits.max_exposure_dollars * 1_000_000)
+        self._max_loss_e6 = round(limits.max_daily_loss_dollars * 1_000_000)
+        self.engaged = False
+        self.reason = ""
+        self.engaged_at_ns: int | None = None
+        self._day: int | None = None
+        self._day_start_equity_e6: Fraction = Fraction(0)
+
+    def check(self, *, portfolio: Portfolio, equity_e6: Fraction | int, time_ns: int) -> bool:
+        """Engage the switch if a limit is breached now; returns whether it is engaged.
+
+        Args:
+            portfolio: the account after whatever fills happened so far.
+            equity_e6: its equity marked to mid, in $0.000001.
+            time_ns: Unix time of the check in ns (sets the UTC day of the loss limit).
+        """
+        day = time_ns // NS_PER_DAY
+        if day != self._day:
+            # A new UTC day (or the first check): losses count from here.
+            self._day = day
+            self._day_start_equity_e6 = Fraction(equity_e6)
+        if self.engaged:
+            return True
+        reason = self._breach(portfolio, Fraction(equity_e6))
+        if reason:
+            self.engaged = True
+            self.reason = reason
+            self.engaged_at_ns = time_ns
+            log.warning("paper kill switch engaged: %s; every further decision holds", reason)
+        return self.engaged
+
+    def _breach(self, portfolio: Portfolio, equity_e6: Fraction) -> str:
+        for market, position in portfolio:
+            if position.held_e2 > self._max_position_e2:
+                return (
+                    f"{market}: {position.held_e2 / 100:g} contracts held > max "
+                    f"{self.limits.max_position_contracts:g} (RL_PAPER_MAX_POSITION_CONTRACTS)"
+                )
+        exposure_e6 = portfolio.exposure_e6()
+        if exposure_e6 > self._max_exposure_e6:
+            return (
+                f"exposure ${exposure_e6 / 1e6:,.2f} > max "
+                f"${self.limits.max_exposure_dollars:,.2f} (RL_PAPER_MAX_EXPOSURE_DOLLARS)"
+            )
+        loss_e6 = self._day_start_equity_e6 - equity_e6
+        if loss_e6 >= self._max_loss_e6:
+            return (
+                f"loss today ${float(loss_e6) / 1e6:,.2f} >= max "
+                f"${self.limits.max_daily_loss_dollars:,.2f} (RL_PAPER_MAX_DAILY_LOSS_DOLLARS)"
+            )
+        return ""
+
+    def as_dict(self) -> dict[str, object]:
+        """The switch's state for /rl/status."""
+        at = (
+            datetime.fromtimestamp(self.engaged_at_ns / 1e9, UTC).isoformat()
+            if self.engaged_at_ns is not None
+            else None
+        )
+        return {
+            "engaged": self.engaged,
+            "reason": self.reason,
+            "engaged_at": at,
+            "limits": self.limits.as_dict(),
+        }

@@ -1,0 +1,141 @@
+"""Live books sampled on the env's clock, and their history features (pure: no Django).
+
+The env sees a market as rows of a :class:`~apps.simulation.history.RecordedHistory`: at each
+tick, the top ``BOOK_LEVELS`` bids of each side (0 where absent, all 0 while untrusted), the
+trusted flag, and the number of book updates since the previous tick. :class:`BookSampler`
+takes exactly that row from the live :class:`~apps.marketdata.book.OrderBook` objects at each
+decision, so a paper session is itself a history the env can replay (the parity test does).
+
+History features (mid changes, update counts, volatility, spread and depth changes) come from
+:func:`~apps.simulation.features.history_summaries` over the per-tick series of mid, spread
+and top-5 depth. The env derives those series from its arrays with its own arithmetic
+(``KalshiTradingEnv._precompute``), which is not the arithmetic of
+:func:`~apps.simulation.features.book_stats` that ``MarketHistory.push_book`` uses: the two
+differ in the last bit of a float for about half of all prices. :func:`env_series_values`
+restates the env's expressions, elementwise, so the series here are the env's series bit for
+bit; they go into :class:`~apps.simulation.features.MarketHistory`, whose ``summary()`` reruns
+``history_summaries`` on its ring of the last ``HISTORY_CAPACITY`` ticks. Row ``t`` of
+``history_summaries`` reads ticks ``t − 300 … t`` only and adds in the same order however long
+the series is, so the ring gives the env's row exactly. ``tests/trading/test_sampling.py``
+checks every tick of a history against the env's own precomputed rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from apps.simulation.features import DEPTH_LEVELS, MarketHistory
+from apps.simulation.fills import BOOK_LEVELS, BookView
+
+
+@dataclass(frozen=True, slots=True)
+class BookSample:
+    """Every followed market at one decision, in the env's layout (fresh arrays).
+
+    Attributes:
+        time_ns: Unix time of the sample in ns.
+        px: (M, 2, BOOK_LEVELS) int64 bid prices in $0.0001, [:, 0] YES and [:, 1] NO,
+            best first, 0 where absent.
+        sz: (M, 2, BOOK_LEVELS) int64 bid sizes in 0.01 contract, 0 where absent.
+        trusted: (M,) bool, the client's seq-checked trust in each book.
+        updates: (M,) int64 book updates applied since the previous sample.
+    """
+
+    time_ns: int
+    px: np.ndarray
+    sz: np.ndarray
+    trusted: np.ndarray
+    updates: np.ndarray
+
+
+class BookSampler:
+    """Reads the top ``BOOK_LEVELS`` levels of M live books into a :class:`BookSample`."""
+
+    def __init__(self, n_markets: int) -> None:
+        self.n_markets = n_markets
+        self._seen_updates: list[int | None] = [None] * n_markets
+
+    def sample(
+        self, books: Sequence[BookView], trusted: Sequence[bool], *, time_ns: int
+    ) -> BookSample:
+        """Sample every book now.
+
+        Args:
+            books: the markets' books in slot order (an ``OrderBook`` exposes ``updates``, the
+                count of snapshots, deltas and clears applied; other views count as unchanged).
+            trusted: whether each book is trusted (an untrusted book samples as all zeros,
+                as the history loader stores it).
+            time_ns: Unix time of the sample in ns.
+        """
+        m = self.n_markets
+        px = np.zeros((m, 2, BOOK_LEVELS), dtype=np.int64)
+        sz = np.zeros((m, 2, BOOK_LEVELS), dtype=np.int64)
+        updates = np.zeros(m, dtype=np.int64)
+        ok = np.zeros(m, dtype=bool)
+        for j, book in enumerate(books):
+            count = getattr(book, "updates", 0)
+            previous = self._seen_updates[j]
+            # The first sample counts the updates up to then, like the first tick of a load.
+            updates[j] = count - previous if previous is not None else count
+            self._seen_updates[j] = count
+            if not trusted[j]:
+                continue
+            ok[j] = True
+            for side in (0, 1):
+                levels = book.depth("yes" if side == 0 else "no", BOOK_LEVELS)
+                for i, (price_e4, size_e2) in enumerate(levels):
+                    px[j, side, i] = price_e4
+                    sz[j, side, i] = size_e2
+        return BookSample(time_ns=time_ns, px=px, sz=sz, trusted=ok, updates=updates)
+
+
+def env_series_values(
+    px: np.ndarray, sz: np.ndarray, trusted: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Mid, spread and top-5 depths of one tick per market, with the env's arithmetic.
+
+    The same expressions as ``KalshiTradingEnv._precompute`` (elementwise, so one tick gives
+    the numbers the env computes for that tick inside its whole series).
+
+    Args:
+        px: (M, 2, K) int64 bid prices in $0.0001 ([:, 0] YES, [:, 1] NO), best first.
+        sz: (M, 2, K) int64 bid sizes in 0.01 contract.
+        trusted: (M,) bool.
+
+    Returns:
+        (mid, spread) in dollars, NaN unless trusted and two-sided; (yes_depth, no_depth) in
+        contracts over the top 5 levels, NaN unless trusted. Each (M,) float64.
+    """
+    yes_bid = px[:, 0, 0] / 1e4
+    no_bid = px[:, 1, 0] / 1e4
+    two = (sz[:, 0, 0] > 0) & (sz[:, 1, 0] > 0) & trusted
+    mid = np.where(two, (yes_bid + 1.0 - no_bid) / 2, np.nan)
+    spread = np.where(two, 1.0 - yes_bid - no_bid, np.nan)
+    yes_depth = np.where(trusted, sz[:, 0, :DEPTH_LEVELS].sum(axis=1) / 100, np.nan)
+    no_depth = np.where(trusted, sz[:, 1, :DEPTH_LEVELS].sum(axis=1) / 100, np.nan)
+    return mid, spread, yes_depth, no_depth
+
+
+class LiveHistory:
+    """The history features of M markets, one :class:`MarketHistory` ring per market."""
+
+    def __init__(self, n_markets: int) -> None:
+        self.rings = [MarketHistory() for _ in range(n_markets)]
+
+    def push(self, sample: BookSample) -> np.ndarray:
+        """Append one tick; returns the (M, N_HISTORY) raw history values for it (float64)."""
+        mid, spread, yes_depth, no_depth = env_series_values(sample.px, sample.sz, sample.trusted)
+        rows = []
+        for j, ring in enumerate(self.rings):
+            ring.push(
+                mid=mid[j],
+                spread=spread[j],
+                updates=int(sample.updates[j]),
+                yes_depth=yes_depth[j],
+                no_depth=no_depth[j],
+            )
+            rows.append(ring.summary())
+        return np.array(rows)

@@ -1,0 +1,58 @@
+"""Live samples and their history features are the env's, bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from apps.marketdata.book import OrderBook
+from apps.simulation.env import EnvConfig, KalshiTradingEnv
+from apps.simulation.features import HISTORY_CAPACITY
+from apps.simulation.synthetic import synthetic_history
+from apps.trading.sampling import BookSample, BookSampler, LiveHistory
+
+
+def samples_of(history, t: int) -> BookSample:
+    px = np.stack([history.yes_px[t], history.no_px[t]], axis=1).astype(np.int64)
+    sz = np.stack([history.yes_sz[t], history.no_sz[t]], axis=1).astype(np.int64)
+    return BookSample(
+        time_ns=int(history.times_ns[t]),
+        px=px,
+        sz=sz,
+        trusted=history.trusted[t].copy(),
+        updates=history.updates[t].astype(np.int64),
+    )
+
+
+def test_live_history_equals_the_envs_precomputed_rows_at_every_tick() -> None:
+    # Longer than the ring, with untrusted stretches (NaN mids) and varying update counts.
+    history = synthetic_history(markets=3, ticks=2 * HISTORY_CAPACITY + 50, untrusted_share=0.1)
+    env = KalshiTradingEnv(history, config=EnvConfig(episode_steps=10))
+    live = LiveHistory(3)
+    for t in range(history.n_ticks):
+        rows = live.push(samples_of(history, t))
+        expected = env._hist[t, :3]
+        assert rows.tobytes() == expected.tobytes(), t
+    assert np.abs(env._hist[:, :3, :4]).max() > 0  # mid changes were exercised
+
+
+def test_the_sampler_reads_the_top_ten_levels_best_first_and_counts_updates() -> None:
+    book = OrderBook("M")
+    book.apply_snapshot(
+        [(100 * p, 100 + p) for p in range(1, 15)], [(100 * p, 200 + p) for p in range(1, 13)]
+    )
+    other = OrderBook("N")
+    sampler = BookSampler(2)
+    first = sampler.sample([book, other], [True, False], time_ns=5)
+    assert first.px[0, 0].tolist() == [100 * p for p in range(14, 4, -1)]
+    assert first.sz[0, 0].tolist() == [100 + p for p in range(14, 4, -1)]
+    assert first.px[0, 1].tolist() == [100 * p for p in range(12, 2, -1)]
+    assert first.updates.tolist() == [1, 0]
+    # An untrusted book samples as zeros whatever it holds.
+    other.apply_snapshot([(4000, 100)], [(5000, 100)])
+    book.apply_delta("yes", 1400, -114)
+    book.apply_delta("no", 1300, 5)
+    second = sampler.sample([book, other], [True, False], time_ns=6)
+    assert second.px[0, 0, 0] == 1300 and second.px[0, 1, 0] == 1300
+    assert second.updates.tolist() == [2, 1]
+    assert not second.px[1].any() and not second.sz[1].any()
+    assert second.trusted.tolist() == [True, False]
