@@ -165,6 +165,35 @@ RL_TRAINING_MAX_CONCURRENT = env_int("RL_TRAINING_MAX_CONCURRENT", 1, minimum=1)
 _min_sharpe = env_str("RL_PROMOTION_MIN_SHARPE", "")
 RL_PROMOTION_MIN_SHARPE = float(_min_sharpe) if _min_sharpe else None
 
+# The operations surface (apps/dashboard): REST API, OpenAPI schema, live page.
+# Staff only (session or basic auth) except /rl/health; errors are JSON.
+INSTALLED_APPS += ["rest_framework", "drf_spectacular", "drf_spectacular_sidecar"]
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.BasicAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PAGINATION_CLASS": "apps.dashboard.api.pagination.Pages",
+    "PAGE_SIZE": 50,
+    "EXCEPTION_HANDLER": "apps.dashboard.api.errors.json_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "apps.dashboard.api.schema.AutoSchema",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Kalshi Flow RL",
+    "DESCRIPTION": "Recording, model registry, episodes and paper trading, read-only.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAdminUser"],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+# Serve static files (admin, Swagger UI, live page) from the ASGI app itself, so that
+# `daphne kalshiflow_site.asgi:application` runs the whole site offline with no web server.
+RL_SERVE_STATIC = env_bool("RL_SERVE_STATIC", True)
+
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
 LOGGING = {
     "version": 1,

@@ -5,3 +5,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("rl/", include("apps.dashboard.urls")),
 ]
+
+# Under /rl/ a missing route or a crash answers JSON like the rest of the API.
+handler404 = "apps.dashboard.api.errors.json_not_found"
+handler500 = "apps.dashboard.api.errors.json_server_error"

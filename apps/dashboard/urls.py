@@ -1,9 +1,9 @@
-from django.urls import path
+from django.urls import include, path
 
 from apps.dashboard import views
 
 app_name = "dashboard"
 urlpatterns = [
-    path("health", views.health_view, name="health"),
-    path("status", views.status_view, name="status"),
+    path("", include("apps.dashboard.api.urls")),
+    path("live", views.live_view, name="live"),
 ]

@@ -1,25 +1,19 @@
-"""JSON status views. Health is public (for load balancers); status needs a staff user."""
+"""Pages for people (the JSON API is in apps/dashboard/api/)."""
 
 from __future__ import annotations
 
 from django.contrib.admin.views.decorators import staff_member_required
-from django.db import DatabaseError
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from apps.dashboard import selectors
+from apps.dashboard.consumers import LIVE_WS_PATH, SUMMARY_INTERVAL_S
 
 
 @require_GET
-def health_view(request: HttpRequest) -> JsonResponse:
-    try:
-        body = selectors.health()
-    except DatabaseError as exc:
-        body = {"healthy": False, "workers": 0, "problems": [f"database: {type(exc).__name__}"]}
-    return JsonResponse(body, status=200 if body["healthy"] else 503)
-
-
-@require_GET
-@staff_member_required(login_url="admin:login")
-def status_view(request: HttpRequest) -> JsonResponse:
-    return JsonResponse({"health": selectors.health(), "workers": selectors.workers_status()})
+@staff_member_required
+def live_view(request: HttpRequest) -> HttpResponse:
+    """Top of book per market (pushed over a WebSocket as it changes), ingestion counters,
+    the paper trader and the equity plot of its episode (refreshed by the same socket)."""
+    context = {"ws_path": LIVE_WS_PATH, "summary_interval_s": SUMMARY_INTERVAL_S}
+    return render(request, "dashboard/live.html", context)

@@ -59,7 +59,9 @@ def test_a_stopped_worker_is_not_counted(client) -> None:
 
 def test_status_needs_a_staff_user_and_shows_counters(client, django_user_model) -> None:
     beat(messages=1234, gaps=2)
-    assert client.get("/rl/status").status_code == 302
+    anonymous = client.get("/rl/status")
+    assert anonymous.status_code == 401
+    assert anonymous.json()["error"] == "not_authenticated"
     staff = django_user_model.objects.create_user("ops", password="x" * 12, is_staff=True)
     client.force_login(staff)
     body = client.get("/rl/status").json()
