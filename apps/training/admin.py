@@ -11,6 +11,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.html import format_html
 
 from apps.training import selectors, services
 from apps.training.artifacts import ArtifactError
@@ -18,16 +19,44 @@ from apps.training.models import RLModel, TradingEpisode
 from apps.training.spec import ALGORITHMS, RunSpec, SpecError
 
 
+def episode_plot_img(episode: TradingEpisode, *, width_px: int) -> str:
+    """The episode's equity and drawdown PNG (drawn by /rl/episodes/<id>/plot.png)."""
+    if episode.pk is None:
+        return ""
+    url = reverse("dashboard:episode-plot", kwargs={"pk": episode.pk})
+    return format_html(
+        '<a href="{}"><img src="{}" width="{}" alt="equity and drawdown of episode {}" '
+        'class="episode-plot" loading="lazy"></a>',
+        url,
+        url,
+        width_px,
+        episode.pk,
+    )
+
+
 class TradingEpisodeInline(admin.TabularInline):
     model = TradingEpisode
     extra = 0
     can_delete = False
     show_change_link = True
-    fields = ("mode", "started_at", "steps", "total_return", "sharpe", "max_drawdown", "win_rate")
+    fields = (
+        "mode",
+        "started_at",
+        "steps",
+        "total_return",
+        "sharpe",
+        "max_drawdown",
+        "win_rate",
+        "plot",
+    )
     readonly_fields = fields
 
     def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
+
+    @admin.display(description="equity / drawdown")
+    def plot(self, obj: TradingEpisode) -> str:
+        return episode_plot_img(obj, width_px=300)
 
 
 class TrainingRunForm(forms.Form):
@@ -233,7 +262,11 @@ class TradingEpisodeAdmin(admin.ModelAdmin):
     )
     list_filter = ("mode", "model__name")
     date_hierarchy = "started_at"
-    readonly_fields = [f.name for f in TradingEpisode._meta.fields]
+    readonly_fields = ["equity_plot", *(f.name for f in TradingEpisode._meta.fields)]
+
+    @admin.display(description="equity and drawdown")
+    def equity_plot(self, obj: TradingEpisode) -> str:
+        return episode_plot_img(obj, width_px=900)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
