@@ -248,10 +248,11 @@ class PaperActor:
         portfolio = self.portfolio
         history = self.history.push(sample)
         marks = self._marks(sample)
-        equity = portfolio.equity_e6(marks)
-        portfolio.record_equity(equity)
+        # The env's integer path (equity_e6x2 / record_equity_x2), so drawdown is its number.
+        equity_x2 = portfolio.equity_e6x2(marks)
+        portfolio.record_equity_x2(equity_x2)
         halted = self.kill_switch.check(
-            portfolio=portfolio, equity_e6=equity, time_ns=sample.time_ns
+            portfolio=portfolio, equity_e6=Fraction(equity_x2, 2), time_ns=sample.time_ns
         )
 
         batch = self._batch
@@ -332,7 +333,7 @@ class PaperActor:
                         refusal = str(decision.refusal)
             fills.append((action_id, decision, refusal))
 
-        equity_after = portfolio.equity_e6(marks)
+        equity_after = Fraction(portfolio.equity_e6x2(marks), 2)
         self.kill_switch.check(portfolio=portfolio, equity_e6=equity_after, time_ns=sample.time_ns)
         initial_x2 = 2 * self.initial_cash_e6
         for j, market in enumerate(self.markets):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -248,8 +249,6 @@ class ActionWriter:
     def _configure_connection(self) -> None:
         """Timeouts and overrides on this thread's connection object only (connections are
         per thread in Django)."""
-        import math
-
         from django.db import connections
 
         wrapper = connections[self.using]
@@ -265,7 +264,7 @@ class ActionWriter:
 
     def _drain(self) -> bool:
         """Write the queue in batches; False when the database failed (rows kept queued)."""
-        from django.db import DatabaseError, DataError, IntegrityError
+        from django.db import DataError, IntegrityError
 
         queue = self._queue
         while queue:
@@ -283,7 +282,7 @@ class ActionWriter:
                 self._account(written=partial.written, rejected=partial.rejected)
                 self._note_error(partial.cause)
                 return False
-            except DatabaseError as exc:
+            except Exception as exc:  # the database (or anything else) failed, not the rows
                 queue.extendleft(reversed(batch))
                 self._inflight = []
                 self._note_error(exc)
