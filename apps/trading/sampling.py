@@ -13,11 +13,11 @@ and top-5 depth. The env derives those series from its arrays with its own arith
 :func:`~apps.simulation.features.book_stats` that ``MarketHistory.push_book`` uses: the two
 differ in the last bit of a float for about half of all prices. :func:`env_series_values`
 restates the env's expressions, elementwise, so the series here are the env's series bit for
-bit; they go into :class:`~apps.simulation.features.MarketHistory`, whose ``summary()`` reruns
-``history_summaries`` on its ring of the last ``HISTORY_CAPACITY`` ticks. Row ``t`` of
-``history_summaries`` reads ticks ``t − 300 … t`` only and adds in the same order however long
-the series is, so the ring gives the env's row exactly. ``tests/trading/test_sampling.py``
-checks every tick of a history against the env's own precomputed rows.
+bit; :class:`LiveHistory` keeps the last ``HISTORY_CAPACITY`` ticks of them and reruns
+``history_summaries`` on that ring. Row ``t`` of ``history_summaries`` reads ticks
+``t − 300 … t`` only and adds in the same order however long the series is, so the ring gives
+the env's row exactly. ``tests/trading/test_sampling.py`` checks every tick of a history
+against the env's own precomputed rows.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from apps.simulation.features import DEPTH_LEVELS, MarketHistory
+from apps.simulation.features import DEPTH_LEVELS, HISTORY_CAPACITY, history_summaries
 from apps.simulation.fills import BOOK_LEVELS, BookView
 
 
@@ -120,22 +120,31 @@ def env_series_values(
 
 
 class LiveHistory:
-    """The history features of M markets, one :class:`MarketHistory` ring per market."""
+    """The history features of M markets over their last ``HISTORY_CAPACITY`` ticks.
+
+    One ring of (mid, spread, updates, yes_depth, no_depth) per market, like
+    :class:`~apps.simulation.features.MarketHistory`, but all markets in one array and
+    summarised with one :func:`~apps.simulation.features.history_summaries` call over the
+    markets' rings laid end to end. Before a ring is full its oldest slots hold NaN (and 0
+    updates): ``history_summaries`` treats a NaN sample exactly as a window reaching before the
+    first sample (a change of 0, no update, no volatility term), so each ring's last row is
+    what the env computes at that tick, and no window of one market reaches into another's
+    ring (windows span at most ``HISTORY_CAPACITY`` ticks).
+    """
 
     def __init__(self, n_markets: int) -> None:
-        self.rings = [MarketHistory() for _ in range(n_markets)]
+        self.n_markets = n_markets
+        self._series = np.full((4, n_markets, HISTORY_CAPACITY), np.nan)  # mid, spread, depths
+        self._updates = np.zeros((n_markets, HISTORY_CAPACITY), dtype=np.int64)
+        self._last_rows = np.arange(1, n_markets + 1) * HISTORY_CAPACITY - 1
 
     def push(self, sample: BookSample) -> np.ndarray:
         """Append one tick; returns the (M, N_HISTORY) raw history values for it (float64)."""
-        mid, spread, yes_depth, no_depth = env_series_values(sample.px, sample.sz, sample.trusted)
-        rows = []
-        for j, ring in enumerate(self.rings):
-            ring.push(
-                mid=mid[j],
-                spread=spread[j],
-                updates=int(sample.updates[j]),
-                yes_depth=yes_depth[j],
-                no_depth=no_depth[j],
-            )
-            rows.append(ring.summary())
-        return np.array(rows)
+        series, updates = self._series, self._updates
+        series[:, :, :-1] = series[:, :, 1:]
+        updates[:, :-1] = updates[:, 1:]
+        series[:, :, -1] = env_series_values(sample.px, sample.sz, sample.trusted)
+        updates[:, -1] = sample.updates
+        mid, spread, yes_depth, no_depth = (s.reshape(-1) for s in series)
+        rows = history_summaries(mid, spread, updates.reshape(-1), yes_depth, no_depth)
+        return rows[self._last_rows]

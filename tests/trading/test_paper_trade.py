@@ -241,3 +241,20 @@ def test_a_model_without_an_active_version_gets_a_clear_error() -> None:
         run_paper_trading(model_name="paper", ws_url="ws://127.0.0.1:9/none", duration_s=1)
     with pytest.raises(CommandError, match="no active version"):
         call_command("paper_trade", "--model", "paper", "--ws-url", "ws://127.0.0.1:9/x")
+
+
+def test_a_bounded_session_runs_as_a_celery_task() -> None:
+    from apps.trading.tasks import paper_trade_task
+
+    exchange = dev_key_exchange(markets=2, rate=300)
+    with ExchangeThread(exchange) as url:
+        registry.promote_model(model=register(exchange.tickers(), always=HOLD))
+        summary = paper_trade_task.apply(
+            kwargs={"model_name": "paper", "ws_url": url, "duration_s": 1.5, "cadence_s": 0.05}
+        ).get(timeout=30)
+    assert summary["decisions"] > 5 and summary["model_versions"] == [1]
+    assert TradingAction.objects.filter(episode_id=summary["episode_id"]).count() == (
+        2 * summary["decisions"]
+    )
+    with pytest.raises(PaperError, match="needs duration_s > 0"):
+        paper_trade_task.apply(kwargs={"model_name": "paper", "duration_s": 0}).get()
