@@ -2,7 +2,7 @@
 
 from django.contrib.admin.views.decorators import staff_member_required
 from django.urls import path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularSwaggerView
 
 from apps.dashboard.api import views
 
@@ -18,7 +18,7 @@ urlpatterns = [
     path("episodes/<int:pk>/plot.png", views.EpisodePlotView.as_view(), name="episode-plot"),
     path("actions", views.ActionListView.as_view(), name="action-list"),
     path("paper", views.PaperView.as_view(), name="paper"),
-    path("schema", SpectacularAPIView.as_view(), name="schema"),
+    path("schema", views.SchemaView.as_view(), name="schema"),
     # A page for people: anonymous visitors go to the admin login, then come back.
     path(
         "docs",

@@ -13,6 +13,7 @@ from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.views import SpectacularAPIView
 from rest_framework import generics, renderers, serializers, status
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -141,7 +142,20 @@ class PNGRenderer(renderers.BaseRenderer):
         return data
 
 
-class EpisodePlotView(APIView):
+class JsonErrors:
+    """For views whose success is not JSON (a PNG, the YAML schema): errors still are."""
+
+    def handle_exception(self, exc: Exception) -> Response:
+        self.request.accepted_renderer = renderers.JSONRenderer()  # type: ignore[attr-defined]
+        self.request.accepted_media_type = "application/json"  # type: ignore[attr-defined]
+        return super().handle_exception(exc)  # type: ignore[misc]
+
+
+class SchemaView(JsonErrors, SpectacularAPIView):
+    """The OpenAPI schema: YAML, or JSON with ``?format=json``."""
+
+
+class EpisodePlotView(JsonErrors, APIView):
     """The episode's equity curve and drawdown as a PNG (matplotlib)."""
 
     renderer_classes = [PNGRenderer]
@@ -154,12 +168,6 @@ class EpisodePlotView(APIView):
         title = f"{episode.model} — {episode.mode} episode {episode.pk}"
         png = plots.equity_drawdown_png(episode.equity_curve or [], title=title)
         return Response(png, content_type="image/png", headers={"Cache-Control": "no-cache"})
-
-    def handle_exception(self, exc: Exception) -> Response:
-        # Errors are JSON like everywhere else, not a PNG.
-        self.request.accepted_renderer = renderers.JSONRenderer()
-        self.request.accepted_media_type = "application/json"
-        return super().handle_exception(exc)
 
 
 @extend_schema(parameters=[s.ActionsQuerySerializer], tags=["episodes"])
