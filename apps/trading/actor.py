@@ -51,7 +51,6 @@ from apps.simulation.actions import (
 )
 from apps.simulation.env import NS, EnvConfig
 from apps.simulation.features import (
-    N_FEATURES,
     N_MARKETS,
     MarketBatch,
     PortfolioState,
@@ -368,8 +367,6 @@ class PaperActor:
             )
         self._record(equity_after)
         self.steps += 1
-        if observation.shape != (N_FEATURES,):
-            raise AssertionError("the observation builder changed its size")
         return DecisionOutcome(
             step=step,
             sample=sample,

@@ -418,7 +418,8 @@ class PaperSession:
         self.model_versions = [model.version]
         self.reloads = 0
         self.reload_failures: list[ReloadFailure] = []
-        self.registry_note = ""
+        self.registry_note = ""  # a problem with the registry (shown in status problems)
+        self.clock_note = ""  # a swapped-in version trained on another clock (counters only)
         self.missed_ticks = 0
         self.last_decision_ns: int | None = None
         self.trace: list[DecisionTrace] = []
@@ -507,11 +508,12 @@ class PaperSession:
             previous,
             model.policy.sha256[:12],
         )
-        if abs(model.step_s - self.cadence_s) > 1e-9:
-            self.registry_note = (
+        if not self.options.on_change and abs(model.step_s - self.cadence_s) > 1e-9:
+            self.clock_note = (
                 f"v{model.version} was trained at step_s={model.step_s}; this trader decides "
                 f"every {self.cadence_s}s (restart to follow its clock)"
             )
+            log.warning("paper trader %s: %s", model.name, self.clock_note)
 
     async def _cadence_loop(self) -> None:
         step_ns = round(self.cadence_s * 1e9)
@@ -676,6 +678,7 @@ class PaperSession:
             "model_versions": list(self.model_versions),
             "reload_errors": [f.as_dict() for f in self.reload_failures],
             "missed_ticks": self.missed_ticks,
+            "notes": [note for note in (self.clock_note,) if note],
             "trusted_markets": (
                 sum(client.is_trusted(m) for m in self.markets) if client is not None else 0
             ),

@@ -160,6 +160,24 @@ def test_the_kill_switch_stops_new_orders_and_shows_why_in_status(trader, admin_
     assert result.kill_switch["engaged"] and result.trades == 2
 
 
+def test_a_version_for_other_markets_or_none_at_all_is_not_swapped_in() -> None:
+    from apps.trading.services import ReloadFailure, load_active_model, poll_registry
+
+    v1 = register(["M-A", "M-B"])
+    registry.promote_model(model=v1)
+    current = load_active_model(name="paper")
+    assert poll_registry(name="paper", current=current, failed=frozenset()) == "same"
+    v2 = register(["M-A", "M-C"])
+    registry.promote_model(model=v2)
+    failure = poll_registry(name="paper", current=current, failed=frozenset())
+    assert isinstance(failure, ReloadFailure) and failure.version == 2
+    assert "restart paper_trade to follow the new markets" in failure.error
+    known = frozenset({(failure.pk, failure.sha256)})
+    assert poll_registry(name="paper", current=current, failed=known) == "known-bad"
+    registry.retire_model(model=v2)
+    assert poll_registry(name="paper", current=current, failed=known) == "none"
+
+
 def test_sigterm_leaves_every_decision_in_the_database(settings) -> None:
     exchange = dev_key_exchange(markets=3, rate=300)
     db = connection.settings_dict

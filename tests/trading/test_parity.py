@@ -91,7 +91,7 @@ def test_a_replayed_recording_gives_the_env_and_the_trader_identical_decisions(a
 
     trace = result.trace
     assert len(trace) > EPISODE_STEPS + 1, len(trace)
-    assert result.model_versions == [1] and result.missed_ticks < len(trace) // 10
+    assert result.model_versions == [1]
     history = history_of(trace, markets)
     assert history.trusted.all()
     assert (np.diff(history.yes_px[:, :, 0], axis=0) != 0).any()  # the books moved
