@@ -623,7 +623,7 @@ class PaperSession:
     def progress_line(self) -> str:
         kill = self.kill_switch
         return (
-            f"{self.actor.steps} decisions | P&L ${self.actor.pnl_dollars:+,.2f} | "
+            f"{self.actor.steps} decisions | P&L {dollars(self.actor.pnl_dollars)} | "
             f"{self.model.name} v{self.model.version} | trades {self.actor.stats.trades} | "
             f"kill switch {'ENGAGED: ' + kill.reason if kill.engaged else 'off'} | "
             f"logged {self.writer.stats().written}"
@@ -887,6 +887,11 @@ def run_paper_trading(
         raise PaperError(str(exc)) from None
 
 
+def dollars(amount: float) -> str:
+    """``+$1,234.50`` / ``-$0.43``: a signed amount of money for people."""
+    return f"{'-' if amount < 0 else '+'}${abs(amount):,.2f}"
+
+
 def latency_summary(values_ns: list[int]) -> dict[str, float | None]:
     """p50 / p99 / max of ns samples, in ms (None when empty)."""
     if not values_ns:
@@ -906,6 +911,7 @@ __all__ = [
     "PaperResult",
     "PaperSession",
     "check_mode",
+    "dollars",
     "latency_summary",
     "load_active_model",
     "load_model",

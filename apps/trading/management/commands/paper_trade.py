@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from apps.trading.services import PaperError, run_paper_trading
+from apps.trading.services import PaperError, dollars, run_paper_trading
 from kalshiflow_site.modes import LiveTradingRefused
 
 
@@ -60,7 +60,7 @@ class Command(BaseCommand):
         self.stdout.write(
             self.style.SUCCESS(
                 f"done in {result.elapsed_s:.1f}s: {result.decisions} decisions, "
-                f"{result.writer['written']} actions logged, P&L ${result.pnl_dollars:+,.2f} "
+                f"{result.writer['written']} actions logged, P&L {dollars(result.pnl_dollars)} "
                 f"(fees ${result.fees_dollars:,.2f}, {result.trades} fills), model versions "
                 f"{result.model_versions}, episode {result.episode_id}, kill switch "
                 f"{'ENGAGED: ' + kill['reason'] if kill['engaged'] else 'off'}"
