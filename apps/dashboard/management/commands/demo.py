@@ -12,6 +12,7 @@ from apps.marketdata.exchange import ExchangeThread
 from apps.marketdata.ingest import IngestError
 from apps.marketdata.kalshi.units import e2_to_count, e4_to_dollars
 from apps.marketdata.selectors import rebuild_latest_book
+from apps.trading.services import run_paper_trading
 
 
 class Command(BaseCommand):
@@ -24,6 +25,7 @@ class Command(BaseCommand):
         parser.add_argument("--step-s", type=float, default=0.1, help="env clock step, seconds")
         parser.add_argument("--timesteps", type=int, default=4096, help="PPO training steps")
         parser.add_argument("--model-name", default="demo")
+        parser.add_argument("--paper-seconds", type=float, default=60.0)
         parser.add_argument("--seed", type=int, default=7)
 
     def handle(self, *args: object, **opts: object) -> None:
@@ -72,6 +74,20 @@ class Command(BaseCommand):
             except RuntimeError as exc:
                 raise CommandError(str(exc)) from None
             self.report_model(model)
+            self.section(f"5. paper trading {model} for {opts['paper_seconds']:.0f}s")
+            paper = run_paper_trading(
+                model_name=model.name,
+                ws_url=url,
+                duration_s=opts["paper_seconds"],
+                progress=lambda line: say(f"  {line}"),
+                install_signal_handlers=False,
+            )
+            say(
+                f"  {paper.decisions} decisions, {paper.trades} fills, P&L "
+                f"${paper.pnl_dollars:+,.2f} ({paper.total_return:+.4%}), fees "
+                f"${paper.fees_dollars:,.2f}; every decision is in rl_trading_actions "
+                f"(episode {paper.episode_id})"
+            )
         self.stdout.write(
             self.style.SUCCESS(f"\ndemo finished in {time.monotonic() - started:.0f}s")
         )
