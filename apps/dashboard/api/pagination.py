@@ -13,9 +13,11 @@ from rest_framework.request import Request
 
 
 class Pages(PageNumberPagination):
-    """``?page=N&page_size=M``; a page size that is not an integer from 1 to 500 is a 400."""
+    """``?page=N&page_size=M``. A page or page size that is not a positive integer (or a page
+    size over 500) is a 400; a page past the end is a 404."""
 
     page_size_query_param = "page_size"
+    last_page_strings = ()  # the schema says integer: no ?page=last
     max_page_size = 500
 
     def get_page_size(self, request: Request) -> int | None:
@@ -31,6 +33,16 @@ class Pages(PageNumberPagination):
                 {"page_size": [f"must be an integer from 1 to {self.max_page_size}"]}
             )
         return size
+
+    def get_page_number(self, request: Request, paginator: Any) -> int | str:
+        raw = request.query_params.get(self.page_query_param)
+        if raw is None:
+            return 1
+        if not raw.isdigit() or int(raw) < 1:
+            raise serializers.ValidationError(
+                {self.page_query_param: ["must be an integer from 1"]}
+            )
+        return int(raw)
 
     def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
         parameters = super().get_schema_operation_parameters(view)

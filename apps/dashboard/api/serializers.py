@@ -18,6 +18,12 @@ from apps.trading.models import TradingAction
 from apps.training.models import EpisodeMode, ModelStatus, RLModel, TradingEpisode
 
 MAX_BOOK_DEPTH = 50
+# Kalshi tickers: letters, digits, '.', '_' and '-' (also what channel-layer group names allow).
+TICKER_REGEX = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+
+def ticker_field(**kwargs: Any) -> serializers.RegexField:
+    return serializers.RegexField(TICKER_REGEX, max_length=128, **kwargs)
 
 
 class FiniteFloatField(serializers.FloatField):
@@ -122,7 +128,7 @@ class BooksSerializer(serializers.Serializer):
 
 class BooksQuerySerializer(serializers.Serializer):
     market = serializers.ListField(
-        child=serializers.CharField(max_length=128),
+        child=ticker_field(),
         required=False,
         max_length=50,
         help_text="repeat for several; default: the recorded markets",
@@ -192,7 +198,7 @@ class ModelDetailSerializer(ModelSerializer):
 
 
 class ModelsQuerySerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=100, required=False)
+    name = serializers.SlugField(max_length=100, required=False, help_text="model name")
     status = serializers.ChoiceField(choices=ModelStatus.choices, required=False)
 
 
@@ -289,15 +295,11 @@ class ActionSerializer(serializers.ModelSerializer):
 
 class ActionsQuerySerializer(serializers.Serializer):
     episode = serializers.IntegerField(min_value=1, required=False, help_text="episode id")
-    market = serializers.CharField(max_length=128, required=False, help_text="market ticker")
+    market = ticker_field(required=False, help_text="market ticker")
     since = serializers.DateTimeField(required=False, help_text="decision time >= since")
-    until = serializers.DateTimeField(required=False, help_text="decision time < until")
-
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        since, until = attrs.get("since"), attrs.get("until")
-        if since is not None and until is not None and since >= until:
-            raise serializers.ValidationError({"until": ["must be later than since"]})
-        return attrs
+    until = serializers.DateTimeField(
+        required=False, help_text="decision time < until (an empty window selects nothing)"
+    )
 
 
 # -- the paper trader --------------------------------------------------------------------------

@@ -26,6 +26,13 @@ from apps.training.models import TradingEpisode
 
 
 def parse_query(serializer_class: type[serializers.Serializer], request: Request) -> dict:
+    """The validated query parameters; a parameter given but empty (``?since=``) is an error,
+    not the same as leaving it out."""
+    empty = [
+        name for name in serializer_class().fields if "" in request.query_params.getlist(name, [])
+    ]
+    if empty:
+        raise serializers.ValidationError({name: ["may not be empty"] for name in empty})
     query = serializer_class(data=request.query_params)
     query.is_valid(raise_exception=True)
     return dict(query.validated_data)
