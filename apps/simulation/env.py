@@ -48,6 +48,7 @@ from apps.simulation.features import (
     book_features,
     build_observation_batch,
     history_summaries,
+    series_values,
 )
 from apps.simulation.fees import STANDARD_FEES, FeeSchedule
 from apps.simulation.fills import ArrayBook
@@ -155,15 +156,11 @@ class KalshiTradingEnv(gym.Env):
         trusted = np.zeros((t, N_MARKETS), dtype=bool)
         trusted[:, :m] = h.trusted
         hist = np.zeros((t, N_MARKETS, 12))
+        mid, spread, yes_depth, no_depth = series_values(px, sz, trusted)
         for j in range(m):
-            yes_bid = px[:, j, 0, 0] / 1e4
-            no_bid = px[:, j, 1, 0] / 1e4
-            two = (sz[:, j, 0, 0] > 0) & (sz[:, j, 1, 0] > 0) & trusted[:, j]
-            mid = np.where(two, (yes_bid + 1.0 - no_bid) / 2, np.nan)
-            spread = np.where(two, 1.0 - yes_bid - no_bid, np.nan)
-            yes_depth = np.where(trusted[:, j], sz[:, j, 0, :5].sum(axis=1) / 100, np.nan)
-            no_depth = np.where(trusted[:, j], sz[:, j, 1, :5].sum(axis=1) / 100, np.nan)
-            hist[:, j] = history_summaries(mid, spread, h.updates[:, j], yes_depth, no_depth)
+            hist[:, j] = history_summaries(
+                mid[:, j], spread[:, j], h.updates[:, j], yes_depth[:, j], no_depth[:, j]
+            )
         block = np.empty((t, N_MARKETS, N_BOOK_FEATURES), dtype=np.float64)
         # In slices, to keep the float64 temporaries small on long histories.
         for lo in range(0, t, 4096):

@@ -178,16 +178,10 @@ def book_stats(
         (mid in dollars, spread in dollars, YES top-5 contracts, NO top-5 contracts); mid and
         spread are NaN unless both sides have a level.
     """
-    yes_best = np.asarray(yes_px)[..., 0].astype(np.float64)
-    no_best = np.asarray(no_px)[..., 0].astype(np.float64)
-    two_sided = (np.asarray(yes_sz)[..., 0] > 0) & (np.asarray(no_sz)[..., 0] > 0)
-    mid = np.where(
-        two_sided, (yes_best + PRICE_SCALE - no_best) * (0.5 * _PRICE_TO_DOLLARS), np.nan
-    )
-    spread = np.where(two_sided, (PRICE_SCALE - no_best - yes_best) * _PRICE_TO_DOLLARS, np.nan)
-    yes_depth = np.asarray(yes_sz)[..., :DEPTH_LEVELS].sum(axis=-1) * _SIZE_TO_CONTRACTS
-    no_depth = np.asarray(no_sz)[..., :DEPTH_LEVELS].sum(axis=-1) * _SIZE_TO_CONTRACTS
-    return mid, spread, yes_depth, no_depth
+    # One formula for mid/spread/depth everywhere: the env's (series_values).
+    px = np.stack([np.asarray(yes_px), np.asarray(no_px)], axis=-2)
+    sz = np.stack([np.asarray(yes_sz), np.asarray(no_sz)], axis=-2)
+    return series_values(px, sz, np.ones(px.shape[:-2], dtype=bool))
 
 
 def _lag_change(series: np.ndarray, lag: int) -> np.ndarray:
@@ -196,6 +190,33 @@ def _lag_change(series: np.ndarray, lag: int) -> np.ndarray:
     if lag < len(series):
         out[lag:] = series[lag:] - series[:-lag]
     return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def series_values(
+    px: np.ndarray, sz: np.ndarray, trusted: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The raw inputs of :func:`history_summaries` for books at any leading shape.
+
+    The env calls it once over a whole recorded history and the paper trader once per tick:
+    one formula, so both feed ``history_summaries`` the same numbers bit for bit.
+
+    Args:
+        px: (..., 2, K) integer bid prices in $0.0001 ([..., 0, :] YES, [..., 1, :] NO).
+        sz: (..., 2, K) integer bid sizes in 0.01 contract.
+        trusted: (...) bool.
+
+    Returns:
+        (mid, spread) in dollars, NaN unless trusted and two-sided; (yes_depth, no_depth) in
+        contracts over the top ``DEPTH_LEVELS`` levels, NaN unless trusted. Each (...) float64.
+    """
+    yes_bid = px[..., 0, 0] / 1e4
+    no_bid = px[..., 1, 0] / 1e4
+    two = (sz[..., 0, 0] > 0) & (sz[..., 1, 0] > 0) & trusted
+    mid = np.where(two, (yes_bid + 1.0 - no_bid) / 2, np.nan)
+    spread = np.where(two, 1.0 - yes_bid - no_bid, np.nan)
+    yes_depth = np.where(trusted, sz[..., 0, :DEPTH_LEVELS].sum(axis=-1) / 100, np.nan)
+    no_depth = np.where(trusted, sz[..., 1, :DEPTH_LEVELS].sum(axis=-1) / 100, np.nan)
+    return mid, spread, yes_depth, no_depth
 
 
 def history_summaries(

@@ -8,11 +8,9 @@ decision, so a paper session is itself a history the env can replay (the parity 
 
 History features (mid changes, update counts, volatility, spread and depth changes) come from
 :func:`~apps.simulation.features.history_summaries` over the per-tick series of mid, spread
-and top-5 depth. The env derives those series from its arrays with its own arithmetic
-(``KalshiTradingEnv._precompute``), which is not the arithmetic of
-:func:`~apps.simulation.features.book_stats` that ``MarketHistory.push_book`` uses: the two
-differ in the last bit of a float for about half of all prices. :func:`env_series_values`
-restates the env's expressions, elementwise, so the series here are the env's series bit for
+and top-5 depth. Those series come from :func:`~apps.simulation.features.series_values`, the
+very function ``KalshiTradingEnv._precompute`` applies to its whole history, so the series here
+are the env's series bit for
 bit; :class:`LiveHistory` keeps the last ``HISTORY_CAPACITY`` ticks of them and reruns
 ``history_summaries`` on that ring. Row ``t`` of ``history_summaries`` reads ticks
 ``t − 300 … t`` only and adds in the same order however long the series is, so the ring gives
@@ -27,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from apps.simulation.features import DEPTH_LEVELS, HISTORY_CAPACITY, history_summaries
+from apps.simulation.features import HISTORY_CAPACITY, history_summaries, series_values
 from apps.simulation.fills import BOOK_LEVELS, BookView
 
 
@@ -92,33 +90,6 @@ class BookSampler:
         return BookSample(time_ns=time_ns, px=px, sz=sz, trusted=ok, updates=updates)
 
 
-def env_series_values(
-    px: np.ndarray, sz: np.ndarray, trusted: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Mid, spread and top-5 depths of one tick per market, with the env's arithmetic.
-
-    The same expressions as ``KalshiTradingEnv._precompute`` (elementwise, so one tick gives
-    the numbers the env computes for that tick inside its whole series).
-
-    Args:
-        px: (M, 2, K) int64 bid prices in $0.0001 ([:, 0] YES, [:, 1] NO), best first.
-        sz: (M, 2, K) int64 bid sizes in 0.01 contract.
-        trusted: (M,) bool.
-
-    Returns:
-        (mid, spread) in dollars, NaN unless trusted and two-sided; (yes_depth, no_depth) in
-        contracts over the top 5 levels, NaN unless trusted. Each (M,) float64.
-    """
-    yes_bid = px[:, 0, 0] / 1e4
-    no_bid = px[:, 1, 0] / 1e4
-    two = (sz[:, 0, 0] > 0) & (sz[:, 1, 0] > 0) & trusted
-    mid = np.where(two, (yes_bid + 1.0 - no_bid) / 2, np.nan)
-    spread = np.where(two, 1.0 - yes_bid - no_bid, np.nan)
-    yes_depth = np.where(trusted, sz[:, 0, :DEPTH_LEVELS].sum(axis=1) / 100, np.nan)
-    no_depth = np.where(trusted, sz[:, 1, :DEPTH_LEVELS].sum(axis=1) / 100, np.nan)
-    return mid, spread, yes_depth, no_depth
-
-
 class LiveHistory:
     """The history features of M markets over their last ``HISTORY_CAPACITY`` ticks.
 
@@ -143,7 +114,7 @@ class LiveHistory:
         series, updates = self._series, self._updates
         series[:, :, :-1] = series[:, :, 1:]
         updates[:, :-1] = updates[:, 1:]
-        series[:, :, -1] = env_series_values(sample.px, sample.sz, sample.trusted)
+        series[:, :, -1] = series_values(sample.px, sample.sz, sample.trusted)
         updates[:, -1] = sample.updates
         mid, spread, yes_depth, no_depth = (s.reshape(-1) for s in series)
         rows = history_summaries(mid, spread, updates.reshape(-1), yes_depth, no_depth)
