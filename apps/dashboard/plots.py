@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import PercentFormatter
+from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from apps.dashboard.selectors import drawdown_curve
 
@@ -43,6 +43,7 @@ def equity_drawdown_png(
         bottom.fill_between(steps, drawdown, 0, color="#d62728", alpha=0.35, linewidth=0)
         bottom.plot(steps, drawdown, color="#d62728", linewidth=1.0)
         bottom.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
+        bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
     top.set_ylabel("equity (x start)")
     bottom.set_ylabel("drawdown")
     bottom.set_xlabel("step")

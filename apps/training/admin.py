@@ -26,7 +26,7 @@ def episode_plot_img(episode: TradingEpisode, *, width_px: int) -> str:
     url = reverse("dashboard:episode-plot", kwargs={"pk": episode.pk})
     return format_html(
         '<a href="{}"><img src="{}" width="{}" alt="equity and drawdown of episode {}" '
-        'class="episode-plot" loading="lazy"></a>',
+        'class="episode-plot" loading="lazy" style="max-width: 100%; height: auto"></a>',
         url,
         url,
         width_px,
