@@ -137,7 +137,14 @@ def make_world(market: str = "H8-TEST-MKT") -> World:
         name=worker_name(kind="paper", label="h8"),
         kind="paper",
         started_at=now,
-        counters={"model": "h8agent v2", "pnl_dollars": 0.42, "kill_switch": None},
+        counters={
+            "model": {"name": "h8agent", "version": 2, "algorithm": "PPO"},
+            "decisions": 3,
+            "pnl_dollars": 0.42,
+            "positions": {market: 2.0},
+            "kill_switch": {"engaged": False, "reason": ""},
+            "reloads": 0,
+        },
         problems=[],
     )
     return World(market, connection, parent, model, evaluation, paper, start)

@@ -175,6 +175,8 @@ def test_the_live_page_shows_book_updates_and_the_admin_shows_plots(
 
             expect(page.locator("#ingest tbody tr")).to_have_count(1)
             expect(page.locator("#ingest tbody")).to_contain_text("1234")
+            expect(page.locator("#paper-workers")).to_contain_text("$0.42")
+            expect(page.locator("#paper-workers")).to_contain_text("h8agent v2 (PPO)")
             expect(page.locator("#paper-episode")).to_contain_text(f"#{world.paper.pk}")
             expect(page.locator("#decisions tbody tr")).to_have_count(3)
             expect(page.locator("#positions tbody")).to_contain_text("2.00")

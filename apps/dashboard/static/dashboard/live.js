@@ -101,21 +101,60 @@
     }
   }
 
+  const usd = (v) => (typeof v === "number" ? "$" + v.toFixed(2) : "—");
+
+  // The paper trader's own heartbeat (apps/trading/services.py): the figures a person looks
+  // for first, then any other counter it reports, as it reports it.
+  function traderFacts(w) {
+    const c = Object.assign({}, w.counters || {});
+    const pairs = [
+      ["trader", w.name],
+      ["healthy", w.healthy ? "yes" : "no: " + w.problems.join("; ")],
+      ["heartbeat", w.heartbeat_age_s.toFixed(1) + " s ago"],
+    ];
+    const take = (key) => {
+      const value = c[key];
+      delete c[key];
+      return value;
+    };
+    const model = take("model");
+    if (model && typeof model === "object") {
+      pairs.push(["model", model.name + " v" + model.version + " (" + model.algorithm + ")"]);
+    } else if (model !== undefined) {
+      pairs.push(["model", String(model)]);
+    }
+    if ("pnl_dollars" in c) pairs.push(["P&L", usd(take("pnl_dollars"))]);
+    if ("equity_dollars" in c) pairs.push(["equity", usd(take("equity_dollars"))]);
+    if ("fees_dollars" in c) pairs.push(["fees", usd(take("fees_dollars"))]);
+    if ("decisions" in c) pairs.push(["decisions", String(take("decisions"))]);
+    if ("last_decision_at" in c) {
+      const at = take("last_decision_at");
+      pairs.push(["last decision", at ? new Date(at).toLocaleTimeString() : "—"]);
+    }
+    const positions = take("positions");
+    if (positions && typeof positions === "object") {
+      const text = Object.entries(positions).map(([m, p]) => m + " " + p).join(", ");
+      pairs.push(["positions (contracts)", text || "none"]);
+    }
+    const kill = take("kill_switch");
+    if (kill && typeof kill === "object") {
+      pairs.push(["kill switch", kill.engaged ? "ENGAGED: " + kill.reason : "armed"]);
+    } else if (kill !== undefined) {
+      pairs.push(["kill switch", String(kill)]);
+    }
+    for (const [key, value] of Object.entries(c)) {
+      pairs.push([key, typeof value === "object" ? JSON.stringify(value) : String(value)]);
+    }
+    return pairs;
+  }
+
   function renderPaper(paper) {
     const workerBox = document.getElementById("paper-workers");
     workerBox.replaceChildren();
     for (const w of paper.workers) {
       const dl = document.createElement("dl");
       dl.className = "facts";
-      const pairs = [
-        ["trader", w.name],
-        ["healthy", w.healthy ? "yes" : "no: " + w.problems.join("; ")],
-        ["heartbeat", w.heartbeat_age_s.toFixed(1) + " s ago"],
-      ];
-      for (const [key, value] of Object.entries(w.counters || {})) {
-        pairs.push([key, typeof value === "object" ? JSON.stringify(value) : String(value)]);
-      }
-      facts(dl, pairs);
+      facts(dl, traderFacts(w));
       workerBox.appendChild(dl);
     }
     const ep = paper.episode;
