@@ -190,10 +190,16 @@ def test_the_live_page_shows_book_updates_and_the_admin_shows_plots(
             page.goto(f"{daphne}/admin/training/rlmodel/{world.model.pk}/change/")
             assert wait_for_images(page, "img.episode-plot") == 2
             page.screenshot(path=str(tmp_path / "admin-model.png"), full_page=True)
+
+            # Swagger UI from the local sidecar files, reading /rl/schema with the session.
+            page.goto(f"{daphne}/rl/docs")
+            expect(page.locator(".opblock-summary-path").first).to_be_visible(timeout=15_000)
+            expect(page.locator('.opblock-summary-path[data-path="/rl/books"]')).to_have_count(1)
+            page.screenshot(path=str(tmp_path / "docs.png"))
         finally:
             browser.close()
 
-    for name in ("live.png", "admin-episode.png", "admin-model.png"):
+    for name in ("live.png", "admin-episode.png", "admin-model.png", "docs.png"):
         assert (tmp_path / name).stat().st_size > 10_000
     # Everything the pages loaded came from our own server: no CDN, no internet.
     assert requested
