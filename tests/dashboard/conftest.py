@@ -18,6 +18,12 @@ from apps.trading.models import TradingAction
 from apps.training.models import RLModel, TradingEpisode
 
 STAFF_PASSWORD = "staff-password-123"
+# Recognisable fake Kalshi credentials: no response, message or log may ever show them.
+KEY_ID = "H8-KALSHI-KEY-ID-5b0e7c1d"
+PRIVATE_KEY = (
+    "-----BEGIN PRIVATE KEY-----\nH8PRIVATEKEYBODYc2VjcmV0LXNlY3JldA==\n-----END PRIVATE KEY-----"
+)
+SECRET_MARKERS = (KEY_ID, "H8PRIVATEKEYBODY", "BEGIN PRIVATE KEY")
 
 
 @dataclass

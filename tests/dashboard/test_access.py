@@ -19,15 +19,11 @@ from drf_spectacular.generators import SchemaGenerator
 
 from apps.dashboard.routing import websocket_urlpatterns
 from tests.conftest import REPO_ROOT
+from tests.dashboard.conftest import KEY_ID, PRIVATE_KEY, SECRET_MARKERS
 
 pytestmark = pytest.mark.django_db
 PUBLIC = {"/rl/health"}
 PAGES = {"/rl/live", "/rl/docs"}  # HTML for people: a login redirect, not a 401
-KEY_ID = "H8-KALSHI-KEY-ID-5b0e7c1d"
-PRIVATE_KEY = (
-    "-----BEGIN PRIVATE KEY-----\nH8PRIVATEKEYBODYc2VjcmV0LXNlY3JldA==\n-----END PRIVATE KEY-----"
-)
-SECRET_MARKERS = (KEY_ID, "H8PRIVATEKEYBODY", "BEGIN PRIVATE KEY")
 
 
 def walk(patterns: list, prefix: str = "") -> list[str]:

@@ -4,6 +4,7 @@ socket gets the latest books, summaries, and each book.update the recorder publi
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,7 +18,7 @@ from apps.dashboard.consumers import LIVE_WS_PATH, LiveConsumer
 from apps.marketdata.book import OrderBook
 from apps.marketdata.live import BookPublisher
 from kalshiflow_site.asgi import application
-from tests.dashboard.conftest import make_world
+from tests.dashboard.conftest import KEY_ID, PRIVATE_KEY, SECRET_MARKERS, make_world
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ORIGIN = (b"origin", b"http://127.0.0.1")
@@ -38,7 +39,10 @@ def session_headers(client: Any, user: Any) -> list[tuple[bytes, bytes]]:
 
 
 async def receive_until(
-    communicator: WebsocketCommunicator, wanted: Any, timeout_s: float = 5.0
+    communicator: WebsocketCommunicator,
+    wanted: Any,
+    timeout_s: float = 5.0,
+    sink: list[dict] | None = None,
 ) -> dict:
     """The first message for which ``wanted(message)`` is true (others are skipped)."""
     deadline = asyncio.get_running_loop().time() + timeout_s
@@ -46,25 +50,30 @@ async def receive_until(
         left = deadline - asyncio.get_running_loop().time()
         assert left > 0, "the expected message did not arrive in time"
         message = await communicator.receive_json_from(timeout=left)
+        if sink is not None:
+            sink.append(message)
         if wanted(message):
             return message
 
 
 def test_a_staff_socket_gets_books_summaries_and_published_updates(
-    client, staff_user, monkeypatch
+    client, staff_user, monkeypatch, settings
 ) -> None:
     world = make_world()
     headers = session_headers(client, staff_user)
     monkeypatch.setattr(LiveConsumer, "summary_interval_s", 0.2)
+    settings.KALSHI_API_KEY_ID = KEY_ID
+    settings.KALSHI_PRIVATE_KEY_PEM = PRIVATE_KEY
+    received: list[dict] = []
 
     async def scenario() -> None:
         communicator = WebsocketCommunicator(application, LIVE_WS_PATH, headers=headers)
         connected, _ = await communicator.connect(timeout=5)
         assert connected
-        first = await receive_until(communicator, lambda m: m["type"] == "book")
+        first = await receive_until(communicator, lambda m: m["type"] == "book", sink=received)
         assert first["book"]["market_ticker"] == world.market
         assert first["book"]["yes_bid_e4"] == 4500  # rebuilt from the tables
-        summary = await receive_until(communicator, lambda m: m["type"] == "summary")
+        summary = await receive_until(communicator, lambda m: m["type"] == "summary", sink=received)
         assert summary["markets"][0]["recording"] is True
         assert summary["ingest"][0]["counters"]["client"]["messages"] == 1234
         assert summary["paper"]["episode"]["positions_e2"] == {world.market: 200}
@@ -74,15 +83,20 @@ def test_a_staff_socket_gets_books_summaries_and_published_updates(
         book.apply_snapshot([(4600, 300)], [(5100, 400)])
         assert await BookPublisher().publish_changed({world.market: book}, trusted=bool) == 1
         update = await receive_until(
-            communicator, lambda m: m["type"] == "book" and m["book"]["yes_bid_e4"] == 4600
+            communicator,
+            lambda m: m["type"] == "book" and m["book"]["yes_bid_e4"] == 4600,
+            sink=received,
         )
         assert update["book"]["yes_ask_e4"] == 4900
         assert update["book"]["yes_depth"] == [[4600, 300]]
         # Summaries keep coming on their own.
-        await receive_until(communicator, lambda m: m["type"] == "summary")
+        await receive_until(communicator, lambda m: m["type"] == "summary", sink=received)
         await communicator.disconnect()
 
     asyncio.run(scenario())
+    # Nothing the socket sent carries the Kalshi credentials.
+    sent = json.dumps(received)
+    assert all(marker not in sent for marker in SECRET_MARKERS)
 
 
 def test_an_anonymous_socket_is_refused(db) -> None:
