@@ -155,3 +155,28 @@ def train_and_promote(
     if model.status != ModelStatus.READY:
         raise RuntimeError(f"training did not finish: {model.status} {model.error[:300]}")
     return services.promote_model(model=model)
+
+
+def ensure_demo_admin(*, username: str = "admin") -> tuple[str, str, bool]:
+    """A superuser for the admin and the live page.
+
+    The password comes from ``DEMO_ADMIN_PASSWORD`` when set (and is then not printed);
+    otherwise a fresh one is generated on every run and returned for the demo to print.
+    Returns (username, password, password_was_generated).
+    """
+    import os
+    import secrets
+
+    from django.contrib.auth import get_user_model
+
+    password = os.environ.get("DEMO_ADMIN_PASSWORD", "")
+    generated = not password
+    if generated:
+        password = secrets.token_urlsafe(12)
+    user_model = get_user_model()
+    user, _ = user_model.objects.get_or_create(username=username)
+    user.is_staff = True
+    user.is_superuser = True
+    user.set_password(password)
+    user.save()
+    return username, password, generated

@@ -88,6 +88,15 @@ class Command(BaseCommand):
                 f"${paper.fees_dollars:,.2f}; every decision is in rl_trading_actions "
                 f"(episode {paper.episode_id})"
             )
+        self.section("6. operate it")
+        username, password, generated = demo.ensure_demo_admin()
+        shown = password if generated else "(from DEMO_ADMIN_PASSWORD)"
+        base = "http://127.0.0.1:8000"
+        say("  serve the site (daphne, static files included):  ./run serve")
+        say(f"  admin (models, promote/rollback, episodes):  {base}/admin/")
+        say(f"  live page (books, recorder, paper trader):   {base}/rl/live")
+        say(f"  REST API docs / OpenAPI schema:               {base}/rl/docs  {base}/rl/schema")
+        say(f"  log in as {username} / {shown}")
         self.stdout.write(
             self.style.SUCCESS(f"\ndemo finished in {time.monotonic() - started:.0f}s")
         )
