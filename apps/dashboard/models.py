@@ -24,6 +24,7 @@ class WorkerStatus(models.Model):
     class Meta:
         db_table = "rl_worker_status"
         ordering = ["kind", "name"]
+        verbose_name_plural = "worker statuses"
 
     def __str__(self) -> str:
         return self.name
