@@ -45,7 +45,6 @@ import argparse
 import cProfile
 import io
 import json
-import os
 import pstats
 import time
 import tracemalloc
@@ -55,10 +54,10 @@ from typing import Any
 import gymnasium
 import numpy as np
 import psycopg
-from psycopg import sql
 
 from apps.simulation.env import EnvConfig, KalshiTradingEnv
 from apps.simulation.synthetic import synthetic_history
+from benchmarks.scratchdb import drop_scratch_database, setup_scratch_django
 
 TARGET_RATIO_VS_CARTPOLE = 5.0
 TARGET_LOAD_RATIO_VS_COPY = 0.3
@@ -450,26 +449,8 @@ def main() -> None:
     if args.profile:
         print(profile_env_step())
 
-    def drop() -> None:
-        with psycopg.connect(f"{args.server}/postgres", autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(args.db))
-            )
-
-    print(f"\nhistory load ({args.delta_rows:,} delta rows, {N_MARKETS} markets):")
-    drop()
-    with psycopg.connect(f"{args.server}/postgres", autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(args.db)))
-    os.environ["DATABASE_URL"] = f"{args.server}/{args.db}"
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kalshiflow_site.settings")
-    os.environ.setdefault("LOG_LEVEL", "WARNING")
     try:
-        import django
-
-        django.setup()
-        from django.core.management import call_command
-
-        call_command("migrate", verbosity=0)
+        setup_scratch_django(args.db, server=args.server)
         load_figures = measure_load(
             f"{args.server}/{args.db}",
             rows=args.delta_rows,
@@ -480,10 +461,7 @@ def main() -> None:
             profile=args.profile,
         )
     finally:
-        from django.db import connections
-
-        connections.close_all()
-        drop()
+        drop_scratch_database(args.db, server=args.server)
 
     ratio_copy = load_figures["load_rows_per_s"] / load_figures["raw_copy_rows_per_s"]
     peak_ratio = load_figures["load_peak_mb"] / load_figures["arrays_mb"]

@@ -30,35 +30,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from benchmarks.scratchdb import drop_scratch_database, setup_scratch_django  # noqa: E402
+
 DB_NAME = os.environ.get("BENCH_DB", "kalshiflow_bench_ingest")
-PG = "postgres://postgres@127.0.0.1:5432"
 
 
 def setup_django(var_dir: Path) -> None:
-    os.environ["DATABASE_URL"] = f"{PG}/{DB_NAME}"
-    os.environ["RL_VAR_DIR"] = str(var_dir)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kalshiflow_site.settings")
-    os.environ.setdefault("LOG_LEVEL", "WARNING")
-    import psycopg
-
-    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {DB_NAME}")
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
+    setup_scratch_django(DB_NAME, RL_VAR_DIR=str(var_dir))
 
 
 def drop_database() -> None:
-    import psycopg
-    from django.db import connections
-
-    connections.close_all()
-    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
+    drop_scratch_database(DB_NAME)
 
 
 def start_exchange(var_dir: Path, *, rate: float, markets: int, port: int) -> subprocess.Popen:

@@ -29,7 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 import json
-import os
 import tempfile
 import time
 import uuid
@@ -40,6 +39,8 @@ from typing import Any
 import psycopg
 import psycopg.conninfo
 from psycopg import sql
+
+from benchmarks.scratchdb import drop_scratch_database, setup_scratch_django
 
 TARGET_RATIO_VS_COPY = 0.5
 MARKETS = [f"KXMLBGAME-26OCT{d:02d}2000TBNYY-NYY" for d in range(1, 9)]
@@ -234,33 +235,13 @@ def main() -> None:
     parser.add_argument("--db", default="kalshiflow_bench_writer")
     args = parser.parse_args()
 
-    def drop() -> None:
-        with psycopg.connect(f"{args.server}/postgres", autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(args.db))
-            )
-
-    drop()
-    with psycopg.connect(f"{args.server}/postgres", autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(args.db)))
-    os.environ["DATABASE_URL"] = f"{args.server}/{args.db}"
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "kalshiflow_site.settings")
-    os.environ.setdefault("LOG_LEVEL", "WARNING")
     try:
-        import django
-
-        django.setup()
-        from django.core.management import call_command
-
-        call_command("migrate", verbosity=0)
+        setup_scratch_django(args.db, server=args.server)
         figures = measure_writer_vs_copy(
             rows=args.rows, repeat=args.repeat, batch_rows=args.batch_rows
         )
     finally:
-        from django.db import connections
-
-        connections.close_all()
-        drop()
+        drop_scratch_database(args.db, server=args.server)
 
     raw = figures["raw_copy_rows_per_s"]
     print()
