@@ -44,6 +44,21 @@ class RecordingConnection(models.Model):
         return f"{self.exchange} connection {self.id} opened {self.opened_at:%Y-%m-%d %H:%M:%S}"
 
 
+def connection_field(*, related_name: str) -> models.ForeignKey:
+    """The (connection, sid, seq) namespace of a recorded message.
+
+    Not enforced by the database (see the module docstring) and not indexed alone: the
+    unique (connection, sid, seq) constraint leads with it already.
+    """
+    return models.ForeignKey(
+        RecordingConnection,
+        on_delete=models.DO_NOTHING,
+        db_index=False,
+        db_constraint=False,
+        related_name=related_name,
+    )
+
+
 class SnapshotSource(models.TextChoices):
     WS = "ws", "exchange snapshot on subscribe"
     PERIODIC = "periodic", "recorder's periodic snapshot of its in-memory book"
@@ -63,13 +78,7 @@ class OrderbookSnapshot(models.Model):
     PERIODIC_SID = 0
 
     id = models.BigAutoField(primary_key=True)
-    connection = models.ForeignKey(
-        RecordingConnection,
-        on_delete=models.DO_NOTHING,
-        db_index=False,
-        db_constraint=False,
-        related_name="snapshots",
-    )
+    connection = connection_field(related_name="snapshots")
     market_ticker = models.CharField(max_length=128)
     sid = models.IntegerField()
     seq = models.BigIntegerField()
@@ -113,13 +122,7 @@ class OrderbookDelta(models.Model):
     """A signed change of resting size at one price on one side of one market."""
 
     id = models.BigAutoField(primary_key=True)
-    connection = models.ForeignKey(
-        RecordingConnection,
-        on_delete=models.DO_NOTHING,
-        db_index=False,
-        db_constraint=False,
-        related_name="deltas",
-    )
+    connection = connection_field(related_name="deltas")
     market_ticker = models.CharField(max_length=128)
     sid = models.IntegerField()
     seq = models.BigIntegerField()
@@ -155,13 +158,7 @@ class PublicTrade(models.Model):
     """A public execution from the ``trade`` channel (taker side; prices in e4, count in e2)."""
 
     id = models.BigAutoField(primary_key=True)
-    connection = models.ForeignKey(
-        RecordingConnection,
-        on_delete=models.DO_NOTHING,
-        db_index=False,
-        db_constraint=False,
-        related_name="trades",
-    )
+    connection = connection_field(related_name="trades")
     market_ticker = models.CharField(max_length=128)
     sid = models.IntegerField()
     seq = models.BigIntegerField()
