@@ -292,6 +292,15 @@ class KalshiTradingEnv(gym.Env):
         return self._t
 
     @property
+    def steps_taken(self) -> int:
+        """Steps of the current episode so far."""
+        return self._steps
+
+    def marks_e4x2(self) -> dict[str, int | None]:
+        """Twice each market's YES mid now, in $0.0001 (None without a two-sided trusted book)."""
+        return self._marks()
+
+    @property
     def current_time_ns(self) -> int:
         return int(self.history.times_ns[self._t])
 

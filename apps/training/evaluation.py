@@ -89,11 +89,11 @@ def hold_policy(obs: np.ndarray, env: KalshiTradingEnv) -> np.ndarray:
 def favourite_policy(obs: np.ndarray, env: KalshiTradingEnv) -> np.ndarray:
     """Baseline 2: on the first step buy the smallest size of each market's favourite side
     (YES when its mid is above $0.50, else NO) and hold it to the end."""
-    if env.portfolio.exposure_e6() > 0 or env._steps > 0:
+    if env.portfolio.exposure_e6() > 0 or env.steps_taken > 0:
         return np.zeros(env.n_markets, dtype=np.int64)
     mask = env.action_masks().reshape(env.n_markets, -1)
     actions = np.zeros(env.n_markets, dtype=np.int64)
-    marks = env._marks()
+    marks = env.marks_e4x2()
     for j, market in enumerate(env.markets):
         mid_x2 = marks[market]
         if mid_x2 is None:
