@@ -85,7 +85,14 @@ def test_a_version_promoted_mid_run_trades_from_the_next_decisions(trader, admin
         wait_until(lambda: TradingAction.objects.filter(model_version=1).count() >= 20)
         registry.promote_model(model=v2)
         wait_until(lambda: TradingAction.objects.filter(model_version=2).count() >= 20)
-        wait_until(lambda: paper_status().counters["model"]["version"] == 2)
+        # The heartbeat trails the decision rows by up to one status interval: wait for one
+        # written after the switch that has seen at least the 20 decisions counted above.
+        wait_until(
+            lambda: (
+                paper_status().counters["model"]["version"] == 2
+                and paper_status().counters["decisions"] >= 20
+            )
+        )
         status = admin_client.get("/rl/status").json()
         result = running.stop()
 
