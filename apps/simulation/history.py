@@ -266,33 +266,35 @@ class HistoryBuilder:
         replays = self._replays
         next_tick_ns = self._next_tick_ns
         n_ticks = self.times_ns.shape[0]
-        for i in range(len(ts_ns)):
-            ts = ts_ns[i]
+        side_names = ("no", "yes")  # indexed by is_yes
+        for ts, mi, conn, sid_i, seq_i, yes_i, price, delta in zip(
+            ts_ns, market_idx, connection, sid, seq, is_yes, price_e4, delta_e2, strict=True
+        ):
             if ts > next_tick_ns and self._next_tick < n_ticks:
                 self.advance_to(ts)
                 next_tick_ns = self._next_tick_ns
-            replay = replays[market_idx[i]]
+            replay = replays[mi]
             if (
                 not replay.trusted
-                or replay.conn != connection[i]
-                or replay.sid != sid[i]
-                or seq[i] <= replay.seq
+                or seq_i <= replay.seq
+                or replay.sid != sid_i
+                or replay.conn != conn
             ):
                 replay.quality.deltas_skipped_untrusted += 1
                 continue
             book = replay.book
             try:
-                book.apply_delta("yes" if is_yes[i] else "no", price_e4[i], delta_e2[i])
+                book.apply_delta(side_names[yes_i], price, delta)
             except BookError:
                 replay.quality.book_errors += 1
                 self._untrust(replay)
                 continue
-            replay.seq = seq[i]
+            replay.seq = seq_i
             replay.dirty = True
             replay.updates += 1
             replay.quality.deltas_applied += 1
             # Only added size can cross a book that was not crossed before.
-            if delta_e2[i] > 0 and book.is_crossed():
+            if delta > 0 and book.is_crossed():
                 replay.quality.crossed += 1
                 self._untrust(replay)
 

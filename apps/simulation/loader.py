@@ -314,13 +314,21 @@ def _decode(data: bytes | bytearray) -> Chunk:
     return (
         rows["ts"].astype(np.int64).tolist(),
         rows["market"].astype(np.int32).tolist(),
-        [bytes(c) for c in rows["conn"]],
+        _connection_column(rows["conn"]),
         rows["sid"].astype(np.int32).tolist(),
         rows["seq"].astype(np.int64).tolist(),
         rows["is_yes"].astype(bool).tolist(),
         rows["price"].astype(np.int32).tolist(),
         rows["delta"].astype(np.int64).tolist(),
     )
+
+
+def _connection_column(conn: np.ndarray) -> list[bytes]:
+    """One shared bytes object per distinct connection (a recording has few), not one per
+    row: the same keys as ``_conn_key`` gives snapshots and markers."""
+    distinct, index = np.unique(conn, return_inverse=True)
+    keys = [bytes(c) for c in distinct]
+    return [keys[i] for i in index.tolist()]
 
 
 def _orm_chunks(
