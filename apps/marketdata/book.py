@@ -12,6 +12,7 @@ read-only mappings); callers that keep data across awaits should copy what they 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from itertools import islice
 from typing import Literal
 
 from sortedcontainers import SortedDict
@@ -150,11 +151,8 @@ class OrderBook:
         ladder = self._yes if side == "yes" else self._no
         if side not in ("yes", "no"):
             raise BookError(f"side {side!r} is not 'yes' or 'no'")
-        if n <= 0:
-            return []
-        # One slice of the sorted keys (cheap in SortedList), then dict lookups.
-        prices = ladder.keys()[-n:]
-        return [(price, ladder[price]) for price in reversed(prices)]
+        # Reverse iteration of a SortedDict walks its sublists directly (no index math).
+        return [(price, ladder[price]) for price in islice(reversed(ladder), max(n, 0))]
 
     def total_size(self, side: str) -> int:
         """Sum of resting size_e2 on one side."""

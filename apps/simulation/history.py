@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -372,24 +373,20 @@ class HistoryBuilder:
             replay.dirty = False
             self._sampled[k, j] = True
             self.trusted[k, j] = replay.trusted
+            # Rows start at zero and each (tick, market) row is written at most once, so an
+            # untrusted book and the unused tail levels need no writes at all.
             if not replay.trusted:
-                self.yes_px[k, j] = 0
-                self.yes_sz[k, j] = 0
-                self.no_px[k, j] = 0
-                self.no_sz[k, j] = 0
                 continue
-            for side, px, sz in (
-                ("yes", self.yes_px, self.yes_sz),
-                ("no", self.no_px, self.no_sz),
+            book = replay.book
+            for ladder, px, sz in (
+                (book.yes_levels, self.yes_px, self.yes_sz),
+                (book.no_levels, self.no_px, self.no_sz),
             ):
-                depth = replay.book.depth(side, levels)
-                count = len(depth)
-                if count:
-                    arr = np.array(depth, dtype=np.int64)
-                    px[k, j, :count] = arr[:, 0]
-                    sz[k, j, :count] = arr[:, 1]
-                px[k, j, count:] = 0
-                sz[k, j, count:] = 0
+                prices = list(islice(reversed(ladder), levels))  # best first
+                if prices:
+                    count = len(prices)
+                    px[k, j, :count] = prices
+                    sz[k, j, :count] = [ladder[p] for p in prices]
 
     def _count_stale(self, quality: dict[str, MarketQuality]) -> None:
         limit = self.stale_after_ticks
