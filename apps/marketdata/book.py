@@ -141,6 +141,15 @@ class OrderBook:
         doubled = self.mid_e4x2()
         return None if doubled is None else doubled / (2 * PRICE_SCALE)
 
+    def crosses(self, side: str, price_e4: int) -> bool:
+        """Would a ``side`` bid at ``price_e4`` meet the best bid of the other side?
+
+        For a book that was not crossed, this is exactly whether adding size at that price
+        crossed it (the cheap check for a replay loop).
+        """
+        other = self._no if side == "yes" else self._yes
+        return bool(other) and price_e4 + other.keys()[-1] >= PRICE_SCALE
+
     def is_crossed(self) -> bool:
         """True when the best YES bid meets or passes the implied YES ask."""
         spread = self.spread_e4()

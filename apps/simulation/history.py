@@ -284,8 +284,9 @@ class HistoryBuilder:
                 replay.quality.deltas_skipped_untrusted += 1
                 continue
             book = replay.book
+            side = side_names[yes_i]
             try:
-                book.apply_delta(side_names[yes_i], price, delta)
+                book.apply_delta(side, price, delta)
             except BookError:
                 replay.quality.book_errors += 1
                 self._untrust(replay)
@@ -294,8 +295,9 @@ class HistoryBuilder:
             replay.dirty = True
             replay.updates += 1
             replay.quality.deltas_applied += 1
-            # Only added size can cross a book that was not crossed before.
-            if delta > 0 and book.is_crossed():
+            # Only added size can cross a book that was not crossed before, and only at the
+            # price it was added at.
+            if delta > 0 and book.crosses(side, price):
                 replay.quality.crossed += 1
                 self._untrust(replay)
 

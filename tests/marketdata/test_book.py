@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from apps.marketdata.book import BookError, OrderBook
@@ -140,3 +140,16 @@ def test_a_crossed_book_is_detected() -> None:
     book = OrderBook("M")
     book.apply_snapshot([(5000, 100)], [(5000, 100)])
     assert book.is_crossed()
+
+
+@settings(max_examples=300, deadline=None)
+@given(ladder, ladder, st.sampled_from(["yes", "no"]), prices, sizes)
+def test_crosses_predicts_whether_adding_size_crosses_an_uncrossed_book(
+    yes, no, side, price, size
+) -> None:
+    book = OrderBook("M")
+    book.apply_snapshot(sorted(yes.items()), sorted(no.items()))
+    assume(not book.is_crossed())
+    predicted = book.crosses(side, price)
+    book.apply_delta(side, price, size)
+    assert predicted == book.is_crossed()
