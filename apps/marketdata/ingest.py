@@ -11,7 +11,6 @@ import asyncio
 import gc
 import json
 import logging
-import signal
 import time
 import urllib.parse
 import urllib.request
@@ -47,6 +46,7 @@ from apps.marketdata.writer import (
     utc_from_ms,
     utc_from_ns,
 )
+from kalshiflow_site.shutdown import install_stop_handlers, remove_stop_handlers
 
 log = logging.getLogger(__name__)
 
@@ -423,14 +423,7 @@ async def run_ingest_async(
         sink=sink,
     )
     loop = asyncio.get_running_loop()
-    installed: list[int] = []
-    if install_signal_handlers:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.add_signal_handler(sig, client.stop)
-                installed.append(sig)
-            except (NotImplementedError, RuntimeError):
-                pass  # not the main thread (e.g. a Channels worker): the caller stops us
+    installed = install_stop_handlers(loop, client.stop) if install_signal_handlers else []
     say = progress or (lambda line: log.info("%s", line))
     say(f"recording {len(markets)} markets from {ws_url}")
     status_name = worker_name(kind="ingest")
@@ -454,8 +447,7 @@ async def run_ingest_async(
         await asyncio.gather(client_task, return_exceptions=True)
         housekeeping.cancel()
         await asyncio.gather(housekeeping, return_exceptions=True)
-        for sig in installed:
-            loop.remove_signal_handler(sig)
+        remove_stop_handlers(loop, installed)
         await sink.drain_background()
         say("stopping: flushing every accepted row to the database")
         await asyncio.to_thread(writer.close)

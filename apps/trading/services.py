@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import signal
 import threading
 import time
 from collections import deque
@@ -67,6 +66,7 @@ from apps.trading.risk import KillSwitch, RiskSettings
 from apps.trading.sampling import BookSampler
 from apps.trading.writer import ActionWriter
 from kalshiflow_site.modes import LiveTradingRefused, validate_mode
+from kalshiflow_site.shutdown import install_stop_handlers, remove_stop_handlers
 
 log = logging.getLogger(__name__)
 
@@ -771,14 +771,7 @@ async def run_paper_async(
         sink=_FeedSink(session),
     )
     session.client = client
-    installed: list[int] = []
-    if install_signal_handlers:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                loop.add_signal_handler(sig, session.stopping.set)
-                installed.append(sig)
-            except (NotImplementedError, RuntimeError):
-                pass  # not the main thread: the caller stops us with stop_event
+    installed = install_stop_handlers(loop, session.stopping.set) if install_signal_handlers else []
     say(
         f"paper trading {model.name} v{model.version} ({model.policy.algorithm}) on "
         f"{len(model.markets)} markets from {ws_url}; episode {episode_id}"
@@ -803,8 +796,7 @@ async def run_paper_async(
         await asyncio.gather(client_task, return_exceptions=True)
         housekeeping.cancel()
         await asyncio.gather(housekeeping, return_exceptions=True)
-        for sig in installed:
-            loop.remove_signal_handler(sig)
+        remove_stop_handlers(loop, installed)
         say("stopping: writing every logged decision to the database")
         await asyncio.to_thread(writer.close)
         await asyncio.to_thread(
