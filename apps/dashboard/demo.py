@@ -33,7 +33,7 @@ from apps.marketdata.models import (
     RecordingConnection,
     RecordingEvent,
 )
-from apps.simulation.env import EnvConfig, KalshiTradingEnv
+from apps.simulation.env import EnvConfig, KalshiTradingEnv, traded_count
 from apps.simulation.loader import load
 from apps.training import selectors, services
 from apps.training.models import ModelStatus, RLModel
@@ -106,7 +106,7 @@ def random_episode(
         mask = env.action_masks().reshape(env.n_markets, -1)
         action = np.array([rng.choice(np.flatnonzero(row)) for row in mask])
         _, _, terminated, truncated, info = env.step(action)
-        trades += sum(1 for t in info["trades"] if t["filled_e2"])
+        trades += traded_count(info)
         done = terminated or truncated
     return EpisodeSummary(
         ticks=history.n_ticks,

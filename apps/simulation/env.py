@@ -6,54 +6,63 @@ once) and never touches the database. Each step:
 1. every market's action (6 types x 5 sizes, see :mod:`apps.simulation.actions`) is carried
    out, market by market, against the book as it stood at the current tick: a taker order
    walks the opposite bid ladder (:mod:`apps.simulation.fills`) and pays Kalshi's fee
-   (:mod:`apps.simulation.fees`); a refused action is a hold (reported in ``info``);
+   (:mod:`apps.simulation.fees`); a refused action is a hold (its reason is in ``info``);
 2. time moves one tick; a market past its close is settled at $1/$0 when its result is known,
-   else closed at its mid (``settled_at_mid`` in ``info``);
+   else closed at its last mid (``how: settled_at_mid`` in ``info["settled"]``);
 3. reward = change of portfolio value (marked to mid) / initial cash, minus
    ``risk_penalty`` x the increase of drawdown (0 by default).
 
-The observation is :func:`~apps.simulation.features.build_observation_batch` of the current
-tick: it only ever reads history rows up to the current tick (the per-tick book block is
-computed once per history from rows <= t, see :func:`features.history_summaries`).
+Speed: the account lives in int64 arrays and steps 1–2, the masks and the account's part of
+the observation run in :mod:`apps.simulation.kernel` (numba), the compiled twin of the
+reference rules in ``actions`` / ``fills`` / ``portfolio`` that the paper trader runs (their
+equality is tested). ``env.portfolio`` returns a :class:`Portfolio` snapshot for reading.
 
-Episodes start at ticks drawn with the env's seeded ``np_random`` from the allowed window
-(``window=(start_ns, end_ns)``: the train / evaluation split is an argument) and never read a
-tick at or after the window's end. A market whose book is untrusted (gap or resync in the
-recording) can only hold until its next snapshot.
+The observation is the precomputed :func:`~apps.simulation.features.static_features` row of
+the current tick (it only ever reads history rows up to that tick: see
+:func:`features.history_summaries`) plus the account's features. Episodes start at ticks drawn
+with the env's seeded ``np_random`` from the allowed window (``window=(start_ns, end_ns)``:
+the train / evaluation split is an argument) and never read a tick at or after the window's
+end. A market whose book is untrusted (gap or resync in the recording) can only hold until its
+next snapshot.
+
+``info`` is small and array-based, so vectorised envs copy it cheaply: ``time_ns``, ``tick``,
+``fills`` ((n_markets, 9) int64, columns ``kernel.F_*``: action, type, size, filled, notional,
+fee, refusal code, contract, side), ``positions_e2`` ((n_markets, 2): YES and NO held),
+``cash_e6``, ``equity_e6``, ``fees_paid_e4``, ``drawdown`` and ``settled`` (a list of
+``{market, how, payout_e6}``). :func:`trades_from_info` and :func:`positions_from_info` turn
+them into readable dicts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
+from apps.simulation import kernel
 from apps.simulation.actions import (
     ACTIONS_PER_MARKET,
     DEFAULT_SIZES_CONTRACTS,
-    action_mask,
-    execute,
+    ActionType,
     sizes_e2_from_contracts,
 )
 from apps.simulation.features import (
     BOOK_LEVELS,
-    N_BOOK_FEATURES,
+    FEATURES_PER_MARKET,
     N_FEATURES,
+    N_HISTORY,
     N_MARKETS,
-    MarketBatch,
-    PortfolioState,
-    book_features,
-    build_observation_batch,
-    history_summaries,
-    series_values,
+    history_block,
+    static_features,
 )
 from apps.simulation.fees import STANDARD_FEES, FeeSchedule
 from apps.simulation.fills import ArrayBook
 from apps.simulation.history import RecordedHistory
-from apps.simulation.portfolio import Portfolio, RiskLimits
+from apps.simulation.portfolio import MarketPosition, Portfolio, RiskLimits, settlement_price_e4
 
 NS = 1_000_000_000
 
@@ -112,7 +121,7 @@ class KalshiTradingEnv(gym.Env):
             )
         self.history = history
         self.markets = markets
-        self.n_markets = len(markets)
+        self.n_markets = m = len(markets)
         times = history.times_ns
         lo, hi = (int(times[0]), int(times[-1]) + 1) if window is None else window
         self.first_tick = int(np.searchsorted(times, lo, side="left"))
@@ -125,54 +134,128 @@ class KalshiTradingEnv(gym.Env):
             )
         self.sizes_e2 = sizes_e2_from_contracts(self.config.sizes_contracts)
         self.initial_cash_e6 = round(self.config.initial_cash_dollars * 1_000_000)
+        if self.initial_cash_e6 <= 0:
+            raise ValueError("initial_cash_dollars must be positive")
         self.observation_space = gym.spaces.Box(-1.0, 1.0, shape=(N_FEATURES,), dtype=np.float32)
-        self.action_space = gym.spaces.MultiDiscrete([ACTIONS_PER_MARKET] * self.n_markets)
-        self._fees = [self.config.fees_by_market.get(m, self.config.fees) for m in markets]
-        self._close_ns = np.array(
+        self.action_space = gym.spaces.MultiDiscrete([ACTIONS_PER_MARKET] * m)
+        self._setup_rules()
+        self._precompute()
+        self._pos = np.zeros((m, kernel.POS_COLUMNS), dtype=np.int64)
+        self._acct = np.zeros(kernel.ACCT_SIZE, dtype=np.int64)
+        self._hold_fills = np.zeros((m, kernel.FILL_COLUMNS), dtype=np.int64)
+        self._hold_fills[:, kernel.F_REFUSAL] = kernel.HOLD
+        self._payouts = np.zeros(m, dtype=np.int64)
+        self._mask = np.zeros(m * ACTIONS_PER_MARKET, dtype=bool)
+        self._t = self.first_tick
+        self._episode_end = self.first_tick
+        self._steps = 0
+        self._new_account()
+
+    # -- setup (once per env) ------------------------------------------------------------------
+
+    def _setup_rules(self) -> None:
+        """Fees, limits and market outcomes as the integer arrays the kernel reads."""
+        cfg = self.config
+        rates = [cfg.fees_by_market.get(mk, cfg.fees).taker_rate for mk in self.markets]
+        self._fee_nums = np.array([r.numerator for r in rates], dtype=np.int64)
+        self._fee_dens = np.array([r.denominator for r in rates], dtype=np.int64)
+        lim = cfg.limits
+        self._limits = np.array(
             [
-                (self.config.market_info.get(m) or MarketInfo()).close_ns or np.iinfo(np.int64).max
-                for m in markets
+                lim.max_position_e2,
+                lim.max_market_share.numerator,
+                lim.max_market_share.denominator,
+                lim.max_exposure_share.numerator,
+                lim.max_exposure_share.denominator,
             ],
             dtype=np.int64,
         )
-        self._precompute()
-        self._t = self.first_tick
-        self._episode_end = self.first_tick
-        self.portfolio = Portfolio(cash_e6=self.initial_cash_e6, limits=self.config.limits)
-
-    # -- precomputation (once per history) -----------------------------------------------
+        kernel.check_int64_bounds(
+            initial_cash_e6=self.initial_cash_e6,
+            limits=self._limits,
+            fee_nums=self._fee_nums,
+            fee_dens=self._fee_dens,
+            n_markets=self.n_markets,
+            episode_steps=cfg.episode_steps,
+        )
+        self._sizes = np.array(self.sizes_e2, dtype=np.int64)
+        infos = [cfg.market_info.get(mk) or MarketInfo() for mk in self.markets]
+        never = np.iinfo(np.int64).max
+        self._close_ns = np.array([i.close_ns or never for i in infos], dtype=np.int64)
+        codes = {
+            None: kernel.RESULT_UNKNOWN,
+            "yes": kernel.RESULT_YES,
+            "no": kernel.RESULT_NO,
+            "scalar": kernel.RESULT_SCALAR,
+        }
+        results, values = [], []
+        for market, info in zip(self.markets, infos, strict=True):
+            if info.result not in codes:
+                raise ValueError(f"{market}: result {info.result!r} is not yes, no or scalar")
+            if info.result == "scalar":
+                settlement_price_e4("scalar", info.settlement_value_e4)  # validates the value
+            results.append(codes[info.result])
+            values.append(info.settlement_value_e4 or 0)
+        self._results = np.array(results, dtype=np.int64)
+        self._values_e4 = np.array(values, dtype=np.int64)
+        self._how = ["settled_at_mid" if i.result is None else i.result for i in infos]
 
     def _precompute(self) -> None:
+        """Per tick, everything that does not depend on the account: books, trust, marks and
+        the static part of the observation (flags, book, history, time to close)."""
         h = self.history
         k = BOOK_LEVELS
         t = h.n_ticks
+        m = self.n_markets
         px = np.zeros((t, N_MARKETS, 2, k), dtype=np.int64)
         sz = np.zeros((t, N_MARKETS, 2, k), dtype=np.int64)
-        m = self.n_markets
         px[:, :m, 0] = h.yes_px[:, :, :k]
         px[:, :m, 1] = h.no_px[:, :, :k]
         sz[:, :m, 0] = h.yes_sz[:, :, :k]
         sz[:, :m, 1] = h.no_sz[:, :, :k]
         trusted = np.zeros((t, N_MARKETS), dtype=bool)
         trusted[:, :m] = h.trusted
-        hist = np.zeros((t, N_MARKETS, 12))
-        mid, spread, yes_depth, no_depth = series_values(px, sz, trusted)
-        for j in range(m):
-            hist[:, j] = history_summaries(
-                mid[:, j], spread[:, j], h.updates[:, j], yes_depth[:, j], no_depth[:, j]
-            )
-        block = np.empty((t, N_MARKETS, N_BOOK_FEATURES), dtype=np.float64)
+        hist = np.zeros((t, N_MARKETS, N_HISTORY))
+        hist[:, :m] = history_block(px[:, :m], sz[:, :m], trusted[:, :m], h.updates)
+        present = np.zeros(N_MARKETS, dtype=bool)
+        present[:m] = True
+        close = np.full(N_MARKETS, np.iinfo(np.int64).max, dtype=np.int64)
+        close[:m] = self._close_ns
+        times = h.times_ns
+        static = np.empty((t, N_MARKETS * FEATURES_PER_MARKET), dtype=np.float32)
         # In slices, to keep the float64 temporaries small on long histories.
         for lo in range(0, t, 4096):
             hi = min(lo + 4096, t)
-            book_features(px[lo:hi], sz[lo:hi], hist[lo:hi], trusted[lo:hi], out=block[lo:hi])
-        self._px, self._sz, self._trusted, self._hist = px, sz, trusted, hist
-        self._block = block.astype(np.float32)
-        # Twice the mid in e4 per tick and market (None-able marks are made per step).
-        two_sided = (sz[:, :, 0, 0] > 0) & (sz[:, :, 1, 0] > 0) & trusted
-        self._mid_e4x2 = np.where(two_sided, px[:, :, 0, 0] + 10_000 - px[:, :, 1, 0], -1)
-        self._batch = MarketBatch.empty()
-        self._batch.present[:m] = True
+            now = times[lo:hi, None]
+            static_features(
+                px[lo:hi],
+                sz[lo:hi],
+                hist[lo:hi],
+                trusted[lo:hi],
+                np.broadcast_to(present, (hi - lo, N_MARKETS)),
+                now < close,  # a market is open until its close (settled at the first tick after)
+                (close - now) / NS,
+                out=static[lo:hi].reshape(hi - lo, N_MARKETS, FEATURES_PER_MARKET),
+            )
+        self._px, self._sz, self._trusted, self._static = px, sz, trusted, static
+        self._times = times
+        self._times_list = times.tolist()
+        # Twice the mid in e4 per tick and market, -1 without a trusted two-sided book.
+        two_sided = (sz[:, :m, 0, 0] > 0) & (sz[:, :m, 1, 0] > 0) & trusted[:, :m]
+        self._mid_e4x2 = np.ascontiguousarray(
+            np.where(two_sided, px[:, :m, 0, 0] + 10_000 - px[:, :m, 1, 0], -1)
+        )
+
+    def _new_account(self) -> None:
+        self._pos[:] = 0
+        self._acct[:] = 0
+        self._acct[kernel.A_CASH] = self.initial_cash_e6
+        self._peak_x2 = 2 * self.initial_cash_e6
+        self._drawdown = 0.0
+        self._max_drawdown = 0.0
+        self._n_settled = 0
+        self._next_close = int(self._close_ns.min())
+        self._equity_x2 = 2 * self.initial_cash_e6
 
     # -- gymnasium API ----------------------------------------------------------------------
 
@@ -194,18 +277,14 @@ class KalshiTradingEnv(gym.Env):
         self._t = start
         self._start = start
         self._episode_end = start + steps
-        self.portfolio = Portfolio(cash_e6=self.initial_cash_e6, limits=self.config.limits)
-        self._settled = np.zeros(self.n_markets, dtype=bool)
-        batch = self._batch
-        batch.yes_held_e2[:] = 0
-        batch.no_held_e2[:] = 0
-        batch.cost_e6[:] = 0
-        self._positions_changed: set[int] = set()
-        self._settle_due()
-        self._equity_x2 = self._equity_now_x2()
-        self.portfolio.record_equity_x2(self._equity_x2)
         self._steps = 0
-        return self._observation(), self._info(trades=[])
+        self._new_account()
+        settled = self._settle_due()
+        self._equity_x2 = kernel.equity_x2(self._mid_e4x2, start, self._pos, self._acct)
+        self._record_equity(self._equity_x2)
+        info = self._info(self._hold_fills.copy())
+        info["settled"] = settled
+        return self._observation(), info
 
     def step(
         self, action: np.ndarray | Sequence[int]
@@ -215,77 +294,60 @@ class KalshiTradingEnv(gym.Env):
             raise ValueError(f"expected {self.n_markets} actions, got shape {actions.shape}")
         if self._steps >= self.config.episode_steps:
             raise RuntimeError("the episode is over: call reset()")
-        t = self._t
-        trades = []
-        for j, market in enumerate(self.markets):
-            action_id = int(actions[j])
-            if not 0 <= action_id < ACTIONS_PER_MARKET:
-                raise ValueError(f"action {action_id} for {market} is not in 0..29")
-            if action_id < len(self.sizes_e2):
-                continue  # HOLD: nothing to evaluate
-            decision = execute(
-                action_id,
-                book=self._book(t, j),
-                portfolio=self.portfolio,
-                market=market,
-                trusted=bool(self._trusted[t, j]),
-                is_open=not self._settled[j],
-                sizes_e2=self.sizes_e2,
-                fees=self._fees[j],
-            )
-            if decision.trades:
-                self._positions_changed.add(j)
-            trades.append(
-                {
-                    "market": market,
-                    "action_id": action_id,
-                    "type": decision.action_type.name,
-                    "size_e2": decision.size_e2,
-                    "filled_e2": decision.fill.filled_e2 if decision.trades else 0,
-                    "avg_price_e4": (
-                        decision.fill.notional_e6 / decision.fill.filled_e2
-                        if decision.trades and decision.fill.filled_e2
-                        else None
-                    ),
-                    "fee_e4": decision.fill.fee_e4 if decision.trades else 0,
-                    "refusal": None if decision.trades else str(decision.refusal),
-                }
-            )
-        self._t = t + 1
+        fills = np.empty((self.n_markets, kernel.FILL_COLUMNS), dtype=np.int64)
+        bad = kernel.execute_all(
+            self._px,
+            self._sz,
+            self._trusted,
+            self._t,
+            actions,
+            self._pos,
+            self._acct,
+            self._sizes,
+            self._fee_nums,
+            self._fee_dens,
+            self._limits,
+            fills,
+        )
+        if bad >= 0:
+            raise ValueError(f"action {actions[bad]} for {self.markets[bad]} is not in 0..29")
+        self._t += 1
         self._steps += 1
-        settled = self._settle_due()
-        equity_x2 = self._equity_now_x2()
-        drawdown_before = self.portfolio.drawdown
-        drawdown = self.portfolio.record_equity_x2(equity_x2)
+        settled = self._settle_due() if self._times_list[self._t] >= self._next_close else []
+        equity_x2 = kernel.equity_x2(self._mid_e4x2, self._t, self._pos, self._acct)
+        drawdown_before = self._drawdown
+        drawdown = self._record_equity(equity_x2)
         # Integer numerator over integer denominator: the exact change, rounded once.
         reward = (equity_x2 - self._equity_x2) / (2 * self.initial_cash_e6)
         if self.config.risk_penalty:
             reward -= self.config.risk_penalty * max(0.0, drawdown - drawdown_before)
         self._equity_x2 = equity_x2
-        terminated = bool(self._settled.all())
+        terminated = self._n_settled == self.n_markets
         truncated = not terminated and self._steps >= self.config.episode_steps
-        info = self._info(trades=trades)
+        info = self._info(fills)
         info["settled"] = settled
         return self._observation(), reward, terminated, truncated, info
 
     def action_masks(self) -> np.ndarray:
-        """(n_markets * 30,) bool for sb3-contrib MaskablePPO: True = allowed now."""
-        t = self._t
-        masks = [
-            action_mask(
-                book=self._book(t, j),
-                portfolio=self.portfolio,
-                market=market,
-                trusted=bool(self._trusted[t, j]),
-                is_open=not self._settled[j],
-                sizes_e2=self.sizes_e2,
-                fees=self._fees[j],
-            )
-            for j, market in enumerate(self.markets)
-        ]
-        return np.concatenate(masks)
+        """(n_markets * 30,) bool for sb3-contrib MaskablePPO: True = allowed now (a fresh
+        array)."""
+        out = np.empty(self.n_markets * ACTIONS_PER_MARKET, dtype=bool)
+        kernel.action_masks(
+            self._px,
+            self._sz,
+            self._trusted,
+            self._t,
+            self._pos,
+            self._acct,
+            self._sizes,
+            self._fee_nums,
+            self._fee_dens,
+            self._limits,
+            out,
+        )
+        return out
 
-    # -- internals -----------------------------------------------------------------------------
+    # -- reading ---------------------------------------------------------------------------------
 
     @property
     def current_tick(self) -> int:
@@ -296,18 +358,47 @@ class KalshiTradingEnv(gym.Env):
         """Steps of the current episode so far."""
         return self._steps
 
-    def marks_e4x2(self) -> dict[str, int | None]:
-        """Twice each market's YES mid now, in $0.0001 (None without a two-sided trusted book)."""
-        return self._marks()
-
     @property
     def current_time_ns(self) -> int:
-        return int(self.history.times_ns[self._t])
+        return self._times_list[self._t]
 
-    def _book(self, t: int, j: int) -> ArrayBook:
-        self._guard(t)
-        px, sz = self._px[t, j], self._sz[t, j]
-        return ArrayBook(px[0], sz[0], px[1], sz[1], validate=False)
+    def marks_e4x2(self) -> dict[str, int | None]:
+        """Twice each market's YES mid now, in $0.0001 (None without a two-sided trusted book)."""
+        row = self._mid_e4x2[self._t].tolist()
+        return {m: (v if v >= 0 else None) for m, v in zip(self.markets, row, strict=True)}
+
+    @property
+    def portfolio(self) -> Portfolio:
+        """A snapshot of the account as a :class:`Portfolio` (positions, cash, fees, P&L,
+        drawdown). The env keeps the account in int64 arrays for its compiled step; changing
+        the snapshot does not change the env."""
+        cash, _, fees, realized, _ = self._acct.tolist()
+        positions = {
+            market: MarketPosition(
+                yes_e2=row[kernel.P_YES],
+                no_e2=row[kernel.P_NO],
+                yes_cost_e6=row[kernel.P_YES_COST],
+                no_cost_e6=row[kernel.P_NO_COST],
+                fees_e4=row[kernel.P_FEES],
+                realized_e6=row[kernel.P_REALIZED],
+                settled=bool(row[kernel.P_SETTLED]),
+            )
+            for market, row in zip(self.markets, self._pos.tolist(), strict=True)
+            if row[kernel.P_TOUCHED]
+        }
+        return Portfolio.restore(
+            initial_cash_e6=self.initial_cash_e6,
+            cash_e6=cash,
+            limits=self.config.limits,
+            positions=positions,
+            fees_paid_e4=fees,
+            realized_e6=realized,
+            peak_equity_e6=Fraction(self._peak_x2, 2),
+            drawdown=self._drawdown,
+            max_drawdown=self._max_drawdown,
+        )
+
+    # -- internals -----------------------------------------------------------------------------
 
     def _guard(self, t: int) -> None:
         if t > self._t or t >= self.end_tick:
@@ -315,70 +406,120 @@ class KalshiTradingEnv(gym.Env):
                 f"tick {t} is after the current tick {self._t} (window ends at {self.end_tick})"
             )
 
+    def _book(self, t: int, j: int) -> ArrayBook:
+        """Market ``j``'s top-10 book at tick ``t`` (never after the current tick)."""
+        self._guard(t)
+        px, sz = self._px[t, j], self._sz[t, j]
+        return ArrayBook(px[0], sz[0], px[1], sz[1], validate=False)
+
     def _observation(self, t: int | None = None) -> np.ndarray:
+        """The observation with tick ``t``'s market data (default: now) and the account now."""
         t = self._t if t is None else t
         self._guard(t)
-        batch = self._batch
-        m = self.n_markets
-        batch.px[:] = self._px[t]
-        batch.sz[:] = self._sz[t]
-        batch.history[:] = self._hist[t]
-        batch.trusted[:] = self._trusted[t]
-        batch.is_open[:m] = ~self._settled
-        now = self.history.times_ns[t]
-        batch.seconds_to_close[:m] = (self._close_ns - now) / NS
-        # Holdings change only when a market trades or settles: refresh just those slots.
-        for j in self._positions_changed:
-            batch.set_position(j, self.portfolio.position(self.markets[j]))
-        self._positions_changed.clear()
-        state = PortfolioState.from_portfolio(
-            self.portfolio, progress=self._steps / self.config.episode_steps
+        out = np.empty(N_FEATURES, dtype=np.float32)
+        kernel.write_env_observation(
+            out,
+            self._static,
+            self._px,
+            t,
+            self._pos,
+            self._acct,
+            self.config.limits.max_position_e2,
+            float(self.initial_cash_e6),
+            self._drawdown,
+            self._steps / self.config.episode_steps,
         )
-        return build_observation_batch(batch, state, book_block=self._block[t])
+        return out
 
-    def _marks(self) -> dict[str, int | None]:
-        row = self._mid_e4x2[self._t]
-        return {m: (int(row[j]) if row[j] >= 0 else None) for j, m in enumerate(self.markets)}
-
-    def _equity_now_x2(self) -> int:
-        return self.portfolio.equity_e6x2(self._marks())
+    def _record_equity(self, equity_x2: int) -> float:
+        """Track the equity peak and drawdown (``Portfolio.record_equity_x2``, same floats)."""
+        if equity_x2 > self._peak_x2:
+            self._peak_x2 = equity_x2
+        peak = self._peak_x2
+        self._drawdown = (peak - equity_x2) / peak if peak > 0 else 0.0
+        if self._drawdown > self._max_drawdown:
+            self._max_drawdown = self._drawdown
+        return self._drawdown
 
     def _settle_due(self) -> list[dict[str, Any]]:
         """Settle every market whose close has come (at the result, else at its mid)."""
-        now = self.history.times_ns[self._t]
-        done = []
-        for j, market in enumerate(self.markets):
-            if self._settled[j] or now < self._close_ns[j]:
-                continue
-            info = self.config.market_info.get(market) or MarketInfo()
-            if info.result is not None:
-                payout = self.portfolio.settle(market, info.result, info.settlement_value_e4)
-                how = info.result
-            else:
-                # Close at the last mid seen up to now ($0.50 if the book never had one).
-                seen = self._mid_e4x2[: self._t + 1, j]
-                seen = seen[seen >= 0]
-                value = int(seen[-1] // 2) if seen.size else 5_000
-                payout = self.portfolio.settle(market, "scalar", value)
-                how = "settled_at_mid"
-            self._settled[j] = True
-            self._positions_changed.add(j)
-            done.append({"market": market, "how": how, "payout_e6": payout})
-        return done
+        count = kernel.settle_due(
+            self._t,
+            self._times,
+            self._close_ns,
+            self._results,
+            self._values_e4,
+            self._mid_e4x2,
+            self._pos,
+            self._acct,
+            self._payouts,
+        )
+        if not count:
+            return []
+        self._n_settled += count
+        settled = self._pos[:, kernel.P_SETTLED].astype(bool)
+        open_closes = self._close_ns[~settled]
+        self._next_close = int(open_closes.min()) if open_closes.size else np.iinfo(np.int64).max
+        return [
+            {"market": self.markets[j], "how": self._how[j], "payout_e6": payout}
+            for j, payout in enumerate(self._payouts.tolist())
+            if payout >= 0
+        ]
 
-    def _info(self, *, trades: list[dict[str, Any]]) -> dict[str, Any]:
-        p = self.portfolio
+    def _info(self, fills: np.ndarray) -> dict[str, Any]:
+        cash, _, fees, _, _ = self._acct.tolist()
         return {
-            "time_ns": int(self.history.times_ns[self._t]),
+            "time_ns": self._times_list[self._t],
             "tick": self._t,
-            "trades": trades,
-            "cash_e6": p.cash_e6,
-            "equity_e6": self._equity_x2 / 2 if hasattr(self, "_equity_x2") else p.cash_e6,
-            "fees_paid_e4": p.fees_paid_e4,
-            "drawdown": p.drawdown,
-            "positions": {
-                m: {"yes_e2": pos.yes_e2, "no_e2": pos.no_e2}
-                for m, pos in p
-                if pos.yes_e2 or pos.no_e2
-            },
+            "fills": fills,
+            "positions_e2": self._pos[:, : kernel.P_NO + 1].copy(),
+            "cash_e6": cash,
+            "equity_e6": self._equity_x2 / 2,
+            "fees_paid_e4": fees,
+            "drawdown": self._drawdown,
         }
+
+
+def trades_from_info(markets: Sequence[str], info: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The non-HOLD actions of one step's ``info["fills"]`` as readable dicts, market order.
+
+    Keys: market, action_id, type, size_e2 (decoded; 0 for FLATTEN), filled_e2, avg_price_e4
+    (None when nothing filled), fee_e4, refusal (None when carried out, else the reason).
+    """
+    out = []
+    for market, row in zip(markets, info["fills"].tolist(), strict=True):
+        if row[kernel.F_TYPE] == ActionType.HOLD:
+            continue
+        traded = row[kernel.F_REFUSAL] == kernel.TRADED
+        filled = row[kernel.F_FILLED] if traded else 0
+        out.append(
+            {
+                "market": market,
+                "action_id": row[kernel.F_ACTION],
+                "type": ActionType(row[kernel.F_TYPE]).name,
+                "size_e2": row[kernel.F_SIZE],
+                "filled_e2": filled,
+                "avg_price_e4": row[kernel.F_NOTIONAL] / filled if filled else None,
+                "fee_e4": row[kernel.F_FEE] if traded else 0,
+                "refusal": kernel.REFUSALS[row[kernel.F_REFUSAL]],
+            }
+        )
+    return out
+
+
+def positions_from_info(
+    markets: Sequence[str], info: Mapping[str, Any]
+) -> dict[str, dict[str, int]]:
+    """Markets with holdings after the step: ``{market: {"yes_e2": …, "no_e2": …}}``."""
+    return {
+        market: {"yes_e2": yes, "no_e2": no}
+        for market, (yes, no) in zip(markets, info["positions_e2"].tolist(), strict=True)
+        if yes or no
+    }
+
+
+def traded_count(info: Mapping[str, Any]) -> int:
+    """How many markets got a fill in the step."""
+    fills = info["fills"]
+    traded = fills[:, kernel.F_REFUSAL] == kernel.TRADED
+    return int((traded & (fills[:, kernel.F_FILLED] > 0)).sum())

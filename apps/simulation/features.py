@@ -55,10 +55,13 @@ is unknown (untrusted, or one side empty) records NaN and contributes no change.
 Inputs are plain typed state: one :class:`MarketState` per market (from a live OrderBook with
 :meth:`MarketState.from_book`, or from the env's top-K arrays with
 :meth:`MarketState.from_arrays`) and a :class:`PortfolioState`. The env can skip the per-market
-objects: it keeps one :class:`MarketBatch` (books as (10, 2, BOOK_LEVELS) arrays) and may
-compute :func:`book_features` (offsets 3–46, elementwise) for a whole episode at once, then
-pass each step's rows as ``book_block``; the result is bit-identical and the per-step cost
-drops to the time, position and portfolio features.
+objects. The observation is built in two pieces that both paths share:
+:func:`static_features` (offsets 0–48: flags, book, history, time; elementwise numpy, so the
+env computes it once per tick of a whole recorded history) and the compiled
+:func:`apps.simulation.kernel.write_position_features` (offsets 49–53 and the portfolio
+block). An env step therefore only copies a precomputed row and writes the account's part.
+Positions features of a flat market are +0.0 (never −0.0), so observations compare bit for
+bit.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from apps.marketdata.kalshi.units import PRICE_SCALE, SIZE_SCALE
+from apps.simulation import kernel
 from apps.simulation.fills import BOOK_LEVELS, BookView, book_to_arrays, validate_book_arrays
 from apps.simulation.portfolio import MarketPosition, Portfolio
 
@@ -217,6 +221,25 @@ def series_values(
     yes_depth = np.where(trusted, sz[..., 0, :DEPTH_LEVELS].sum(axis=-1) / 100, np.nan)
     no_depth = np.where(trusted, sz[..., 1, :DEPTH_LEVELS].sum(axis=-1) / 100, np.nan)
     return mid, spread, yes_depth, no_depth
+
+
+def history_block(
+    px: np.ndarray, sz: np.ndarray, trusted: np.ndarray, updates: np.ndarray
+) -> np.ndarray:
+    """:func:`history_summaries` of every market of a recorded history: (T, M, N_HISTORY).
+
+    Args:
+        px, sz: (T, M, 2, K) integer bid prices and sizes (as :func:`series_values`).
+        trusted: (T, M) bool.
+        updates: (T, M) book updates applied during each step.
+    """
+    mid, spread, yes_depth, no_depth = series_values(px, sz, trusted)
+    out = np.zeros((*np.shape(trusted), N_HISTORY))
+    for j in range(out.shape[1]):
+        out[:, j] = history_summaries(
+            mid[:, j], spread[:, j], updates[:, j], yes_depth[:, j], no_depth[:, j]
+        )
+    return out
 
 
 def history_summaries(
@@ -565,10 +588,15 @@ _B_IMBALANCE = _B["imbalance_5"]  # imbalance_5, imbalance_10
 _B_DEPTH = _B[f"yes_depth_{BOOK_LEVELS}"]  # yes_depth_10, no_depth_10
 _B_HIST = _B[HISTORY_NAMES[0]]
 _C_TIME = _C["time_to_close_log"]  # time_to_close_log, time_to_close_1h
-_C_NET, _C_ENTRY, _C_UNREAL_PC, _C_UNREAL, _C_EXPOSURE = (
-    _C[n]
-    for n in ("net_position", "avg_entry", "unrealized_per_contract", "unrealized", "exposure")
+# The compiled position features (apps.simulation.kernel) hard-code their offsets and scales.
+assert (kernel._HAS_YES, kernel._HAS_NO) == (_C["has_yes_bid"], _C["has_no_bid"])
+_POSITION_NAMES = ("net_position", "avg_entry", "unrealized_per_contract", "unrealized", "exposure")
+assert (kernel._NET, kernel._ENTRY, kernel._UNREAL_PC, kernel._UNREAL, kernel._EXPOSURE) == tuple(
+    _C[n] for n in _POSITION_NAMES
 )
+assert (kernel.FEATURES_PER_MARKET, kernel.N_MARKETS) == (FEATURES_PER_MARKET, N_MARKETS)
+assert kernel._UNREALIZED_CAPITAL_SHARE == UNREALIZED_CAPITAL_SHARE
+assert kernel._FEES_CAPITAL_SHARE == FEES_CAPITAL_SHARE
 _INV_HISTORY = np.concatenate((_INV_MID_CHANGE, np.zeros(len(HISTORY_WINDOWS)), _INV_TAIL))
 _INV_LEVEL_SIZE = 1.0 / LEVEL_SIZE_LOG_SCALE
 _INV_TOTAL_DEPTH = 1.0 / TOTAL_DEPTH_LOG_SCALE
@@ -641,69 +669,96 @@ def book_features(
     return b
 
 
-def build_observation_batch(
-    batch: MarketBatch, portfolio: PortfolioState, *, book_block: np.ndarray | None = None
+def static_features(
+    px: np.ndarray,
+    sz: np.ndarray,
+    history: np.ndarray,
+    trusted: np.ndarray,
+    present: np.ndarray,
+    is_open: np.ndarray,
+    seconds_to_close: np.ndarray,
+    *,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
+    """The per-market features that do not depend on the account (offsets 0–48), any batch
+    shape, as clipped float32; the position offsets 49–53 are left 0.
+
+    Elementwise over the leading axes, so the env computes it once for a whole recorded
+    history (shape (T, N_MARKETS, ...)) and the paper trader per tick (shape (N_MARKETS, ...)):
+    the same inputs give the same bits.
+
+    Args:
+        px, sz: (..., 2, BOOK_LEVELS) integer bid prices ($0.0001) and sizes (0.01 contract).
+        history: (..., N_HISTORY) raw history values.
+        trusted, present, is_open: (...) bool.
+        seconds_to_close: (...) float64 seconds (negative once past, NaN = unknown → 0).
+        out: (..., FEATURES_PER_MARKET) float32 to write into.
+
+    Raises:
+        ValueError: naming the features that came out NaN (non-finite inputs).
+    """
+    lead = np.shape(trusted)
+    f = np.zeros((*lead, FEATURES_PER_MARKET))
+    book_features(px, sz, history, trusted, out=f[..., _BOOK_FIRST:_BOOK_END])
+    f[..., 0] = 1.0
+    f[..., 1] = trusted
+    f[..., 2] = is_open
+    seconds = np.fmax(seconds_to_close, 0.0)  # fmax also turns NaN into 0
+    f[..., _C_TIME] = np.log1p(seconds) * (1.0 / TIME_TO_CLOSE_LOG_SCALE)
+    f[..., _C_TIME + 1] = seconds * (1.0 / TIME_TO_CLOSE_NEAR_S)
+    f *= np.asarray(present)[..., None]  # absent slots are all zeros
+    if np.isnan(f).any():
+        where = np.argwhere(np.isnan(f))[:5]
+        # Slot-qualified names (m0.mid) when the batch has a slot axis, as in feature_names().
+        bad = [
+            f"m{w[-2]}.{MARKET_FEATURE_NAMES[w[-1]]}" if f.ndim > 1 else MARKET_FEATURE_NAMES[w[-1]]
+            for w in where
+        ]
+        raise ValueError(f"observation has NaN features (non-finite inputs): {bad}")
+    if out is None:
+        out = np.empty(f.shape, dtype=np.float32)
+    out[...] = f
+    np.clip(out, -1.0, 1.0, out=out)
+    return out
+
+
+def build_observation_batch(batch: MarketBatch, portfolio: PortfolioState) -> np.ndarray:
     """The (545,) float32 observation of a :class:`MarketBatch` (a fresh array).
+
+    The static part comes from :func:`static_features`, the position and portfolio part from
+    :func:`apps.simulation.kernel.write_position_features`: the same two pieces the env uses.
 
     Args:
         batch: per-slot book, history, time and position arrays.
         portfolio: account-level values.
-        book_block: (N_MARKETS, N_BOOK_FEATURES) from :func:`book_features` for this very
-            batch, precomputed by the env; computed here when None.
     """
-    f = np.zeros((_M, FEATURES_PER_MARKET))
-    if book_block is None:
-        book_features(
-            batch.px, batch.sz, batch.history, batch.trusted, out=f[:, _BOOK_FIRST:_BOOK_END]
-        )
-    else:
-        f[:, _BOOK_FIRST:_BOOK_END] = book_block
-    trusted = batch.trusted
-    f[:, 0] = 1.0
-    f[:, 1] = trusted
-    f[:, 2] = batch.is_open
-
-    seconds = np.fmax(batch.seconds_to_close, 0.0)  # fmax also turns NaN into 0
-    f[:, _C_TIME] = np.log1p(seconds) * (1.0 / TIME_TO_CLOSE_LOG_SCALE)
-    f[:, _C_TIME + 1] = seconds * (1.0 / TIME_TO_CLOSE_NEAR_S)
-
-    yes_held = batch.yes_held_e2
-    no_held = batch.no_held_e2
-    held = yes_held + no_held
-    initial = float(portfolio.initial_cash_e6)
-    f[:, _C_NET] = (yes_held - no_held) * (1.0 / portfolio.max_position_e2)
-    cost = batch.cost_e6
-    # cost_e6 / held_e2 is a price in $0.0001 of the held contract.
-    entry = cost / np.maximum(held, 1) * _PRICE_TO_DOLLARS
-    is_held = held > 0
-    f[:, _C_ENTRY] = (2.0 * entry - 1.0) * is_held
-    # Mark the held contract at mid (YES) or 1 − mid (NO), only on a trusted two-sided book:
-    # has_yes_bid × has_no_bid, already zeroed when untrusted, is exactly 0 or 1.
-    best_e4 = batch.px[:, :, 0]
-    yes_mid = (best_e4[:, 0] - best_e4[:, 1] + PRICE_SCALE) * (0.5 * _PRICE_TO_DOLLARS)
-    mark = np.where(yes_held > 0, yes_mid, 1.0 - yes_mid)
-    per_contract = (mark - entry) * is_held * f[:, _BOOK_FIRST] * f[:, _BOOK_FIRST + 1]
-    f[:, _C_UNREAL_PC] = per_contract
-    # per_contract (dollars) × held (0.01 contract) / (share × starting cash in dollars)
-    f[:, _C_UNREAL] = per_contract * held * (1e4 / (UNREALIZED_CAPITAL_SHARE * initial))
-    f[:, _C_EXPOSURE] = cost * (1.0 / initial)
-    f *= batch.present[:, None]  # absent slots are all zeros
-
-    out = np.empty(N_FEATURES, dtype=np.float32)
-    out[: _M * FEATURES_PER_MARKET] = f.reshape(-1)
-    out[_M * FEATURES_PER_MARKET :] = (
-        portfolio.cash_e6 / initial - 1.0,
-        portfolio.exposure_e6 / initial,
-        portfolio.fees_paid_e4 * 100 / (FEES_CAPITAL_SHARE * initial),
-        portfolio.drawdown,
-        portfolio.progress,
+    out = np.zeros(N_FEATURES, dtype=np.float32)
+    static_features(
+        batch.px,
+        batch.sz,
+        batch.history,
+        batch.trusted,
+        batch.present,
+        batch.is_open,
+        batch.seconds_to_close,
+        out=out[: _M * FEATURES_PER_MARKET].reshape(_M, FEATURES_PER_MARKET),
     )
-    if np.isnan(out).any():
-        names = feature_names()
-        bad = [names[i] for i in np.flatnonzero(np.isnan(out))[:5]]
-        raise ValueError(f"observation has NaN features (non-finite inputs): {bad}")
-    np.clip(out, -1.0, 1.0, out=out)
+    kernel.write_position_features(
+        out,
+        batch.present,
+        batch.yes_held_e2,
+        batch.no_held_e2,
+        batch.cost_e6,
+        np.ascontiguousarray(batch.px[:, 0, 0]),
+        np.ascontiguousarray(batch.px[:, 1, 0]),
+        portfolio.max_position_e2,
+        float(portfolio.initial_cash_e6),
+        portfolio.cash_e6,
+        portfolio.exposure_e6,
+        portfolio.fees_paid_e4,
+        float(portfolio.drawdown),
+        float(portfolio.progress),
+    )
     return out
 
 

@@ -227,6 +227,32 @@ class Portfolio:
         self.drawdown = 0.0  # fraction of the peak lost, at the last record_equity()
         self.max_drawdown = 0.0
 
+    @classmethod
+    def restore(
+        cls,
+        *,
+        initial_cash_e6: int,
+        cash_e6: int,
+        limits: RiskLimits | None,
+        positions: Mapping[str, MarketPosition],
+        fees_paid_e4: int,
+        realized_e6: int,
+        peak_equity_e6: Fraction,
+        drawdown: float,
+        max_drawdown: float,
+    ) -> Portfolio:
+        """An account rebuilt from its parts (the env keeps them in arrays)."""
+        portfolio = cls(cash_e6=initial_cash_e6, limits=limits)
+        portfolio.cash_e6 = cash_e6
+        portfolio.positions = dict(positions)
+        portfolio._exposure_e6 = sum(pos.cost_e6 for pos in positions.values())
+        portfolio.fees_paid_e4 = fees_paid_e4
+        portfolio.realized_e6 = realized_e6
+        portfolio.peak_equity_e6 = peak_equity_e6
+        portfolio.drawdown = drawdown
+        portfolio.max_drawdown = max_drawdown
+        return portfolio
+
     # -- reading ---------------------------------------------------------------------------
 
     def position(self, market: str) -> MarketPosition:

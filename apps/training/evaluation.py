@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from apps.simulation.actions import ActionType, encode
-from apps.simulation.env import KalshiTradingEnv
+from apps.simulation.env import KalshiTradingEnv, positions_from_info
 
 Policy = Callable[[np.ndarray, KalshiTradingEnv], np.ndarray]
 
@@ -69,7 +69,7 @@ def run_episode(env: KalshiTradingEnv, policy: Policy, *, start_tick: int) -> Ep
         max_drawdown=drawdown,
         win_rate=win_rate,
         fees_paid_e4=int(info["fees_paid_e4"]),
-        final_positions=info["positions"],
+        final_positions=positions_from_info(env.markets, info),
         equity_curve=[round(e, 8) for e in equity],
         actions=actions,
     )

@@ -35,7 +35,15 @@ from apps.marketdata.models import (
     RecordingEvent,
 )
 from apps.simulation.actions import ACTIONS_PER_MARKET, N_SIZES, ActionType, encode
-from apps.simulation.env import EnvConfig, KalshiTradingEnv, LookAheadError, MarketInfo
+from apps.simulation.env import (
+    EnvConfig,
+    KalshiTradingEnv,
+    LookAheadError,
+    MarketInfo,
+    positions_from_info,
+    traded_count,
+    trades_from_info,
+)
 from apps.simulation.features import N_FEATURES
 from apps.simulation.fees import TAKER_RATE, FeeSchedule
 from apps.simulation.history import RecordedHistory
@@ -133,8 +141,8 @@ def test_the_same_seed_gives_identical_trajectories_and_another_seed_differs() -
     assert len(first) == len(again) == 2 * 41
     for a, b in zip(first, again, strict=True):
         assert np.array_equal(a[0], b[0])
-        assert a[1:] == b[1:]  # reward, terminated, truncated, info (fills, fees, positions)
-    assert any(trade for *_, info in first for trade in info["trades"]), "nothing was traded"
+        assert same(a[1:], b[1:])  # reward, terminated, truncated, info (fills, fees, positions)
+    assert any(traded_count(info) for *_, info in first), "nothing was traded"
     assert not all(np.array_equal(a[0], b[0]) for a, b in zip(first, other, strict=True))
     assert [s[4]["tick"] for s in first] != [s[4]["tick"] for s in other]
 
@@ -294,7 +302,7 @@ def test_changing_only_future_rows_leaves_the_observation_at_t_unchanged() -> No
         runs = [e.step(actions) for e in (env, future, past)]
         assert same(runs[0], runs[1]), f"tick {env.current_tick} saw the future"
     assert env.current_tick == future.current_tick == t
-    assert any(trade for trade in runs[0][4]["trades"]) or env.portfolio.positions
+    assert traded_count(runs[0][4]) or env.portfolio.positions
     # A changed past row does show up at t, so this test can tell the difference.
     assert not np.array_equal(runs[0][0], runs[2][0])
 
@@ -350,7 +358,7 @@ def test_an_untrusted_market_allows_only_hold_even_while_its_book_still_shows_de
         buy = np.full(3, encode(ActionType.BUY_NO if t % 2 else ActionType.BUY_YES, 0))
         cash = env.portfolio.cash_e6
         obs, _, _, _, info = env.step(buy)
-        for trade, ok in zip(info["trades"], trusted[t], strict=True):
+        for trade, ok in zip(trades_from_info(env.markets, info), trusted[t], strict=True):
             assert (trade["refusal"] is None) == ok
             refused += trade["refusal"] == "untrusted"
         assert (env.portfolio.cash_e6 == cash) == (not trusted[t].any())
@@ -365,8 +373,8 @@ def test_selling_without_a_position_is_masked_and_buying_unmasks_the_held_sizes(
     assert not any(mask[encode(a, i)] for a in sells for i in range(N_SIZES))
     assert all(mask[encode(ActionType.BUY_YES, i)] for i in range(N_SIZES))
     _, _, _, _, info = env.step([encode(ActionType.SELL_YES, 0)])
-    assert info["trades"][0]["refusal"] == "not_held"
-    assert info["positions"] == {} and info["cash_e6"] == env.initial_cash_e6
+    assert trades_from_info(env.markets, info)[0]["refusal"] == "not_held"
+    assert positions_from_info(env.markets, info) == {} and info["cash_e6"] == env.initial_cash_e6
     env.step([encode(ActionType.BUY_YES, 1)])  # 5 contracts
     mask = env.action_masks()
     assert [mask[encode(ActionType.SELL_YES, i)] for i in range(N_SIZES)] == [True] * 2 + [
@@ -413,9 +421,9 @@ def test_every_unmasked_action_executed_trades(seed: int, market: int, steps: in
         cash, positions = env.portfolio.cash_e6, holdings(env)
         _, _, terminated, truncated, info = env.step(actions)
         if action_id < N_SIZES:
-            assert info["trades"] == [] and info["cash_e6"] == cash
+            assert trades_from_info(env.markets, info) == [] and info["cash_e6"] == cash
         else:
-            (trade,) = info["trades"]
+            (trade,) = trades_from_info(env.markets, info)
             assert trade["refusal"] is None, trade
             assert trade["filled_e2"] > 0
             assert info["cash_e6"] != cash or holdings(env) != positions
@@ -435,7 +443,7 @@ def test_a_market_with_a_known_result_settles_at_its_close(result, payout_e6) ->
     env = KalshiTradingEnv(history, config=EnvConfig(episode_steps=40, market_info=info_by_market))
     env.reset(options={"start_tick": 20})
     _, _, _, _, info = env.step([encode(ActionType.BUY_YES, 2), 0])  # 10 YES contracts
-    assert info["positions"] == {closing: {"yes_e2": 1_000, "no_e2": 0}}
+    assert positions_from_info(env.markets, info) == {closing: {"yes_e2": 1_000, "no_e2": 0}}
     cash_after_buy = info["cash_e6"]
     settled = []
     while env.current_tick < 30:
@@ -445,7 +453,7 @@ def test_a_market_with_a_known_result_settles_at_its_close(result, payout_e6) ->
     assert info["time_ns"] == close_ns
     assert info["settled"] == [{"market": closing, "how": result, "payout_e6": payout_e6}]
     assert settled == info["settled"]  # once, on the step that reaches the close
-    assert info["positions"] == {}
+    assert positions_from_info(env.markets, info) == {}
     assert info["cash_e6"] == cash_after_buy + payout_e6
     # After the close the market only holds; the other one still trades.
     mask = env.action_masks().reshape(2, ACTIONS_PER_MARKET)
@@ -535,7 +543,7 @@ def test_the_env_charges_the_fee_modules_fee_on_a_scripted_buy(multiplier) -> No
     assert expected == fee_by_formula_e4(legs, multiplier) > 0
     assert TAKER_RATE * multiplier == schedule.taker_rate
     _, _, _, _, info = env.step([encode(ActionType.BUY_YES, 4)])  # 50 contracts
-    (trade,) = info["trades"]
+    (trade,) = trades_from_info(env.markets, info)
     assert trade["filled_e2"] == 5_000
     assert trade["fee_e4"] == expected == info["fees_paid_e4"]
     notional_e6 = sum(p * s for p, s in legs)
@@ -602,7 +610,7 @@ def test_maskable_ppo_trains_and_its_evaluation_only_takes_allowed_actions() -> 
         rows = mask.reshape(2, ACTIONS_PER_MARKET)
         assert all(rows[j, a] for j, a in enumerate(action))
         obs, _, terminated, truncated, info = evaluation.step(action)
-        refusals += [t for t in info["trades"] if t["refusal"]]
+        refusals += [t for t in trades_from_info(evaluation.markets, info) if t["refusal"]]
         steps, done = steps + 1, terminated or truncated
     assert steps == 64
     assert refusals == []

@@ -27,6 +27,7 @@ from apps.simulation.features import (
     build_observation_batch,
     feature_names,
     history_summaries,
+    static_features,
 )
 from apps.simulation.fills import BOOK_LEVELS, book_to_arrays
 from apps.simulation.portfolio import MarketPosition
@@ -296,10 +297,15 @@ def test_observations_stay_in_bounds_and_match_on_both_paths(markets, portfolio)
     assert np.isfinite(obs).all()
     assert obs.min() >= -1.0 and obs.max() <= 1.0
     assert np.array_equal(obs, build_observation(from_arrays, portfolio))
-    # The env's path: a batch plus a precomputed float32 book block gives the same bits.
+    # The env's path: static_features over a leading time axis (its per-tick precompute)
+    # gives the same bits as the per-call static part of the observation.
     batch = MarketBatch.from_states(from_arrays)
-    block = book_features(batch.px, batch.sz, batch.history, batch.trusted).astype(np.float32)
-    assert np.array_equal(obs, build_observation_batch(batch, portfolio, book_block=block))
+    assert obs.tobytes() == build_observation_batch(batch, portfolio).tobytes()
+    fields = ("px", "sz", "history", "trusted", "present", "is_open", "seconds_to_close")
+    rows = static_features(*(np.stack([getattr(batch, f)] * 3) for f in fields))
+    static_part = obs[:540].reshape(N_MARKETS, 54).copy()
+    static_part[:, 49:54] = 0.0  # the account's part, written by the kernel
+    assert rows[2].tobytes() == static_part.tobytes()
     for slot in range(len(markets), N_MARKETS):
         assert not obs[slot * 54 : (slot + 1) * 54].any()
 

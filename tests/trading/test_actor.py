@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from apps.simulation.actions import ActionType, encode
-from apps.simulation.env import EnvConfig, KalshiTradingEnv
+from apps.simulation.env import EnvConfig, KalshiTradingEnv, traded_count
 from apps.simulation.fills import Contract, Fill, Side
 from apps.simulation.portfolio import Portfolio
 from apps.simulation.synthetic import synthetic_history
@@ -65,7 +65,7 @@ def test_the_actor_sees_and_does_what_the_env_does_on_the_same_history(algorithm
         if t == steps:
             break
         obs, _, _, _, info = env.step(action)
-        traded += sum(1 for trade in info["trades"] if trade["filled_e2"])
+        traded += traded_count(info)
         for j, market in enumerate(history.markets):
             row = outcome.rows[j]
             assert row.position_after_e2 == env.portfolio.position(market).net_e2, t

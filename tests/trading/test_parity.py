@@ -18,7 +18,7 @@ import pytest
 
 from apps.marketdata.exchange import ExchangeThread
 from apps.marketdata.exchange.db_replay import DbReplaySource
-from apps.simulation.env import EnvConfig, KalshiTradingEnv
+from apps.simulation.env import EnvConfig, KalshiTradingEnv, trades_from_info
 from apps.simulation.history import MarketQuality, RecordedHistory
 from apps.trading.models import TradingAction
 from apps.trading.risk import RiskSettings
@@ -114,7 +114,7 @@ def test_a_replayed_recording_gives_the_env_and_the_trader_identical_decisions(a
         if k == EPISODE_STEPS:
             break
         obs, _, _, _, info = env.step(action)
-        env_fills = {t["market"]: t for t in info["trades"]}
+        env_fills = {t["market"]: t for t in trades_from_info(env.markets, info)}
         for j, market in enumerate(markets):
             row = paper.rows[j]
             trade = env_fills.get(market)

@@ -6,7 +6,7 @@ import numpy as np
 
 from apps.marketdata.book import OrderBook
 from apps.simulation.env import EnvConfig, KalshiTradingEnv
-from apps.simulation.features import HISTORY_CAPACITY
+from apps.simulation.features import HISTORY_CAPACITY, history_block
 from apps.simulation.synthetic import synthetic_history
 from apps.trading.sampling import BookSample, BookSampler, LiveHistory
 
@@ -30,12 +30,13 @@ def test_live_history_equals_the_envs_precomputed_rows_at_every_tick() -> None:
     for sizes in (history.yes_sz, history.no_sz):  # fractional contracts, as Kalshi has
         sizes[sizes > 0] -= rng.integers(0, 100, size=int((sizes > 0).sum()))
     env = KalshiTradingEnv(history, config=EnvConfig(episode_steps=10))
+    # What the env's precompute feeds its observation rows (history_block of its arrays).
+    env_rows = history_block(env._px[:, :3], env._sz[:, :3], env._trusted[:, :3], history.updates)
     live = LiveHistory(3)
     for t in range(history.n_ticks):
         rows = live.push(samples_of(history, t))
-        expected = env._hist[t, :3]
-        assert rows.tobytes() == expected.tobytes(), t
-    assert np.abs(env._hist[:, :3, :4]).max() > 0  # mid changes were exercised
+        assert rows.tobytes() == env_rows[t].tobytes(), t
+    assert np.abs(env_rows[:, :, :4]).max() > 0  # mid changes were exercised
 
 
 def test_the_sampler_reads_the_top_ten_levels_best_first_and_counts_updates() -> None:

@@ -1,0 +1,537 @@
+"""The env's hot loop, compiled: one step's actions, masks, settlement, equity and the
+portfolio-dependent features for all markets in a single call each.
+
+Why a second implementation: :mod:`apps.simulation.actions`, :mod:`~apps.simulation.fills`
+and :mod:`~apps.simulation.portfolio` are the readable reference (the paper trader runs them
+on the live book). Interpreted, they cost ~10 µs per traded market and ~50 µs per market mask,
+which made a 10-market step 18x CartPole's. This module carries out exactly the same rules on
+int64 arrays under numba (no Python objects in the loop), and
+``tests/simulation/test_kernel.py`` proves it equal to the reference on random books,
+portfolios and actions: same fills, fees, refusals, positions and cash.
+
+Integer arithmetic only, like the reference (cash and cost in $0.000001, prices in $0.0001,
+sizes in 0.01 contract); :func:`check_int64_bounds` is how the env proves, before it starts,
+that no product below can leave int64 for its limits, cash and episode length.
+
+The one piece both paths share is :func:`_position_slot` (via :func:`write_position_features`
+for the paper trader's batch and :func:`write_env_observation` for the env): the
+portfolio-dependent features are one compiled function, so they are the same bits on both.
+
+Array layouts (constants below name the columns):
+
+* ``pos`` (n_markets, 8) int64 — per market: YES held, NO held, YES cost, NO cost, fees paid
+  (e4), realized P&L (e6), settled (0/1), touched (0/1: the market has a position record).
+* ``acct`` (5,) int64 — cash (e6), total exposure (e6), fees paid (e4), realized (e6), the
+  equity peak ×2 (e6).
+* ``limits`` (5,) int64 — max position (e2), concentration share num/den, exposure share
+  num/den.
+* ``fills`` (n_markets, 9) int64 — per market for the step: action id, type, decoded size,
+  filled, notional (e6), fee (e4), refusal code (``REFUSALS``), contract (0 YES, 1 NO), side
+  (0 buy, 1 sell).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+PRICE_SCALE = 10_000
+N_SIZES = 5
+ACTIONS_PER_MARKET = 30
+FEATURES_PER_MARKET = 54
+N_MARKETS = 10
+
+# pos columns
+P_YES, P_NO, P_YES_COST, P_NO_COST, P_FEES, P_REALIZED, P_SETTLED, P_TOUCHED = range(8)
+POS_COLUMNS = 8
+# acct entries
+A_CASH, A_EXPOSURE, A_FEES, A_REALIZED, A_PEAK_X2 = range(5)
+ACCT_SIZE = 5
+# limits entries
+L_MAX_POSITION, L_CONC_NUM, L_CONC_DEN, L_EXP_NUM, L_EXP_DEN = range(5)
+# fills columns
+F_ACTION, F_TYPE, F_SIZE, F_FILLED, F_NOTIONAL, F_FEE, F_REFUSAL, F_CONTRACT, F_SIDE = range(9)
+FILL_COLUMNS = 9
+
+# Refusal codes: the names are the reference's Refusal / LimitBreach values (None = traded).
+TRADED, HOLD, UNTRUSTED, CLOSED, NOT_HELD, NO_POSITION, NO_LIQUIDITY = range(7)
+CASH, POSITION, CONCENTRATION, EXPOSURE = range(7, 11)
+REFUSALS: tuple[str | None, ...] = (
+    None,
+    "hold",
+    "untrusted",
+    "closed",
+    "not_held",
+    "no_position",
+    "no_liquidity",
+    "cash",
+    "position",
+    "concentration",
+    "exposure",
+)
+
+# Settlement codes of a market's known result (-1: unknown, close at the last mid).
+RESULT_UNKNOWN, RESULT_YES, RESULT_NO, RESULT_SCALAR = -1, 0, 1, 2
+
+# Feature offsets (must match apps.simulation.features' layout; asserted there at import).
+_HAS_YES, _HAS_NO = 3, 4
+_NET, _ENTRY, _UNREAL_PC, _UNREAL, _EXPOSURE = 49, 50, 51, 52, 53
+_UNREALIZED_CAPITAL_SHARE = 0.10
+_FEES_CAPITAL_SHARE = 0.01
+_TO_DOLLARS = 1.0 / PRICE_SCALE
+
+_INT64_MAX = 2**63 - 1
+
+
+def check_int64_bounds(
+    *,
+    initial_cash_e6: int,
+    limits: np.ndarray,
+    fee_nums: np.ndarray,
+    fee_dens: np.ndarray,
+    n_markets: int,
+    episode_steps: int,
+) -> None:
+    """Raise ValueError unless every product the kernel forms fits in int64.
+
+    Holdings never exceed the position limit (a buy that would is refused), so a market's
+    cost is at most ``max_position × $1`` and capital can grow by at most that much per
+    market per step (a sale or settlement returns at most $1 a contract).
+    """
+    max_pos = int(limits[L_MAX_POSITION])
+    max_cost = max_pos * PRICE_SCALE
+    capital = initial_cash_e6 + 2 * episode_steps * n_markets * max_cost
+    fraction_terms = max(int(x) for x in limits[1:])
+    worst_terms = max_pos * (PRICE_SCALE // 2) ** 2  # Σ size × p × (1 − p)
+    products = {
+        "capital × share": 2 * capital * fraction_terms,
+        "cost × share": max_cost * fraction_terms,
+        "fee numerator": worst_terms * max(int(n) for n in fee_nums),
+        "fee denominator": max(int(d) for d in fee_dens) * 1_000_000 * 100,
+        "netting": max_cost * max_pos,
+        "equity ×2": 2 * capital + 2 * n_markets * max_cost * 2,
+    }
+    for name, value in products.items():
+        if value > _INT64_MAX:
+            raise ValueError(
+                f"these settings overflow the env's 64-bit accounting ({name}); lower the "
+                "starting cash, the position limit, the episode length or the fee/limit "
+                "fractions' terms"
+            )
+
+
+# -- one order ----------------------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def _after_fill(yes, no, ycost, ncost, realized, is_yes, is_buy, filled, notional, fee_e4):
+    """Holdings after a fill and the cash change: ``portfolio._after_fill``."""
+    if is_buy:
+        cash = -notional - fee_e4 * 100
+        if is_yes:
+            yes += filled
+            ycost += notional
+        else:
+            no += filled
+            ncost += notional
+        pairs = min(yes, no)
+        if pairs:
+            # Kalshi nets YES against NO: each matched pair is redeemed for $1.
+            yes_out = ycost * pairs // yes
+            no_out = ncost * pairs // no
+            payout = pairs * PRICE_SCALE
+            yes -= pairs
+            no -= pairs
+            ycost -= yes_out
+            ncost -= no_out
+            realized += payout - yes_out - no_out
+            cash += payout
+    else:
+        cash = notional - fee_e4 * 100
+        held = yes if is_yes else no
+        cost = ycost if is_yes else ncost
+        removed = cost * filled // held if held else 0
+        if is_yes:
+            yes -= filled
+            ycost -= removed
+        else:
+            no -= filled
+            ncost -= removed
+        realized += notional - removed
+    return yes, no, ycost, ncost, realized, cash
+
+
+@njit(cache=True, nogil=True)
+def _decide(px, sz, t, j, action, trusted, pos, acct, sizes, fee_num, fee_den, limits, rec):
+    """Evaluate ``action`` for market ``j`` at tick ``t`` (``actions._Market.decide``).
+
+    Writes the decision into ``rec`` (a ``fills`` row) and returns its refusal code.
+    """
+    kind = action // N_SIZES
+    size = 0 if kind == 0 or kind == 5 else sizes[action % N_SIZES]
+    rec[F_ACTION] = action
+    rec[F_TYPE] = kind
+    rec[F_SIZE] = size
+    rec[F_FILLED] = 0
+    rec[F_NOTIONAL] = 0
+    rec[F_FEE] = 0
+    rec[F_CONTRACT] = 0
+    rec[F_SIDE] = 0
+    yes = pos[j, P_YES]
+    no = pos[j, P_NO]
+    if kind == 0:
+        rec[F_REFUSAL] = HOLD
+        return HOLD
+    if not trusted:
+        rec[F_REFUSAL] = UNTRUSTED
+        return UNTRUSTED
+    if pos[j, P_SETTLED]:
+        rec[F_REFUSAL] = CLOSED
+        return CLOSED
+    # The order: contract (0 YES / 1 NO), side (0 buy / 1 sell), size.
+    if kind == 5:  # FLATTEN: after netting only one side is held; sell it
+        if yes:
+            is_yes, is_buy, order = True, False, yes
+        elif no:
+            is_yes, is_buy, order = False, False, no
+        else:
+            rec[F_REFUSAL] = NO_POSITION
+            return NO_POSITION
+    else:
+        is_yes = kind == 1 or kind == 2
+        is_buy = kind == 1 or kind == 3
+        order = size
+    rec[F_CONTRACT] = 0 if is_yes else 1
+    rec[F_SIDE] = 0 if is_buy else 1
+    if not is_buy and order > (yes if is_yes else no):
+        rec[F_REFUSAL] = NOT_HELD
+        return NOT_HELD
+    # Buying YES takes NO bids at 1 − q; buying NO takes YES bids at 1 − q; sells hit their
+    # own side's bids.
+    ladder = (1 if is_yes else 0) if is_buy else (0 if is_yes else 1)
+    if sz[t, j, ladder, 0] <= 0:
+        rec[F_REFUSAL] = NO_LIQUIDITY
+        return NO_LIQUIDITY
+    remaining = order
+    notional = 0
+    terms = 0
+    for k in range(px.shape[3]):
+        level = sz[t, j, ladder, k]
+        if level <= 0:
+            break
+        price = px[t, j, ladder, k]
+        if is_buy:
+            price = PRICE_SCALE - price
+        take = level if level < remaining else remaining
+        notional += price * take
+        terms += take * price * (PRICE_SCALE - price)
+        remaining -= take
+        if remaining == 0:
+            break
+    filled = order - remaining
+    fee = 0
+    if terms > 0 and fee_num > 0:  # ceil(rate × terms / 10⁶) to a whole cent
+        fee = -(-(fee_num * terms) // (fee_den * 100_000_000)) * 100
+    rec[F_FILLED] = filled
+    rec[F_NOTIONAL] = notional
+    rec[F_FEE] = fee
+    # Limits (Portfolio.check_fill_given; the first breach in its order is reported).
+    ycost = pos[j, P_YES_COST]
+    ncost = pos[j, P_NO_COST]
+    n_yes, n_no, n_ycost, n_ncost, _, cash_delta = _after_fill(
+        yes, no, ycost, ncost, 0, is_yes, is_buy, filled, notional, fee
+    )
+    cash_after = acct[A_CASH] + cash_delta
+    code = TRADED
+    old_cost = ycost + ncost
+    new_cost = n_ycost + n_ncost
+    total_before = acct[A_EXPOSURE]
+    total_after = total_before - old_cost + new_cost
+    capital_after = cash_after + total_after
+    if cash_after < 0:
+        code = CASH
+    elif n_yes + n_no > limits[L_MAX_POSITION] and n_yes + n_no > yes + no:
+        code = POSITION
+    elif new_cost * limits[L_CONC_DEN] > limits[L_CONC_NUM] * capital_after and new_cost > old_cost:
+        code = CONCENTRATION
+    elif (
+        total_after * limits[L_EXP_DEN] > limits[L_EXP_NUM] * capital_after
+        and total_after > total_before
+    ):
+        code = EXPOSURE
+    rec[F_REFUSAL] = code
+    return code
+
+
+@njit(cache=True, nogil=True)
+def _apply(j, rec, pos, acct):
+    """Book a decided fill (``Portfolio.apply_checked_fill``)."""
+    filled = rec[F_FILLED]
+    if filled == 0:
+        return
+    yes, no, ycost, ncost, realized, cash_delta = _after_fill(
+        pos[j, P_YES],
+        pos[j, P_NO],
+        pos[j, P_YES_COST],
+        pos[j, P_NO_COST],
+        pos[j, P_REALIZED],
+        rec[F_CONTRACT] == 0,
+        rec[F_SIDE] == 0,
+        filled,
+        rec[F_NOTIONAL],
+        rec[F_FEE],
+    )
+    acct[A_EXPOSURE] += ycost + ncost - pos[j, P_YES_COST] - pos[j, P_NO_COST]
+    acct[A_CASH] += cash_delta
+    acct[A_FEES] += rec[F_FEE]
+    acct[A_REALIZED] += realized - pos[j, P_REALIZED]
+    pos[j, P_YES] = yes
+    pos[j, P_NO] = no
+    pos[j, P_YES_COST] = ycost
+    pos[j, P_NO_COST] = ncost
+    pos[j, P_FEES] += rec[F_FEE]
+    pos[j, P_REALIZED] = realized
+    pos[j, P_TOUCHED] = 1
+
+
+# -- a whole step -------------------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def execute_all(px, sz, trusted, t, actions, pos, acct, sizes, fee_nums, fee_dens, limits, fills):
+    """Carry out one action per market, in market order, against the books at tick ``t``.
+
+    Each market sees the account as the previous markets left it (like calling
+    ``actions.execute`` market by market). Returns the index of the first action outside
+    0..29 (nothing is changed then), or -1.
+    """
+    m = actions.shape[0]
+    for j in range(m):
+        if actions[j] < 0 or actions[j] >= ACTIONS_PER_MARKET:
+            return j
+    for j in range(m):
+        code = _decide(
+            px,
+            sz,
+            t,
+            j,
+            actions[j],
+            trusted[t, j],
+            pos,
+            acct,
+            sizes,
+            fee_nums[j],
+            fee_dens[j],
+            limits,
+            fills[j],
+        )
+        if code == TRADED:
+            _apply(j, fills[j], pos, acct)
+    return -1
+
+
+@njit(cache=True, nogil=True)
+def action_masks(px, sz, trusted, t, pos, acct, sizes, fee_nums, fee_dens, limits, out):
+    """(n_markets × 30,) True where :func:`execute_all` would trade that action now (HOLD
+    always True): ``actions.action_mask`` for every market against the current account."""
+    m = pos.shape[0]
+    rec = np.zeros(FILL_COLUMNS, dtype=np.int64)
+    out[:] = False
+    for j in range(m):
+        base = j * ACTIONS_PER_MARKET
+        for a in range(N_SIZES):
+            out[base + a] = True
+        if not trusted[t, j] or pos[j, P_SETTLED]:
+            continue
+        for a in range(N_SIZES, ACTIONS_PER_MARKET - N_SIZES):
+            code = _decide(
+                px, sz, t, j, a, True, pos, acct, sizes, fee_nums[j], fee_dens[j], limits, rec
+            )
+            out[base + a] = code == TRADED
+        # FLATTEN ignores the size: evaluate once.
+        code = _decide(
+            px,
+            sz,
+            t,
+            j,
+            ACTIONS_PER_MARKET - N_SIZES,
+            True,
+            pos,
+            acct,
+            sizes,
+            fee_nums[j],
+            fee_dens[j],
+            limits,
+            rec,
+        )
+        for a in range(ACTIONS_PER_MARKET - N_SIZES, ACTIONS_PER_MARKET):
+            out[base + a] = code == TRADED
+
+
+@njit(cache=True, nogil=True)
+def settle_due(t, times_ns, close_ns, results, values_e4, mid_e4x2, pos, acct, payouts):
+    """Settle every unsettled market whose close has come at tick ``t`` (``env._settle_due``).
+
+    A known result pays $1/$0 (or the scalar value); an unknown one closes at the last mid
+    seen up to ``t`` ($0.50 if there never was one). Writes each settled market's payout
+    (e6) into ``payouts`` (-1 elsewhere) and returns how many settled.
+    """
+    now = times_ns[t]
+    count = 0
+    for j in range(pos.shape[0]):
+        payouts[j] = -1
+        if pos[j, P_SETTLED] or now < close_ns[j]:
+            continue
+        result = results[j]
+        if result == RESULT_YES:
+            yes_pays = PRICE_SCALE
+        elif result == RESULT_NO:
+            yes_pays = 0
+        elif result == RESULT_SCALAR:
+            yes_pays = values_e4[j]
+        else:
+            yes_pays = 5_000
+            for k in range(t, -1, -1):
+                if mid_e4x2[k, j] >= 0:
+                    yes_pays = mid_e4x2[k, j] // 2
+                    break
+        cost = pos[j, P_YES_COST] + pos[j, P_NO_COST]
+        payout = pos[j, P_YES] * yes_pays + pos[j, P_NO] * (PRICE_SCALE - yes_pays)
+        pos[j, P_REALIZED] += payout - cost
+        acct[A_REALIZED] += payout - cost
+        acct[A_CASH] += payout
+        acct[A_EXPOSURE] -= cost
+        pos[j, P_YES] = 0
+        pos[j, P_NO] = 0
+        pos[j, P_YES_COST] = 0
+        pos[j, P_NO_COST] = 0
+        pos[j, P_SETTLED] = 1
+        pos[j, P_TOUCHED] = 1
+        payouts[j] = payout
+        count += 1
+    return count
+
+
+@njit(cache=True, nogil=True)
+def equity_x2(mid_e4x2, t, pos, acct):
+    """Twice the equity in $0.000001 at tick ``t``'s marks (``Portfolio.equity_e6x2``):
+    a market without a trusted two-sided book is valued at cost."""
+    total = 2 * acct[A_CASH]
+    for j in range(pos.shape[0]):
+        mark = mid_e4x2[t, j]
+        if mark >= 0:
+            total += pos[j, P_YES] * mark + pos[j, P_NO] * (2 * PRICE_SCALE - mark)
+        else:
+            total += 2 * (pos[j, P_YES_COST] + pos[j, P_NO_COST])
+    return total
+
+
+# -- the portfolio-dependent features -------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def _clip32(value):
+    v = np.float32(value)
+    if v > 1.0:
+        return np.float32(1.0)
+    if v < -1.0:
+        return np.float32(-1.0)
+    return v
+
+
+@njit(cache=True, nogil=True)
+def _position_slot(out, base, yes, no, cost, best_yes_e4, best_no_e4, max_position_e2, initial):
+    """Features 49–53 of one present market slot (``features`` module docstring).
+
+    ``out[base + 3]`` and ``out[base + 4]`` (has YES / NO bid, already 0 when untrusted) must
+    be written first: the mark needs a trusted two-sided book.
+    """
+    held = yes + no
+    out[base + _NET] = _clip32((yes - no) * (1.0 / max_position_e2))
+    if held <= 0:
+        out[base + _ENTRY] = 0.0
+        out[base + _UNREAL_PC] = 0.0
+        out[base + _UNREAL] = 0.0
+        out[base + _EXPOSURE] = _clip32(cost * (1.0 / initial))
+        return
+    # cost_e6 / held_e2 is a price in $0.0001 of the held contract.
+    entry = cost / held * _TO_DOLLARS
+    out[base + _ENTRY] = _clip32(2.0 * entry - 1.0)
+    per_contract = 0.0
+    if out[base + _HAS_YES] > 0 and out[base + _HAS_NO] > 0:
+        yes_mid = (best_yes_e4 - best_no_e4 + PRICE_SCALE) * (0.5 * _TO_DOLLARS)
+        mark = yes_mid if yes > 0 else 1.0 - yes_mid
+        per_contract = mark - entry
+    out[base + _UNREAL_PC] = _clip32(per_contract)
+    # per_contract (dollars) × held (0.01 contract) / (share × starting cash in dollars)
+    out[base + _UNREAL] = _clip32(
+        per_contract * held * (1e4 / (_UNREALIZED_CAPITAL_SHARE * initial))
+    )
+    out[base + _EXPOSURE] = _clip32(cost * (1.0 / initial))
+
+
+@njit(cache=True, nogil=True)
+def _portfolio_block(out, cash, initial, exposure, fees_paid_e4, drawdown, progress):
+    base = N_MARKETS * FEATURES_PER_MARKET
+    out[base] = _clip32(cash / initial - 1.0)
+    out[base + 1] = _clip32(exposure / initial)
+    out[base + 2] = _clip32(fees_paid_e4 * 100 / (_FEES_CAPITAL_SHARE * initial))
+    out[base + 3] = _clip32(drawdown)
+    out[base + 4] = _clip32(progress)
+
+
+@njit(cache=True, nogil=True)
+def write_position_features(
+    out,
+    present,
+    yes_held,
+    no_held,
+    cost,
+    best_yes_e4,
+    best_no_e4,
+    max_position_e2,
+    initial,
+    cash,
+    exposure,
+    fees_paid_e4,
+    drawdown,
+    progress,
+):
+    """Fill the position and portfolio features of an observation whose per-slot static
+    features are already in ``out`` (the :class:`~apps.simulation.features.MarketBatch` path)."""
+    for i in range(N_MARKETS):
+        if present[i]:
+            _position_slot(
+                out,
+                i * FEATURES_PER_MARKET,
+                yes_held[i],
+                no_held[i],
+                cost[i],
+                best_yes_e4[i],
+                best_no_e4[i],
+                max_position_e2,
+                initial,
+            )
+    _portfolio_block(out, cash, initial, exposure, fees_paid_e4, drawdown, progress)
+
+
+@njit(cache=True, nogil=True)
+def write_env_observation(
+    out, static, px, t, pos, acct, max_position_e2, initial, drawdown, progress
+):
+    """The env's observation at tick ``t``: the precomputed static row (book, history, time,
+    flags) plus the position and portfolio features from the account arrays."""
+    out[: static.shape[1]] = static[t]
+    for j in range(pos.shape[0]):
+        _position_slot(
+            out,
+            j * FEATURES_PER_MARKET,
+            pos[j, P_YES],
+            pos[j, P_NO],
+            pos[j, P_YES_COST] + pos[j, P_NO_COST],
+            px[t, j, 0, 0],
+            px[t, j, 1, 0],
+            max_position_e2,
+            initial,
+        )
+    _portfolio_block(out, acct[A_CASH], initial, acct[A_EXPOSURE], acct[A_FEES], drawdown, progress)
