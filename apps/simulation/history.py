@@ -1,7 +1,8 @@
 """Recorded books on a common clock, as numpy arrays (pure: no Django, no database).
 
 :class:`HistoryBuilder` replays snapshot, delta and marker events in receive order, keeps one
-:class:`~apps.marketdata.book.OrderBook` per market and samples every book at each clock tick
+book per market (a dense price grid, replayed in compiled code: :mod:`apps.simulation.replay`)
+and samples every book at each clock tick
 ``t_k = start + k * step``: the state at ``t_k`` includes exactly the events received at or
 before ``t_k`` (never later ones, so nothing downstream can look ahead).
 
@@ -21,16 +22,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from apps.marketdata.book import BookError, OrderBook
+from apps.simulation import replay
 
-HISTORY_FORMAT_VERSION = 1
+HISTORY_FORMAT_VERSION = 2  # 2: compiled replay (out-of-range delta prices untrust)
 DEFAULT_LEVELS = 10
 
 
@@ -156,22 +158,11 @@ def cache_key(**query: Any) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
 
 
-class _MarketReplay:
-    __slots__ = ("book", "conn", "dirty", "quality", "seq", "sid", "trusted", "updates")
-
-    def __init__(self, ticker: str) -> None:
-        self.book = OrderBook(ticker)
-        self.conn: object = None
-        self.sid = -1
-        self.seq = -1
-        self.trusted = False
-        self.dirty = True
-        self.updates = 0
-        self.quality = MarketQuality()
-
-
 class HistoryBuilder:
     """Feed events in receive-time order, then call :meth:`finish`.
+
+    Deltas replay in compiled code (:mod:`apps.simulation.replay`) on dense per-market price
+    grids; snapshots and markers, which are rare, are applied here.
 
     ``stale_after_ticks``: ticks without any book change after which a tick counts as stale
     in the quality report (the book is still used).
@@ -209,19 +200,31 @@ class HistoryBuilder:
         self.trusted = np.zeros((n, m), dtype=bool)
         self.updates = np.zeros((n, m), dtype=np.int32)
         self._sampled = np.zeros((n, m), dtype=bool)
-        self._replays = [_MarketReplay(t) for t in markets]
-        self._next_tick = 0  # first tick not yet sampled
-        self._next_tick_ns = start_ns
+        # Replay state (layouts in apps.simulation.replay).
+        self._grid = np.zeros((m, 2, replay.GRID), dtype=np.int64)
+        self._best = np.full((m, 2), -1, dtype=np.int64)
+        self._trust = np.zeros((m, 5), dtype=np.int64)
+        self._trust[:, replay.T_CONN] = -1
+        self._trust[:, replay.T_SID] = -1
+        self._trust[:, replay.T_SEQ] = -1
+        self._trust[:, replay.T_DIRTY] = 1
+        self._pending = np.zeros(m, dtype=np.int64)
+        self._counters = np.zeros((m, 4), dtype=np.int64)
+        self._clock = np.array([0, start_ns], dtype=np.int64)
+        self._quality = [MarketQuality() for _ in markets]
+        self._connections: dict[object, int] = {}
 
     # -- events ------------------------------------------------------------------------
 
+    def connection_id(self, connection: object) -> int:
+        """The small integer the replay uses for a connection key (any hashable)."""
+        return self._connections.setdefault(connection, len(self._connections))
+
     def advance_to(self, ts_ns: int) -> None:
         """Sample every tick strictly before ``ts_ns`` (an event at ``ts_ns`` comes next)."""
-        n = self.times_ns.shape[0]
-        while self._next_tick < n and self._next_tick_ns < ts_ns:
-            self._sample(self._next_tick)
-            self._next_tick += 1
-            self._next_tick_ns += self.step_ns
+        replay.advance_to(
+            min(ts_ns, np.iinfo(np.int64).max), self.step_ns, self._clock, *self._arrays()
+        )
 
     def snapshot(
         self,
@@ -235,89 +238,93 @@ class HistoryBuilder:
         no: list[tuple[int, int]],
         periodic: bool = False,
     ) -> None:
-        replay = self._replay(market, ts_ns)
-        if replay is None:
+        j = self.index.get(market)
+        if j is None:
             return
-        if periodic and replay.trusted:
+        self.advance_to(ts_ns)
+        trust = self._trust
+        if periodic and trust[j, replay.T_TRUSTED]:
             return  # our own snapshot of a book we already follow adds nothing
+        quality = self._quality[j]
         try:
-            replay.book.apply_snapshot(yes, no)
+            # The book's own validation: prices in range, positive sizes, no duplicates.
+            OrderBook(market).apply_snapshot(yes, no)
         except BookError:
-            replay.quality.book_errors += 1
-            self._untrust(replay)
+            quality.book_errors += 1
+            self._untrust(j)
             return
-        replay.quality.snapshots += 1
-        replay.conn, replay.sid, replay.seq = connection, as_of_sid, as_of_seq
-        replay.trusted = True
-        replay.dirty = True
-        replay.updates += 1
+        grid = self._grid
+        grid[j] = 0
+        for side, levels in enumerate((yes, no)):
+            for price, size in levels:
+                grid[j, side, price] = size
+            self._best[j, side] = max((p for p, _ in levels), default=-1)
+        quality.snapshots += 1
+        trust[j] = (1, self.connection_id(connection), as_of_sid, as_of_seq, 1)
+        self._pending[j] += 1
 
     def deltas(
         self,
-        ts_ns: list[int],
-        market_idx: list[int],
-        connection: list[object],
-        sid: list[int],
-        seq: list[int],
-        is_yes: list[bool],
-        price_e4: list[int],
-        delta_e2: list[int],
+        ts_ns: Sequence[int],
+        market_idx: Sequence[int],
+        connection: Sequence[object],
+        sid: Sequence[int],
+        seq: Sequence[int],
+        is_yes: Sequence[bool],
+        price_e4: Sequence[int],
+        delta_e2: Sequence[int],
     ) -> None:
-        """Apply a chunk of deltas (parallel lists, receive order). The hot loop of a load."""
-        replays = self._replays
-        next_tick_ns = self._next_tick_ns
-        n_ticks = self.times_ns.shape[0]
-        side_names = ("no", "yes")  # indexed by is_yes
-        for ts, mi, conn, sid_i, seq_i, yes_i, price, delta in zip(
-            ts_ns, market_idx, connection, sid, seq, is_yes, price_e4, delta_e2, strict=True
-        ):
-            if ts > next_tick_ns and self._next_tick < n_ticks:
-                self.advance_to(ts)
-                next_tick_ns = self._next_tick_ns
-            replay = replays[mi]
-            if (
-                not replay.trusted
-                or seq_i <= replay.seq
-                or replay.sid != sid_i
-                or replay.conn != conn
-            ):
-                replay.quality.deltas_skipped_untrusted += 1
-                continue
-            book = replay.book
-            side = side_names[yes_i]
-            try:
-                book.apply_delta(side, price, delta)
-            except BookError:
-                replay.quality.book_errors += 1
-                self._untrust(replay)
-                continue
-            replay.seq = seq_i
-            replay.dirty = True
-            replay.updates += 1
-            replay.quality.deltas_applied += 1
-            # Only added size can cross a book that was not crossed before, and only at the
-            # price it was added at.
-            if delta > 0 and book.crosses(side, price):
-                replay.quality.crossed += 1
-                self._untrust(replay)
+        """Apply a chunk of deltas (parallel sequences, receive order); connections are any
+        hashable keys (see :meth:`deltas_arrays` for the loader's array form)."""
+        conn = np.fromiter((self.connection_id(c) for c in connection), np.int64, len(ts_ns))
+        self.deltas_arrays(ts_ns, market_idx, conn, sid, seq, is_yes, price_e4, delta_e2)
+
+    def deltas_arrays(
+        self,
+        ts_ns: Sequence[int] | np.ndarray,
+        market_idx: Sequence[int] | np.ndarray,
+        connection_ids: Sequence[int] | np.ndarray,
+        sid: Sequence[int] | np.ndarray,
+        seq: Sequence[int] | np.ndarray,
+        is_yes: Sequence[bool] | np.ndarray,
+        price_e4: Sequence[int] | np.ndarray,
+        delta_e2: Sequence[int] | np.ndarray,
+    ) -> None:
+        """Apply a chunk of deltas given as arrays; ``connection_ids`` from
+        :meth:`connection_id`. The hot path of a load (compiled)."""
+        columns = [
+            np.ascontiguousarray(c, dtype=np.int64)
+            for c in (ts_ns, market_idx, connection_ids, sid, seq, price_e4, delta_e2)
+        ]
+        ts, market, conn, sid_a, seq_a, price, delta = columns
+        if market.size and (market.min() < 0 or market.max() >= len(self.markets)):
+            raise ValueError(f"market index outside 0..{len(self.markets) - 1}")
+        yes = np.ascontiguousarray(is_yes, dtype=np.bool_)
+        replay.apply_deltas(
+            ts, market, conn, sid_a, seq_a, yes, price, delta,
+            self.step_ns, self._clock, self._grid, self._best, self._trust, self._pending,
+            self._counters, *self._arrays()[4:],
+        )  # fmt: skip
 
     def marker(
         self, ts_ns: int, *, kind: str, connection: object, sid: int | None, market: str = ""
     ) -> None:
         """A recording marker (gap, resync, crossed, sub_error, disconnect)."""
         self.advance_to(ts_ns)
-        for replay in self._replays:
-            if replay.conn != connection or not replay.trusted:
+        conn = self._connections.get(connection)
+        trust = self._trust
+        for j, ticker in enumerate(self.markets):
+            if conn is None or trust[j, replay.T_CONN] != conn or not trust[j, replay.T_TRUSTED]:
                 continue
-            if market and replay.book.market_ticker != market:
+            if market and ticker != market:
                 continue
-            if sid is not None and kind == "gap" and replay.sid != sid:
+            if sid is not None and kind == "gap" and trust[j, replay.T_SID] != sid:
                 continue
             if kind == "gap":
-                replay.quality.gaps += 1
+                self._quality[j].gaps += 1
             else:
-                replay.quality.resets += 1
-            self._untrust(replay)
+                self._quality[j].resets += 1
+            self._untrust(j)
 
     # -- output --------------------------------------------------------------------------
 
@@ -333,9 +340,16 @@ class HistoryBuilder:
             setattr(self, name, arr[rows, cols])
         self.trusted = self.trusted[rows, cols] & (self._sampled.cumsum(axis=0) > 0)
         quality = {}
-        for j, replay in enumerate(self._replays):
-            replay.quality.untrusted_ticks = int((~self.trusted[:, j]).sum())
-            quality[replay.book.market_ticker] = replay.quality
+        counters = self._counters.tolist()
+        for j, market in enumerate(self.markets):
+            q = self._quality[j]
+            applied, skipped, errors, crossed = counters[j]
+            q.deltas_applied = applied
+            q.deltas_skipped_untrusted = skipped
+            q.book_errors += errors
+            q.crossed = crossed
+            q.untrusted_ticks = int((~self.trusted[:, j]).sum())
+            quality[market] = q
         self._count_stale(quality)
         return RecordedHistory(
             markets=self.markets,
@@ -352,43 +366,23 @@ class HistoryBuilder:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _replay(self, market: str, ts_ns: int) -> _MarketReplay | None:
-        j = self.index.get(market)
-        if j is None:
-            return None
-        self.advance_to(ts_ns)
-        return self._replays[j]
+    def _arrays(self) -> tuple[np.ndarray, ...]:
+        return (
+            self._grid,
+            self._best,
+            self._trust,
+            self._pending,
+            self.yes_px,
+            self.yes_sz,
+            self.no_px,
+            self.no_sz,
+            self.trusted,
+            self.updates,
+            self._sampled,
+        )
 
-    def _untrust(self, replay: _MarketReplay) -> None:
-        replay.trusted = False
-        replay.book.clear()
-        replay.dirty = True
-
-    def _sample(self, k: int) -> None:
-        levels = self.levels
-        for j, replay in enumerate(self._replays):
-            if replay.updates:
-                self.updates[k, j] = replay.updates
-                replay.updates = 0
-            if not replay.dirty:
-                continue
-            replay.dirty = False
-            self._sampled[k, j] = True
-            self.trusted[k, j] = replay.trusted
-            # Rows start at zero and each (tick, market) row is written at most once, so an
-            # untrusted book and the unused tail levels need no writes at all.
-            if not replay.trusted:
-                continue
-            book = replay.book
-            for ladder, px, sz in (
-                (book.yes_levels, self.yes_px, self.yes_sz),
-                (book.no_levels, self.no_px, self.no_sz),
-            ):
-                prices = list(islice(reversed(ladder), levels))  # best first
-                if prices:
-                    count = len(prices)
-                    px[k, j, :count] = prices
-                    sz[k, j, :count] = [ladder[p] for p in prices]
+    def _untrust(self, j: int) -> None:
+        replay.untrust(j, self._grid, self._best, self._trust)
 
     def _count_stale(self, quality: dict[str, MarketQuality]) -> None:
         limit = self.stale_after_ticks

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from django.conf import settings
@@ -111,20 +112,22 @@ def load(
     bar = tqdm(total=total, unit="rows", desc="loading history", disable=not show)
     pending = iter(side_events)
     nxt = next(pending, None)
-    for chunk in _delta_chunks(markets, first_ts, end, chunk_rows):
+    for raw in _delta_chunks(markets, first_ts, end, chunk_rows):
+        rows = len(raw[0])
+        chunk = _as_arrays(builder, raw)
         ts = chunk[0]
         # Side events (snapshots, markers) go in before any delta received after them.
-        while nxt is not None and (not ts or nxt[0] <= ts[-1]):
-            cut = int(np.searchsorted(np.asarray(ts), nxt[0], side="right")) if ts else 0
+        while nxt is not None and (not len(ts) or nxt[0] <= ts[-1]):
+            cut = int(np.searchsorted(ts, nxt[0], side="right")) if len(ts) else 0
             if cut:
-                builder.deltas(*(col[:cut] for col in chunk))
+                builder.deltas_arrays(*(col[:cut] for col in chunk))
                 chunk = tuple(col[cut:] for col in chunk)
                 ts = chunk[0]
             nxt[1](builder)
             nxt = next(pending, None)
-        if ts:
-            builder.deltas(*chunk)
-        bar.update(len(chunk[0]) if ts else 0)
+        if len(ts):
+            builder.deltas_arrays(*chunk)
+        bar.update(rows)
     while nxt is not None:
         nxt[1](builder)
         nxt = next(pending, None)
@@ -256,7 +259,8 @@ def _conn_key(conn: uuid.UUID | str) -> bytes:
     return (conn if isinstance(conn, uuid.UUID) else uuid.UUID(str(conn))).bytes
 
 
-Chunk = tuple[list, list, list, list, list, list, list, list]
+# ts, market index, connection, sid, seq, is_yes, price_e4, delta_e2 (lists or arrays)
+Chunk = tuple[Any, Any, Any, Any, Any, Any, Any, Any]
 
 
 def _delta_chunks(
@@ -312,23 +316,32 @@ def _decode(data: bytes | bytearray) -> Chunk:
     if rows.size and int(rows["nfields"][0]) != 8:
         raise RuntimeError("unexpected COPY row layout")
     return (
-        rows["ts"].astype(np.int64).tolist(),
-        rows["market"].astype(np.int32).tolist(),
-        _connection_column(rows["conn"]),
-        rows["sid"].astype(np.int32).tolist(),
-        rows["seq"].astype(np.int64).tolist(),
-        rows["is_yes"].astype(bool).tolist(),
-        rows["price"].astype(np.int32).tolist(),
-        rows["delta"].astype(np.int64).tolist(),
+        rows["ts"].astype(np.int64),
+        rows["market"].astype(np.int64),
+        rows["conn"],
+        rows["sid"].astype(np.int64),
+        rows["seq"].astype(np.int64),
+        rows["is_yes"].astype(bool),
+        rows["price"].astype(np.int64),
+        rows["delta"].astype(np.int64),
     )
 
 
-def _connection_column(conn: np.ndarray) -> list[bytes]:
-    """One shared bytes object per distinct connection (a recording has few), not one per
-    row: the same keys as ``_conn_key`` gives snapshots and markers."""
-    distinct, index = np.unique(conn, return_inverse=True)
-    keys = [bytes(c) for c in distinct]
-    return [keys[i] for i in index.tolist()]
+def _as_arrays(builder: HistoryBuilder, chunk: Chunk) -> tuple[np.ndarray, ...]:
+    """A chunk as int64/bool arrays for the compiled replay, connections as the builder's
+    ids: one lookup per distinct connection (a recording has few), not one per row."""
+    conn = chunk[2]
+    if isinstance(conn, np.ndarray):  # COPY: raw 16-byte UUIDs
+        distinct, index = np.unique(conn, return_inverse=True)
+        keys = [bytes(c) for c in distinct]
+    else:  # ORM: bytes keys from _conn_key
+        keys = list(dict.fromkeys(conn))
+        position = {k: i for i, k in enumerate(keys)}
+        index = np.fromiter((position[c] for c in conn), np.int64, len(conn))
+    ids = np.array([builder.connection_id(k) for k in keys], dtype=np.int64)
+    columns = [np.asarray(c) for c in chunk]
+    columns[2] = ids[index] if len(keys) else np.zeros(0, dtype=np.int64)
+    return tuple(columns)
 
 
 def _orm_chunks(
