@@ -343,29 +343,14 @@ def action_masks(px, sz, trusted, t, pos, acct, sizes, fee_nums, fee_dens, limit
             out[base + a] = True
         if not trusted[t, j] or pos[j, P_SETTLED]:
             continue
-        for a in range(N_SIZES, ACTIONS_PER_MARKET - N_SIZES):
+        flatten = ACTIONS_PER_MARKET - N_SIZES
+        for a in range(N_SIZES, flatten + 1):  # FLATTEN ignores the size: evaluate it once
             code = _decide(
                 px, sz, t, j, a, True, pos, acct, sizes, fee_nums[j], fee_dens[j], limits, rec
             )
             out[base + a] = code == TRADED
-        # FLATTEN ignores the size: evaluate once.
-        code = _decide(
-            px,
-            sz,
-            t,
-            j,
-            ACTIONS_PER_MARKET - N_SIZES,
-            True,
-            pos,
-            acct,
-            sizes,
-            fee_nums[j],
-            fee_dens[j],
-            limits,
-            rec,
-        )
-        for a in range(ACTIONS_PER_MARKET - N_SIZES, ACTIONS_PER_MARKET):
-            out[base + a] = code == TRADED
+        for a in range(flatten + 1, ACTIONS_PER_MARKET):
+            out[base + a] = out[base + flatten]
 
 
 @njit(cache=True, nogil=True)
