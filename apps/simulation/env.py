@@ -177,6 +177,7 @@ class KalshiTradingEnv(gym.Env):
             fee_dens=self._fee_dens,
             n_markets=self.n_markets,
             episode_steps=cfg.episode_steps,
+            max_order_e2=max(self.sizes_e2),
         )
         self._sizes = np.array(self.sizes_e2, dtype=np.int64)
         infos = [cfg.market_info.get(mk) or MarketInfo() for mk in self.markets]

@@ -91,32 +91,38 @@ def check_int64_bounds(
     fee_dens: np.ndarray,
     n_markets: int,
     episode_steps: int,
+    max_order_e2: int,
 ) -> None:
     """Raise ValueError unless every product the kernel forms fits in int64.
 
-    Holdings never exceed the position limit (a buy that would is refused), so a market's
-    cost is at most ``max_position × $1`` and capital can grow by at most that much per
-    market per step (a sale or settlement returns at most $1 a contract).
+    Holdings never exceed the position limit after a step (a buy that would is refused), but
+    an order is priced before it is checked: an order (at most ``max_order_e2``, the largest
+    action size, or the position limit for a FLATTEN) may briefly make the holdings
+    ``limit + order``. So a market's cost stays below ``(limit + order) × $1``, one order's
+    fee terms below ``order × $0.25``, and capital moves by at most that much per market per
+    step.
     """
     max_pos = int(limits[L_MAX_POSITION])
-    max_cost = max_pos * PRICE_SCALE
+    max_order = max(int(max_order_e2), max_pos)
+    max_held = max_pos + max_order
+    max_cost = max_held * PRICE_SCALE
     capital = initial_cash_e6 + 2 * episode_steps * n_markets * max_cost
     fraction_terms = max(int(x) for x in limits[1:])
-    worst_terms = max_pos * (PRICE_SCALE // 2) ** 2  # Σ size × p × (1 − p)
+    worst_terms = max_order * (PRICE_SCALE // 2) ** 2  # Σ size × p × (1 − p)
     products = {
         "capital × share": 2 * capital * fraction_terms,
         "cost × share": max_cost * fraction_terms,
         "fee numerator": worst_terms * max(int(n) for n in fee_nums),
         "fee denominator": max(int(d) for d in fee_dens) * 1_000_000 * 100,
-        "netting": max_cost * max_pos,
+        "netting": max_cost * max_held,
         "equity ×2": 2 * capital + 2 * n_markets * max_cost * 2,
     }
     for name, value in products.items():
         if value > _INT64_MAX:
             raise ValueError(
                 f"these settings overflow the env's 64-bit accounting ({name}); lower the "
-                "starting cash, the position limit, the episode length or the fee/limit "
-                "fractions' terms"
+                "starting cash, the position limit, the order sizes, the episode length or "
+                "the fee/limit fractions' terms"
             )
 
 

@@ -354,6 +354,7 @@ def run_lockstep(
         fee_dens=fee_dens,
         n_markets=m,
         episode_steps=steps,
+        max_order_e2=max(sizes_e2),
     )  # these cases lie inside the domain the kernel promises to compute exactly
 
     portfolio = Portfolio(cash_e6=cash_e6, limits=limits)
@@ -694,6 +695,7 @@ def bound_args(
     fees: FeeSchedule = STANDARD_FEES,
     n_markets: int = kernel.N_MARKETS,
     episode_steps: int = 300,
+    max_order_e2: int = max(DEFAULT_SIZES_E2),
 ) -> dict:
     limits_arr, fee_nums, fee_dens = rule_arrays(limits or RiskLimits(), [fees] * n_markets)
     return {
@@ -703,6 +705,7 @@ def bound_args(
         "fee_dens": fee_dens,
         "n_markets": n_markets,
         "episode_steps": episode_steps,
+        "max_order_e2": max_order_e2,
     }
 
 
@@ -955,11 +958,6 @@ def test_the_env_observation_equals_the_batch_builder_on_the_reference_account(s
     assert portfolio.position(markets[0]).settled and portfolio.position(markets[1]).settled
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kernel bug: check_int64_bounds bounds fee terms by the position limit, but a "
-    "netting buy may be twice the limit (and a refused buy any size): fee_num × terms wraps",
-)
 def test_settings_the_env_accepts_never_overflow_a_netting_buy_of_twice_the_limit() -> None:
     """Either the env refuses these settings up front, or its step charges the reference fee.
 
