@@ -156,19 +156,8 @@ class KalshiTradingEnv(gym.Env):
     def _setup_rules(self) -> None:
         """Fees, limits and market outcomes as the integer arrays the kernel reads."""
         cfg = self.config
-        rates = [cfg.fees_by_market.get(mk, cfg.fees).taker_rate for mk in self.markets]
-        self._fee_nums = np.array([r.numerator for r in rates], dtype=np.int64)
-        self._fee_dens = np.array([r.denominator for r in rates], dtype=np.int64)
-        lim = cfg.limits
-        self._limits = np.array(
-            [
-                lim.max_position_e2,
-                lim.max_market_share.numerator,
-                lim.max_market_share.denominator,
-                lim.max_exposure_share.numerator,
-                lim.max_exposure_share.denominator,
-            ],
-            dtype=np.int64,
+        self._fee_nums, self._fee_dens, self._limits = kernel.rule_arrays(
+            [cfg.fees_by_market.get(mk, cfg.fees) for mk in self.markets], cfg.limits
         )
         kernel.check_int64_bounds(
             initial_cash_e6=self.initial_cash_e6,

@@ -32,6 +32,9 @@ Array layouts (constants below name the columns):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 from numba import njit
 
@@ -124,6 +127,45 @@ def check_int64_bounds(
                 "starting cash, the position limit, the order sizes, the episode length or "
                 "the fee/limit fractions' terms"
             )
+
+
+def rule_arrays(fees: Sequence[Any], limits: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(fee_nums, fee_dens, limits)`` int64 arrays from one
+    :class:`~apps.simulation.fees.FeeSchedule` per market (its exact taker rate) and the
+    :class:`~apps.simulation.portfolio.RiskLimits` (exact share fractions)."""
+    rates = [schedule.taker_rate for schedule in fees]
+    fee_nums = np.array([r.numerator for r in rates], dtype=np.int64)
+    fee_dens = np.array([r.denominator for r in rates], dtype=np.int64)
+    limit_array = np.array(
+        [
+            limits.max_position_e2,
+            limits.max_market_share.numerator,
+            limits.max_market_share.denominator,
+            limits.max_exposure_share.numerator,
+            limits.max_exposure_share.denominator,
+        ],
+        dtype=np.int64,
+    )
+    return fee_nums, fee_dens, limit_array
+
+
+def account_arrays(portfolio: Any, markets: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``(pos, acct)`` arrays of a :class:`~apps.simulation.portfolio.Portfolio` for
+    ``markets`` (the paper trader keeps a Portfolio and asks the kernel for its masks)."""
+    pos = np.zeros((len(markets), POS_COLUMNS), dtype=np.int64)
+    for j, market in enumerate(markets):
+        p = portfolio.positions.get(market)
+        if p is not None:
+            pos[j] = (
+                p.yes_e2, p.no_e2, p.yes_cost_e6, p.no_cost_e6, p.fees_e4, p.realized_e6,
+                p.settled, 1,
+            )  # fmt: skip
+    acct = np.array(
+        [portfolio.cash_e6, portfolio.exposure_e6(), portfolio.fees_paid_e4,
+         portfolio.realized_e6, 0],
+        dtype=np.int64,
+    )  # fmt: skip
+    return pos, acct
 
 
 # -- one order ----------------------------------------------------------------------------------

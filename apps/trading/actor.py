@@ -13,8 +13,9 @@ actions and fills (``tests/trading/test_parity.py``):
    close, positions, cash, fees, drawdown, and progress = decisions / the model's training
    episode length, held at 1 after it: a paper session is open-ended, the model only ever saw
    progress up to 1);
-4. masks come from :func:`~apps.simulation.actions.action_mask` (MaskablePPO receives them;
-   every model's are logged), the policy predicts deterministically;
+4. masks come from :func:`apps.simulation.kernel.action_masks`, the env's compiled twin of
+   :func:`~apps.simulation.actions.action_mask` (MaskablePPO receives them; every model's
+   are logged), the policy predicts deterministically;
 5. each market's action is carried out by :func:`~apps.simulation.actions.execute` against
    the sampled book (an :class:`~apps.simulation.fills.ArrayBook` of it, the env's view) with
    the env's sizes, fees and risk limits, market by market in slot order.
@@ -41,10 +42,10 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
+from apps.simulation import kernel
 from apps.simulation.actions import (
     ACTIONS_PER_MARKET,
     N_SIZES,
-    action_mask,
     decode,
     execute,
     sizes_e2_from_contracts,
@@ -205,6 +206,19 @@ class PaperActor:
         self.fees = [config.fees_by_market.get(m, config.fees) for m in self.markets]
         self.initial_cash_e6 = round(config.initial_cash_dollars * 1_000_000)
         self.portfolio = Portfolio(cash_e6=self.initial_cash_e6, limits=config.limits)
+        self._sizes = np.array(self.sizes_e2, dtype=np.int64)
+        self._fee_nums, self._fee_dens, self._limits = kernel.rule_arrays(self.fees, config.limits)
+        # The training env accepted these settings for this episode length; check again
+        # here, since the masks come from the same 64-bit kernel.
+        kernel.check_int64_bounds(
+            initial_cash_e6=self.initial_cash_e6,
+            limits=self._limits,
+            fee_nums=self._fee_nums,
+            fee_dens=self._fee_dens,
+            n_markets=self.n_markets,
+            episode_steps=episode_steps,
+            max_order_e2=max(self.sizes_e2),
+        )
         self.history = LiveHistory(self.n_markets)
         self.stats = SessionStats()
         self.steps = 0
@@ -273,19 +287,22 @@ class PaperActor:
             )
             for j in range(m)
         ]
-        masks = np.stack(
-            [
-                action_mask(
-                    book=books[j],
-                    portfolio=portfolio,
-                    market=market,
-                    trusted=bool(sample.trusted[j]),
-                    is_open=True,
-                    sizes_e2=self.sizes_e2,
-                    fees=self.fees[j],
-                )
-                for j, market in enumerate(self.markets)
-            ]
+        # The env's compiled masks (kernel.action_masks, tested equal to actions.action_mask)
+        # on this account and these books: a tick axis of one.
+        pos, acct = kernel.account_arrays(portfolio, self.markets)
+        masks = np.empty((m, ACTIONS_PER_MARKET), dtype=bool)
+        kernel.action_masks(
+            sample.px[None],
+            sample.sz[None],
+            sample.trusted[None],
+            0,
+            pos,
+            acct,
+            self._sizes,
+            self._fee_nums,
+            self._fee_dens,
+            self._limits,
+            masks.reshape(-1),
         )
         policy = self.policy
         started = time.perf_counter_ns()
