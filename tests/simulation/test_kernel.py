@@ -517,7 +517,14 @@ def test_the_kernel_steps_masks_settles_and_values_exactly_like_the_reference() 
     cases; then proof that the cases reached every refusal, fill and settlement kind."""
     coverage: Counter[str] = Counter()
 
-    @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    # derandomize: the coverage assertion below must hold for a fixed set of cases, not
+    # depend on the luck of a draw (the same 600 cases run on every machine).
+    @settings(
+        max_examples=600,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
     @given(
         seed=st.integers(0, 2**32 - 1),
         m=st.one_of(st.integers(1, 4), st.just(kernel.N_MARKETS)),
@@ -582,7 +589,12 @@ def test_orders_at_each_limits_exact_edge_decide_like_the_reference() -> None:
     rich_cash = 10**13
     sizes = np.array(DEFAULT_SIZES_E2, dtype=np.int64)
 
-    @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @settings(
+        max_examples=250,
+        deadline=None,
+        derandomize=True,  # the outcome assertions below need a fixed set of cases
+        suppress_health_check=[HealthCheck.too_slow],
+    )
     @given(
         seed=st.integers(0, 2**32 - 1),
         den=st.sampled_from((1, 2, 3, 5, 10, 50)),
