@@ -145,7 +145,6 @@ class KalshiTradingEnv(gym.Env):
         self._hold_fills = np.zeros((m, kernel.FILL_COLUMNS), dtype=np.int64)
         self._hold_fills[:, kernel.F_REFUSAL] = kernel.HOLD
         self._payouts = np.zeros(m, dtype=np.int64)
-        self._mask = np.zeros(m * ACTIONS_PER_MARKET, dtype=bool)
         self._t = self.first_tick
         self._episode_end = self.first_tick
         self._steps = 0

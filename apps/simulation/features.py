@@ -1,7 +1,8 @@
 """The observation: the one place that turns books, positions, cash and time into features.
 
-The env and the paper trader both call :func:`build_observation` (or its batch form, which
-it wraps), so the same state gives the same vector on both paths, bit for bit.
+The paper trader calls :func:`build_observation_batch`; the env calls its two pieces
+(:func:`static_features`, precomputed per tick, and the kernel's position features), so the
+same state gives the same vector on both paths, bit for bit.
 
 Layout (``OBSERVATION_SPEC_VERSION = 1``): 545 float32 values =
 ``N_MARKETS`` (10) slots × ``FEATURES_PER_MARKET`` (54) + ``PORTFOLIO_FEATURES`` (5).
@@ -60,7 +61,7 @@ objects. The observation is built in two pieces that both paths share:
 env computes it once per tick of a whole recorded history) and the compiled
 :func:`apps.simulation.kernel.write_position_features` (offsets 49–53 and the portfolio
 block). An env step therefore only copies a precomputed row and writes the account's part.
-Positions features of a flat market are +0.0 (never −0.0), so observations compare bit for
+Position features of a flat market are +0.0 (never −0.0), so observations compare bit for
 bit.
 """
 
@@ -588,15 +589,29 @@ _B_IMBALANCE = _B["imbalance_5"]  # imbalance_5, imbalance_10
 _B_DEPTH = _B[f"yes_depth_{BOOK_LEVELS}"]  # yes_depth_10, no_depth_10
 _B_HIST = _B[HISTORY_NAMES[0]]
 _C_TIME = _C["time_to_close_log"]  # time_to_close_log, time_to_close_1h
-# The compiled position features (apps.simulation.kernel) hard-code their offsets and scales.
-assert (kernel._HAS_YES, kernel._HAS_NO) == (_C["has_yes_bid"], _C["has_no_bid"])
 _POSITION_NAMES = ("net_position", "avg_entry", "unrealized_per_contract", "unrealized", "exposure")
-assert (kernel._NET, kernel._ENTRY, kernel._UNREAL_PC, kernel._UNREAL, kernel._EXPOSURE) == tuple(
-    _C[n] for n in _POSITION_NAMES
-)
-assert (kernel.FEATURES_PER_MARKET, kernel.N_MARKETS) == (FEATURES_PER_MARKET, N_MARKETS)
-assert kernel._UNREALIZED_CAPITAL_SHARE == UNREALIZED_CAPITAL_SHARE
-assert kernel._FEES_CAPITAL_SHARE == FEES_CAPITAL_SHARE
+
+
+def _check_kernel_layout() -> None:
+    """The compiled position features (apps.simulation.kernel) hard-code their offsets and
+    scales: refuse to import if they ever drift from this module's layout."""
+    kernel_layout = (
+        (kernel._HAS_YES, kernel._HAS_NO),
+        (kernel._NET, kernel._ENTRY, kernel._UNREAL_PC, kernel._UNREAL, kernel._EXPOSURE),
+        (kernel.FEATURES_PER_MARKET, kernel.N_MARKETS),
+        (kernel._UNREALIZED_CAPITAL_SHARE, kernel._FEES_CAPITAL_SHARE),
+    )
+    layout = (
+        (_C["has_yes_bid"], _C["has_no_bid"]),
+        tuple(_C[n] for n in _POSITION_NAMES),
+        (FEATURES_PER_MARKET, N_MARKETS),
+        (UNREALIZED_CAPITAL_SHARE, FEES_CAPITAL_SHARE),
+    )
+    if kernel_layout != layout:
+        raise RuntimeError(f"kernel feature layout {kernel_layout} != features {layout}")
+
+
+_check_kernel_layout()
 _INV_HISTORY = np.concatenate((_INV_MID_CHANGE, np.zeros(len(HISTORY_WINDOWS)), _INV_TAIL))
 _INV_LEVEL_SIZE = 1.0 / LEVEL_SIZE_LOG_SCALE
 _INV_TOTAL_DEPTH = 1.0 / TOTAL_DEPTH_LOG_SCALE
