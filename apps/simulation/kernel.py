@@ -384,6 +384,7 @@ def action_masks(px, sz, trusted, t, pos, acct, sizes, fee_nums, fee_dens, limit
     always True): ``actions.action_mask`` for every market against the current account."""
     m = pos.shape[0]
     rec = np.zeros(FILL_COLUMNS, dtype=np.int64)
+    by_size = np.argsort(sizes, kind="mergesort")  # stable, like the reference's sorted()
     out[:] = False
     for j in range(m):
         base = j * ACTIONS_PER_MARKET
@@ -391,14 +392,42 @@ def action_masks(px, sz, trusted, t, pos, acct, sizes, fee_nums, fee_dens, limit
             out[base + a] = True
         if not trusted[t, j] or pos[j, P_SETTLED]:
             continue
+        fee_num = fee_nums[j]
+        fee_den = fee_dens[j]
+        for kind in range(1, 5):
+            first = kind * N_SIZES
+            is_yes = kind == 1 or kind == 2
+            other_held = pos[j, P_NO] if is_yes else pos[j, P_YES]
+            if (kind == 1 or kind == 3) and other_held == 0:
+                # A buy that does not net is monotone in size (actions.action_mask): if the
+                # largest passes, all do; else exactly the sizes below the first failure.
+                largest = first + by_size[N_SIZES - 1]
+                code = _decide(
+                    px, sz, t, j, largest, True, pos, acct, sizes, fee_num, fee_den, limits, rec
+                )
+                if code == TRADED:
+                    for a in range(first, first + N_SIZES):
+                        out[base + a] = True
+                    continue
+                for i in range(N_SIZES):
+                    a = first + by_size[i]
+                    code = _decide(
+                        px, sz, t, j, a, True, pos, acct, sizes, fee_num, fee_den, limits, rec
+                    )
+                    if code != TRADED:
+                        break
+                    out[base + a] = True
+                continue
+            for a in range(first, first + N_SIZES):
+                code = _decide(
+                    px, sz, t, j, a, True, pos, acct, sizes, fee_num, fee_den, limits, rec
+                )
+                out[base + a] = code == TRADED
+        # FLATTEN ignores the size: evaluate it once.
         flatten = ACTIONS_PER_MARKET - N_SIZES
-        for a in range(N_SIZES, flatten + 1):  # FLATTEN ignores the size: evaluate it once
-            code = _decide(
-                px, sz, t, j, a, True, pos, acct, sizes, fee_nums[j], fee_dens[j], limits, rec
-            )
+        code = _decide(px, sz, t, j, flatten, True, pos, acct, sizes, fee_num, fee_den, limits, rec)
+        for a in range(flatten, ACTIONS_PER_MARKET):
             out[base + a] = code == TRADED
-        for a in range(flatten + 1, ACTIONS_PER_MARKET):
-            out[base + a] = out[base + flatten]
 
 
 @njit(cache=True, nogil=True)
