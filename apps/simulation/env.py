@@ -145,6 +145,8 @@ class KalshiTradingEnv(gym.Env):
         self._hold_fills = np.zeros((m, kernel.FILL_COLUMNS), dtype=np.int64)
         self._hold_fills[:, kernel.F_REFUSAL] = kernel.HOLD
         self._payouts = np.zeros(m, dtype=np.int64)
+        # The trading kernels' leading arguments (these arrays only ever change in place).
+        self._kernel_args = (self._px, self._sz, self._trusted, self._pos, self._acct, *self._rules)
         self._t = self.first_tick
         self._episode_end = self.first_tick
         self._steps = 0
@@ -155,19 +157,13 @@ class KalshiTradingEnv(gym.Env):
     def _setup_rules(self) -> None:
         """Fees, limits and market outcomes as the integer arrays the kernel reads."""
         cfg = self.config
-        self._fee_nums, self._fee_dens, self._limits = kernel.rule_arrays(
-            [cfg.fees_by_market.get(mk, cfg.fees) for mk in self.markets], cfg.limits
-        )
-        kernel.check_int64_bounds(
+        self._rules = kernel.trading_rules(
+            fees=[cfg.fees_by_market.get(mk, cfg.fees) for mk in self.markets],
+            limits=cfg.limits,
+            sizes_e2=self.sizes_e2,
             initial_cash_e6=self.initial_cash_e6,
-            limits=self._limits,
-            fee_nums=self._fee_nums,
-            fee_dens=self._fee_dens,
-            n_markets=self.n_markets,
             episode_steps=cfg.episode_steps,
-            max_order_e2=max(self.sizes_e2),
         )
-        self._sizes = np.array(self.sizes_e2, dtype=np.int64)
         infos = [cfg.market_info.get(mk) or MarketInfo() for mk in self.markets]
         never = np.iinfo(np.int64).max
         self._close_ns = np.array([i.close_ns or never for i in infos], dtype=np.int64)
@@ -284,20 +280,7 @@ class KalshiTradingEnv(gym.Env):
         if self._steps >= self.config.episode_steps:
             raise RuntimeError("the episode is over: call reset()")
         fills = np.empty((self.n_markets, kernel.FILL_COLUMNS), dtype=np.int64)
-        bad = kernel.execute_all(
-            self._px,
-            self._sz,
-            self._trusted,
-            self._t,
-            actions,
-            self._pos,
-            self._acct,
-            self._sizes,
-            self._fee_nums,
-            self._fee_dens,
-            self._limits,
-            fills,
-        )
+        bad = kernel.execute_all(*self._kernel_args, self._t, actions, fills)
         if bad >= 0:
             raise ValueError(f"action {actions[bad]} for {self.markets[bad]} is not in 0..29")
         self._t += 1
@@ -321,19 +304,7 @@ class KalshiTradingEnv(gym.Env):
         """(n_markets * 30,) bool for sb3-contrib MaskablePPO: True = allowed now (a fresh
         array)."""
         out = np.empty(self.n_markets * ACTIONS_PER_MARKET, dtype=bool)
-        kernel.action_masks(
-            self._px,
-            self._sz,
-            self._trusted,
-            self._t,
-            self._pos,
-            self._acct,
-            self._sizes,
-            self._fee_nums,
-            self._fee_dens,
-            self._limits,
-            out,
-        )
+        kernel.action_masks(*self._kernel_args, self._t, out)
         return out
 
     # -- reading ---------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ Array layouts (constants below name the columns):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numba import njit
@@ -147,6 +147,38 @@ def rule_arrays(fees: Sequence[Any], limits: Any) -> tuple[np.ndarray, np.ndarra
         dtype=np.int64,
     )
     return fee_nums, fee_dens, limit_array
+
+
+class Rules(NamedTuple):
+    """A session's fixed trading rules as the kernels read them (after ``pos, acct``)."""
+
+    sizes: np.ndarray  # (5,) order sizes in 0.01 contract
+    fee_nums: np.ndarray  # (n_markets,) taker-rate numerators
+    fee_dens: np.ndarray  # (n_markets,) taker-rate denominators
+    limits: np.ndarray  # (5,) L_* entries
+
+
+def trading_rules(
+    *,
+    fees: Sequence[Any],
+    limits: Any,
+    sizes_e2: Sequence[int],
+    initial_cash_e6: int,
+    episode_steps: int,
+) -> Rules:
+    """The kernels' rule arrays for one fee schedule per market, the risk limits and the five
+    order sizes, after proving (:func:`check_int64_bounds`) that nothing can overflow."""
+    fee_nums, fee_dens, limit_array = rule_arrays(fees, limits)
+    check_int64_bounds(
+        initial_cash_e6=initial_cash_e6,
+        limits=limit_array,
+        fee_nums=fee_nums,
+        fee_dens=fee_dens,
+        n_markets=len(fees),
+        episode_steps=episode_steps,
+        max_order_e2=max(sizes_e2),
+    )
+    return Rules(np.array(sizes_e2, dtype=np.int64), fee_nums, fee_dens, limit_array)
 
 
 def account_arrays(portfolio: Any, markets: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -346,7 +378,7 @@ def _apply(j, rec, pos, acct):
 
 
 @njit(cache=True, nogil=True)
-def execute_all(px, sz, trusted, t, actions, pos, acct, sizes, fee_nums, fee_dens, limits, fills):
+def execute_all(px, sz, trusted, pos, acct, sizes, fee_nums, fee_dens, limits, t, actions, fills):
     """Carry out one action per market, in market order, against the books at tick ``t``.
 
     Each market sees the account as the previous markets left it (like calling
@@ -379,7 +411,7 @@ def execute_all(px, sz, trusted, t, actions, pos, acct, sizes, fee_nums, fee_den
 
 
 @njit(cache=True, nogil=True)
-def action_masks(px, sz, trusted, t, pos, acct, sizes, fee_nums, fee_dens, limits, out):
+def action_masks(px, sz, trusted, pos, acct, sizes, fee_nums, fee_dens, limits, t, out):
     """(n_markets × 30,) True where :func:`execute_all` would trade that action now (HOLD
     always True): ``actions.action_mask`` for every market against the current account."""
     m = pos.shape[0]

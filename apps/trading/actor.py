@@ -206,18 +206,13 @@ class PaperActor:
         self.fees = [config.fees_by_market.get(m, config.fees) for m in self.markets]
         self.initial_cash_e6 = round(config.initial_cash_dollars * 1_000_000)
         self.portfolio = Portfolio(cash_e6=self.initial_cash_e6, limits=config.limits)
-        self._sizes = np.array(self.sizes_e2, dtype=np.int64)
-        self._fee_nums, self._fee_dens, self._limits = kernel.rule_arrays(self.fees, config.limits)
-        # The training env accepted these settings for this episode length; check again
-        # here, since the masks come from the same 64-bit kernel.
-        kernel.check_int64_bounds(
+        # The training env accepted these settings; the masks come from its kernel.
+        self._rules = kernel.trading_rules(
+            fees=self.fees,
+            limits=config.limits,
+            sizes_e2=self.sizes_e2,
             initial_cash_e6=self.initial_cash_e6,
-            limits=self._limits,
-            fee_nums=self._fee_nums,
-            fee_dens=self._fee_dens,
-            n_markets=self.n_markets,
             episode_steps=episode_steps,
-            max_order_e2=max(self.sizes_e2),
         )
         self.history = LiveHistory(self.n_markets)
         self.stats = SessionStats()
@@ -295,13 +290,10 @@ class PaperActor:
             sample.px[None],
             sample.sz[None],
             sample.trusted[None],
-            0,
             pos,
             acct,
-            self._sizes,
-            self._fee_nums,
-            self._fee_dens,
-            self._limits,
+            *self._rules,
+            0,
             masks.reshape(-1),
         )
         policy = self.policy

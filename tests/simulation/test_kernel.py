@@ -85,21 +85,8 @@ def rule_arrays(
     limits: RiskLimits, fees: Sequence[FeeSchedule]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(limits, fee numerators, fee denominators) as the kernel reads them."""
-    rates = [f.taker_rate for f in fees]
-    return (
-        np.array(
-            [
-                limits.max_position_e2,
-                limits.max_market_share.numerator,
-                limits.max_market_share.denominator,
-                limits.max_exposure_share.numerator,
-                limits.max_exposure_share.denominator,
-            ],
-            dtype=np.int64,
-        ),
-        np.array([r.numerator for r in rates], dtype=np.int64),
-        np.array([r.denominator for r in rates], dtype=np.int64),
-    )
+    fee_nums, fee_dens, limits_arr = kernel.rule_arrays(fees, limits)
+    return limits_arr, fee_nums, fee_dens
 
 
 def mids_e4x2(px: np.ndarray, sz: np.ndarray, trusted: np.ndarray, m: int) -> np.ndarray:
@@ -395,7 +382,7 @@ def run_lockstep(
             for j in range(m)
         ]
         kernel.action_masks(
-            px, sz, trusted, t, pos, acct, sizes, fee_nums, fee_dens, limits_arr, masks
+            px, sz, trusted, pos, acct, sizes, fee_nums, fee_dens, limits_arr, t, masks
         )
         expected_masks = np.stack(
             [action_mask(book=books[j], portfolio=portfolio, **kw[j]) for j in range(m)]
@@ -416,14 +403,14 @@ def run_lockstep(
             px,
             sz,
             trusted,
-            t,
-            np.array(actions, dtype=np.int64),
             pos,
             acct,
             sizes,
             fee_nums,
             fee_dens,
             limits_arr,
+            t,
+            np.array(actions, dtype=np.int64),
             fills,
         )
         assert bad == -1
@@ -656,12 +643,12 @@ def test_orders_at_each_limits_exact_edge_decide_like_the_reference() -> None:
                 limits_arr, fee_nums, fee_dens = rule_arrays(limits, [fees, fees])
                 masks = np.empty(2 * ACTIONS_PER_MARKET, dtype=bool)
                 args = (sizes, fee_nums, fee_dens, limits_arr)
-                kernel.action_masks(px, sz, trusted, 0, pos, acct, *args, masks)
+                kernel.action_masks(px, sz, trusted, pos, acct, *args, 0, masks)
                 mask = action_mask(book=book, portfolio=portfolio, market="M", fees=fees)
                 assert np.array_equal(masks[:ACTIONS_PER_MARKET], mask)
                 fills = np.zeros((2, kernel.FILL_COLUMNS), dtype=np.int64)
                 actions = np.array([action, 0], dtype=np.int64)
-                kernel.execute_all(px, sz, trusted, 0, actions, pos, acct, *args, fills)
+                kernel.execute_all(px, sz, trusted, pos, acct, *args, 0, actions, fills)
                 decision = execute(action, book=book, portfolio=portfolio, market="M", fees=fees)
                 assert decision.fill == fill
                 assert_same_decision(fills[0], decision, action)
@@ -691,8 +678,8 @@ def test_an_action_id_outside_0_29_changes_nothing_and_is_reported() -> None:
     for actions, bad in (([5, 6, 30], 2), ([-1, 5, 5], 0), ([5, 29, 31], 2)):
         with pytest.raises(ValueError):
             decode(actions[bad])  # the reference refuses the id outright
-        args = (px, sz, trusted, 0, np.array(actions), pos, acct, sizes, fee_nums, fee_dens)
-        assert kernel.execute_all(*args, limits, fills) == bad
+        args = (px, sz, trusted, pos, acct, sizes, fee_nums, fee_dens, limits)
+        assert kernel.execute_all(*args, 0, np.array(actions), fills) == bad
         assert not pos.any() and acct.tolist() == [1_000 * DOLLAR_E6, 0, 0, 0, 0]
         assert not fills.any()
 
@@ -805,20 +792,8 @@ def test_at_the_edge_of_the_bound_check_the_kernel_still_equals_the_reference() 
     script = [(5, 19), (12, 21), (19, 5), (29, 16), (6, 29), (8, 18)]  # buys, sells, netting
     traded = Counter()
     for t, actions in enumerate(script):
-        kernel.execute_all(
-            px,
-            sz,
-            trusted,
-            t,
-            np.array(actions),
-            pos,
-            acct,
-            sizes,
-            fee_nums,
-            fee_dens,
-            limits_arr,
-            fills,
-        )
+        rules = (sizes, fee_nums, fee_dens, limits_arr)
+        kernel.execute_all(px, sz, trusted, pos, acct, *rules, t, np.array(actions), fills)
         for j, a in enumerate(actions):
             book = book_at(px, sz, t, j)
             decision = execute(
