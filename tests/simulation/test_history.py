@@ -103,7 +103,9 @@ async def record(exchange, sink, min_deltas: int) -> KalshiClient:
         await exchange.pause()
         await exchange.flush()
         await wait_for(lambda: all(client.is_trusted(m) for m in exchange.tickers()))
-        await asyncio.sleep(0.2)
+        # Quiet time before the disconnect, so the last data row and the disconnect marker
+        # are ticks apart (a fault-injected reconnect may still land a snapshot in here).
+        await asyncio.sleep(0.6)
         client.stop()
         await asyncio.wait_for(task, 10)
         return client
