@@ -32,6 +32,8 @@ import numpy as np
 from apps.marketdata.book import BookError, OrderBook
 from apps.simulation import replay
 
+# The per-tick arrays of a RecordedHistory (the builder keeps the same names while it works).
+ARRAY_FIELDS = ("times_ns", "yes_px", "yes_sz", "no_px", "no_sz", "trusted", "updates")
 HISTORY_FORMAT_VERSION = 2  # 2: compiled replay (out-of-range delta prices untrust)
 DEFAULT_LEVELS = 10
 
@@ -75,19 +77,12 @@ class RecordedHistory:
     def n_levels(self) -> int:
         return int(self.yes_px.shape[2])
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The per-tick arrays by name (``ARRAY_FIELDS`` order)."""
+        return {name: getattr(self, name) for name in ARRAY_FIELDS}
+
     def nbytes(self) -> int:
-        return sum(
-            a.nbytes
-            for a in (
-                self.times_ns,
-                self.yes_px,
-                self.yes_sz,
-                self.no_px,
-                self.no_sz,
-                self.trusted,
-                self.updates,
-            )
-        )
+        return sum(a.nbytes for a in self.arrays().values())
 
     def quality_report(self) -> dict[str, dict[str, int]]:
         return {m: q.as_dict() for m, q in self.quality.items()}
@@ -97,13 +92,7 @@ class RecordedHistory:
         tmp = path.with_suffix(".tmp.npz")
         np.savez(
             tmp,
-            times_ns=self.times_ns,
-            yes_px=self.yes_px,
-            yes_sz=self.yes_sz,
-            no_px=self.no_px,
-            no_sz=self.no_sz,
-            trusted=self.trusted,
-            updates=self.updates,
+            **self.arrays(),
             meta=np.array(
                 json.dumps(
                     {
@@ -123,13 +112,7 @@ class RecordedHistory:
             meta = json.loads(str(data["meta"]))
             return cls(
                 markets=meta["markets"],
-                times_ns=data["times_ns"],
-                yes_px=data["yes_px"],
-                yes_sz=data["yes_sz"],
-                no_px=data["no_px"],
-                no_sz=data["no_sz"],
-                trusted=data["trusted"],
-                updates=data["updates"],
+                **{name: data[name] for name in ARRAY_FIELDS},
                 quality={m: MarketQuality(**q) for m, q in meta["quality"].items()},
                 step_ns=meta["step_ns"],
             )
@@ -140,13 +123,7 @@ class RecordedHistory:
         hi = int(np.searchsorted(self.times_ns, end_ns, side="left"))
         return RecordedHistory(
             markets=self.markets,
-            times_ns=self.times_ns[lo:hi],
-            yes_px=self.yes_px[lo:hi],
-            yes_sz=self.yes_sz[lo:hi],
-            no_px=self.no_px[lo:hi],
-            no_sz=self.no_sz[lo:hi],
-            trusted=self.trusted[lo:hi],
-            updates=self.updates[lo:hi],
+            **{name: a[lo:hi] for name, a in self.arrays().items()},
             quality=self.quality,
             step_ns=self.step_ns,
         )
@@ -353,13 +330,7 @@ class HistoryBuilder:
         self._count_stale(quality)
         return RecordedHistory(
             markets=self.markets,
-            times_ns=self.times_ns,
-            yes_px=self.yes_px,
-            yes_sz=self.yes_sz,
-            no_px=self.no_px,
-            no_sz=self.no_sz,
-            trusted=self.trusted,
-            updates=self.updates,
+            **{name: getattr(self, name) for name in ARRAY_FIELDS},
             quality=quality,
             step_ns=self.step_ns,
         )
