@@ -629,10 +629,9 @@ def book_features(
 ) -> np.ndarray:
     """The book and history block of the per-market features (offsets 3–46), any batch shape.
 
-    Elementwise over the leading axes, so the env may compute it once for a whole recorded
-    history (shape (T, N_MARKETS, ...)) and pass rows to :func:`build_observation_batch` as
-    ``book_block``: the observation is bit-identical to computing it per step, also when the
-    block is stored as float32 (the final cast and clip commute).
+    Elementwise over the leading axes: :func:`static_features` calls it once for a whole
+    recorded history (shape (T, N_MARKETS, ...), the env) or per tick (the paper trader), and
+    both give the same bits.
 
     Args:
         px: (..., 2, BOOK_LEVELS) integer bid prices in $0.0001; [..., 0, :] YES, [..., 1, :] NO.
