@@ -717,7 +717,10 @@ def static_features(
     f[..., 0] = 1.0
     f[..., 1] = trusted
     f[..., 2] = is_open
-    seconds = np.fmax(seconds_to_close, 0.0)  # fmax also turns NaN into 0
+    # Past, unknown (NaN) and −0.0 all become +0.0. Not np.fmax: its SIMD and scalar loops
+    # disagree on the sign of fmax(−0.0, 0.0), so a per-history and a per-tick call could
+    # differ in the sign of a zero.
+    seconds = np.where(seconds_to_close > 0.0, seconds_to_close, 0.0)
     f[..., _C_TIME] = np.log1p(seconds) * (1.0 / TIME_TO_CLOSE_LOG_SCALE)
     f[..., _C_TIME + 1] = seconds * (1.0 / TIME_TO_CLOSE_NEAR_S)
     f *= np.asarray(present)[..., None]  # absent slots are all zeros

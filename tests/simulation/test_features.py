@@ -310,6 +310,23 @@ def test_observations_stay_in_bounds_and_match_on_both_paths(markets, portfolio)
         assert not obs[slot * 54 : (slot + 1) * 54].any()
 
 
+def test_static_features_give_the_same_bits_per_tick_and_per_history_for_signed_zeros() -> None:
+    # −0.0 seconds to close (and NaN, and the past) must come out as the same +0.0 whether
+    # the row is computed alone (paper trader) or inside a long history (env precompute).
+    batch = MarketBatch.empty()
+    batch.present[:] = True
+    batch.trusted[:] = True
+    batch.seconds_to_close[:] = [-0.0, 0.0, -0.0, np.nan, -5.0, -0.0, 3.0, -0.0, -0.0, 1e-9]
+    fields = ("px", "sz", "history", "trusted", "present", "is_open", "seconds_to_close")
+    alone = static_features(*(getattr(batch, f) for f in fields))
+    for ticks in (1, 3, 7, 64):
+        rows = static_features(*(np.stack([getattr(batch, f)] * ticks) for f in fields))
+        for row in rows:
+            assert row.tobytes() == alone.tobytes(), ticks
+    time_log = alone[:, features._C_TIME]
+    assert not np.signbit(time_log[[0, 1, 2, 3, 4, 5, 7, 8]]).any()
+
+
 def test_book_features_over_a_whole_history_equal_per_step_rows() -> None:
     rng = np.random.default_rng(7)
     steps = 40
