@@ -62,7 +62,7 @@ def register_and_promote(markets: list[str], var_dir: Path, *, step_s: float) ->
     from apps.simulation.env import EnvConfig, KalshiTradingEnv
     from apps.simulation.synthetic import synthetic_history
     from apps.training import services
-    from apps.training.artifacts import sha256_of
+    from apps.training.artifacts import save_artifact
     from apps.training.models import ModelStatus, RLModel
     from apps.training.spec import RunSpec
 
@@ -71,7 +71,8 @@ def register_and_promote(markets: list[str], var_dir: Path, *, step_s: float) ->
     )
     path = var_dir / "models" / "bench" / "model.zip"
     path.parent.mkdir(parents=True, exist_ok=True)
-    PPO("MlpPolicy", env, seed=0, device="cpu").save(path)
+    policy = PPO("MlpPolicy", env, seed=0, device="cpu").policy
+    sha256 = save_artifact(policy, path, algorithm="PPO")
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     spec = RunSpec(
         name="bench",
@@ -91,7 +92,7 @@ def register_and_promote(markets: list[str], var_dir: Path, *, step_s: float) ->
         hyperparameters={"_spec": spec.as_json()},
         markets=markets,
         artifact_path=str(path),
-        artifact_sha256=sha256_of(path),
+        artifact_sha256=sha256,
     )
     services.promote_model(model=row)
     return row.name

@@ -24,7 +24,8 @@ and the registry checks, model loads, heartbeats and the episode row run in work
 
 **Hot reload.** Every ``RL_PAPER_RELOAD_CHECK_S`` a worker thread asks the registry for the
 model's active version. A different version (a promotion or a rollback) is loaded there with
-:func:`~apps.training.artifacts.load_verified` (sha256 checked) and checked against the
+:func:`~apps.training.services.load_policy` (inside ``MODEL_DIR``, sha256 checked, rebuilt
+from the run spec with only tensors read from the file) and checked against the
 markets and spaces being traded; the loop swaps it in between two decisions. A version that
 fails is reported in status and not retried until the registry row changes; the old model
 keeps trading.
@@ -114,8 +115,7 @@ def load_model(row: Any, *, expect_markets: tuple[str, ...] | None = None) -> Lo
         PaperError: the version cannot be traded here (the message says why).
         ArtifactError: the artifact is missing or changed since it was registered.
     """
-    from apps.training.artifacts import load_verified
-    from apps.training.services import spec_of
+    from apps.training.services import load_policy, spec_of
 
     markets = tuple(row.markets)
     if not 1 <= len(markets) <= 10:
@@ -136,9 +136,7 @@ def load_model(row: Any, *, expect_markets: tuple[str, ...] | None = None) -> Lo
         spec = spec_of(row)
     except (KeyError, TypeError, ValueError) as exc:
         raise PaperError(f"{row} has no readable run spec: {exc}") from None
-    policy = load_verified(
-        path=row.artifact_path, sha256=row.artifact_sha256, algorithm=row.algorithm
-    )
+    policy = load_policy(row)  # inside MODEL_DIR, sha256 checked, nothing unpickled
     shape = getattr(policy.observation_space, "shape", None)
     nvec = getattr(policy.action_space, "nvec", None)
     if shape != (N_FEATURES,) or nvec is None or list(nvec) != [ACTIONS_PER_MARKET] * len(markets):

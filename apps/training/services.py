@@ -16,7 +16,7 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from apps.training.artifacts import ArtifactError, sha256_of
+from apps.training.artifacts import ArtifactError, load_verified
 from apps.training.models import ModelStatus, RLModel
 from apps.training.selectors import running_training_count
 from apps.training.spec import RunSpec, SpecError, validate_spec
@@ -55,6 +55,15 @@ def start_training_run(*, spec: RunSpec, enqueue: bool = True) -> RLModel:
         parent = RLModel.objects.filter(name=spec.name, version=spec.parent_version).first()
         if parent is None or not parent.artifact_sha256:
             raise RegistryError(f"{spec.name} v{spec.parent_version} has no trained artifact")
+        if parent.algorithm != spec.algorithm or list(parent.markets) != list(spec.markets):
+            raise RegistryError(
+                f"{parent} is a {parent.algorithm} policy for {parent.markets}: fine-tuning "
+                "keeps the parent's algorithm and markets"
+            )
+        try:
+            load_policy(parent)  # refused now rather than in the worker (checked there again)
+        except ArtifactError as exc:
+            raise RegistryError(f"cannot fine-tune from {parent}: {exc}") from None
     # Lock this name's rows so two starts cannot take the same version number.
     list(RLModel.objects.select_for_update().filter(name=spec.name).values_list("id"))
     version = (RLModel.objects.filter(name=spec.name).aggregate(v=Max("version"))["v"] or 0) + 1
@@ -182,12 +191,30 @@ def cleanup_models(*, name: str, keep_last: int) -> list[int]:
     return deleted
 
 
+def load_policy(model: RLModel) -> Any:
+    """The verified policy of a registry version: its artifact must lie inside ``MODEL_DIR``
+    and have the recorded sha256, and it is rebuilt from the row's algorithm and markets
+    with only tensors read from the file (see :mod:`apps.training.artifacts`).
+
+    Raises :class:`ArtifactError` with the reason otherwise.
+    """
+    return load_verified(
+        path=model.artifact_path,
+        sha256=model.artifact_sha256,
+        algorithm=model.algorithm,
+        n_markets=len(model.markets),
+        root=settings.MODEL_DIR,
+    )
+
+
 def _check_artifact(model: RLModel) -> None:
-    path = Path(model.artifact_path)
-    if not model.artifact_sha256 or not path.is_file():
+    """Promotion and rollback load the artifact exactly as the paper trader will."""
+    if not model.artifact_sha256 or not model.artifact_path:
         raise RegistryError(f"{model} has no artifact on disk")
-    if sha256_of(path) != model.artifact_sha256:
-        raise ArtifactError(f"{model}: the artifact's sha256 no longer matches the registry")
+    try:
+        load_policy(model)
+    except ArtifactError as exc:
+        raise ArtifactError(f"{model}: {exc}") from None
 
 
 __all__ = [
@@ -196,6 +223,7 @@ __all__ = [
     "SpecError",
     "cancel_training_run",
     "cleanup_models",
+    "load_policy",
     "promote_model",
     "retire_model",
     "rollback_model",

@@ -17,7 +17,7 @@ from django.utils import timezone
 from apps.simulation.history import RecordedHistory
 from apps.simulation.loader import load
 from apps.training.models import EpisodeMode, ModelStatus, RLModel, TradingEpisode
-from apps.training.services import artifact_dir, spec_of
+from apps.training.services import artifact_dir, load_policy, spec_of
 from apps.training.trainer import TrainingCancelled, train_and_evaluate
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,11 @@ def train_model_task(model_id: int) -> dict[str, Any]:
     spec = spec_of(model)
     out_dir = artifact_dir(name=model.name, version=model.version)
     try:
+        # The parent's artifact is checked again here (it may have changed since queueing),
+        # first, before any history is loaded.
+        if spec.parent_version is not None and model.parent is None:
+            raise ValueError(f"the parent version v{spec.parent_version} no longer exists")
+        parent = load_policy(model.parent) if model.parent else None
         train_history = load(
             spec.markets, spec.train_start, spec.train_end, step_s=spec.step_s, progress=False
         )
@@ -64,7 +69,6 @@ def train_model_task(model_id: int) -> dict[str, Any]:
         )
         _require_data(train_history, "training")
         _require_data(eval_history, "evaluation")
-        parent = Path(model.parent.artifact_path) if model.parent else None
         outcome = train_and_evaluate(
             spec,
             train_history=train_history,
@@ -73,7 +77,7 @@ def train_model_task(model_id: int) -> dict[str, Any]:
             tensorboard_dir=Path(settings.VAR_DIR) / "tensorboard",
             on_progress=lambda p: _set_progress(model_id, p),
             should_stop=lambda: _cancelled(model_id),
-            parent_artifact=parent,
+            parent_policy=parent,
         )
     except TrainingCancelled:
         shutil.rmtree(out_dir, ignore_errors=True)

@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.monitor import Monitor
 
 from apps.simulation.env import EnvConfig, KalshiTradingEnv
 from apps.simulation.history import RecordedHistory
-from apps.training.artifacts import algorithm_class, sha256_of
+from apps.training.artifacts import algorithm_class, load_verified, save_artifact
 from apps.training.evaluation import (
     EpisodeResult,
     evaluation_starts,
@@ -95,6 +95,37 @@ class ProgressCallback(BaseCallback):
         }
 
 
+class CheckpointCallback(BaseCallback):
+    """Every ``every`` timesteps, the policy as ``<folder>/step_<n>.zip`` in the artifact
+    format (tensors and a manifest: never SB3's pickled ``model.save``)."""
+
+    def __init__(self, *, every: int, folder: Path, algorithm: str) -> None:
+        super().__init__()
+        self.every = every
+        self.folder = folder
+        self.algorithm = algorithm
+
+    def _on_step(self) -> bool:
+        if self.n_calls % self.every == 0:
+            path = self.folder / f"step_{self.num_timesteps}.zip"
+            save_artifact(self.model.policy, path, algorithm=self.algorithm)
+        return True
+
+
+def new_model(
+    spec: RunSpec, env: Any, *, tensorboard_dir: Path, parent_policy: Any | None = None
+) -> Any:
+    """The algorithm for ``spec`` on ``env`` with this run's hyperparameters; when
+    fine-tuning, its policy starts from ``parent_policy``'s weights (a policy that
+    :func:`~apps.training.artifacts.load_verified` rebuilt: no SB3 ``.load()``)."""
+    cls = algorithm_class(spec.algorithm)
+    kwargs = {"seed": spec.seed, "verbose": 0, "tensorboard_log": str(tensorboard_dir)}
+    model = cls("MlpPolicy", env, device="cpu", **kwargs, **spec.hyperparameters)
+    if parent_policy is not None:
+        model.policy.load_state_dict(parent_policy.state_dict(), strict=True)
+    return model
+
+
 def make_env(history: RecordedHistory, spec: RunSpec, **config: Any) -> KalshiTradingEnv:
     return KalshiTradingEnv(history, config=EnvConfig(episode_steps=spec.episode_steps, **config))
 
@@ -108,20 +139,18 @@ def train_and_evaluate(
     tensorboard_dir: Path,
     on_progress: Callable[[dict[str, Any]], None],
     should_stop: Callable[[], bool],
-    parent_artifact: Path | None = None,
+    parent_policy: Any | None = None,
 ) -> TrainOutcome:
-    """Train ``spec`` on ``train_history``, save the artifact, evaluate on ``eval_history``."""
+    """Train ``spec`` on ``train_history``, save the artifact, evaluate on ``eval_history``.
+
+    ``parent_policy`` (fine-tuning) is a verified, loaded policy of the parent version."""
     torch.set_num_threads(1)  # determinism (and fairness on a shared 2-core machine)
     out_dir.mkdir(parents=True, exist_ok=True)
     env = Monitor(make_env(train_history, spec))
     env.reset(seed=spec.seed)
-    cls = algorithm_class(spec.algorithm)
-    kwargs = {"seed": spec.seed, "verbose": 0, "tensorboard_log": str(tensorboard_dir)}
-    if parent_artifact is not None:
-        # Fine-tuning: start from the parent's weights with this run's hyperparameters.
-        model = cls.load(parent_artifact, env=env, device="cpu", **kwargs, **spec.hyperparameters)
-    else:
-        model = cls("MlpPolicy", env, device="cpu", **kwargs, **spec.hyperparameters)
+    # Fine-tuning starts from the parent's weights with this run's hyperparameters (a fresh
+    # optimizer: the artifact holds the policy's tensors only).
+    model = new_model(spec, env, tensorboard_dir=tensorboard_dir, parent_policy=parent_policy)
     progress = ProgressCallback(
         total_timesteps=spec.total_timesteps, on_progress=on_progress, should_stop=should_stop
     )
@@ -129,25 +158,29 @@ def train_and_evaluate(
     if spec.checkpoint_every:
         callbacks.append(
             CheckpointCallback(
-                save_freq=spec.checkpoint_every,
-                save_path=str(out_dir / "checkpoints"),
-                name_prefix="step",
+                every=spec.checkpoint_every,
+                folder=out_dir / "checkpoints",
+                algorithm=spec.algorithm,
             )
         )
     model.learn(
         total_timesteps=spec.total_timesteps,
         callback=CallbackList(callbacks),
         tb_log_name=f"{spec.name}",
-        reset_num_timesteps=parent_artifact is None,
     )
     if progress.cancelled:
         raise TrainingCancelled("the run was cancelled")
     on_progress(progress.snapshot())
     artifact = out_dir / "model.zip"
-    model.save(artifact)
-    sha = sha256_of(artifact)
-    # Evaluate the saved artifact (not the in-memory model), as the paper trader will use it.
-    agent = cls.load(artifact, device="cpu")
+    sha = save_artifact(model.policy, artifact, algorithm=spec.algorithm)
+    # Evaluate the saved artifact (not the in-memory model), loaded as the paper trader will.
+    agent = load_verified(
+        path=artifact,
+        sha256=sha,
+        algorithm=spec.algorithm,
+        n_markets=len(spec.markets),
+        root=out_dir,
+    )
     eval_env = make_env(eval_history, spec)
     starts = evaluation_starts(eval_env, spec.eval_episodes)
     masked = spec.algorithm == "MaskablePPO"

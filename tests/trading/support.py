@@ -25,7 +25,7 @@ from apps.simulation.actions import ACTIONS_PER_MARKET
 from apps.simulation.env import EnvConfig, KalshiTradingEnv
 from apps.simulation.synthetic import synthetic_history
 from apps.trading.services import PaperResult, run_paper_trading
-from apps.training.artifacts import algorithm_class, sha256_of
+from apps.training.artifacts import algorithm_class, save_artifact
 from apps.training.models import ModelStatus, RLModel
 from apps.training.spec import RunSpec
 
@@ -67,7 +67,8 @@ def register(
     folder = Path(settings.MODEL_DIR) / name / f"v{version}"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "model.zip"
-    policy_model(len(markets), algorithm=algorithm, seed=seed, always=always).save(path)
+    model = policy_model(len(markets), algorithm=algorithm, seed=seed, always=always)
+    sha256 = save_artifact(model.policy, path, algorithm=algorithm)
     spec = RunSpec(
         name=name,
         algorithm=algorithm,
@@ -87,7 +88,7 @@ def register(
         hyperparameters={"_spec": spec.as_json()},
         markets=list(markets),
         artifact_path=str(path),
-        artifact_sha256=sha256_of(path),
+        artifact_sha256=sha256,
     )
 
 

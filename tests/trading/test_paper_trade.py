@@ -22,10 +22,12 @@ from apps.trading.models import TradingAction
 from apps.trading.risk import KILL_SWITCH, RiskSettings
 from apps.trading.services import PaperError, run_paper_trading
 from apps.training import services as registry
-from apps.training.models import TradingEpisode
+from apps.training.artifacts import sha256_of
+from apps.training.models import RLModel, TradingEpisode
 from kalshiflow_site.modes import LiveTradingRefused
 from tests.conftest import REPO_ROOT
-from tests.trading.support import TraderThread, dev_key_exchange, register
+from tests.trading.support import TraderThread, dev_key_exchange, policy_model, register
+from tests.training.artifact_support import SENTINEL_ENV, malicious_sb3_zip, pwned
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -140,6 +142,40 @@ def test_a_corrupted_artifact_is_refused_and_the_old_version_keeps_trading(trade
     assert any("v2 could not be loaded" in p and "still trading v1" in p for p in status.problems)
     assert status.counters["model"]["version"] == 1
     assert result.model_versions == [1] and len(result.reload_errors) == 1  # tried once
+    assert set(TradingAction.objects.values_list("model_version", flat=True)) == {1}
+
+
+def test_a_pickle_payload_behind_a_matching_sha256_never_runs_and_v1_keeps_trading(
+    trader, tmp_path, monkeypatch
+) -> None:
+    # An attacker who can write both the shared volume and the registry row: the sha256
+    # matches the swapped file, so only the loader itself stands between the pickle and us.
+    monkeypatch.delenv(SENTINEL_ENV, raising=False)
+    sentinel = tmp_path / "pwned.txt"
+    exchange = dev_key_exchange(markets=2, rate=300)
+    with ExchangeThread(exchange) as url:
+        markets = exchange.tickers()
+        v1 = register(markets, always=HOLD)
+        v2 = register(markets, always=BUY_1_YES)
+        registry.promote_model(model=v1)
+        running = trader(url)
+        wait_until(lambda: TradingAction.objects.count() >= 20)
+        with transaction.atomic():
+            registry.promote_model(model=v2)
+            path = Path(v2.artifact_path)
+            malicious_sb3_zip(policy_model(len(markets)), path, sentinel)
+            RLModel.objects.filter(pk=v2.pk).update(artifact_sha256=sha256_of(path))
+        wait_until(lambda: paper_status().counters.get("reload_errors"))
+        status = paper_status()
+        before = TradingAction.objects.count()
+        wait_until(lambda: TradingAction.objects.count() >= before + 20)
+        result = running.stop()
+
+    assert not pwned(sentinel)
+    (error,) = status.counters["reload_errors"]
+    assert error["version"] == 2 and "Stable-Baselines3 model.zip is refused" in error["error"]
+    assert status.counters["model"]["version"] == 1
+    assert result.model_versions == [1] and len(result.reload_errors) == 1
     assert set(TradingAction.objects.values_list("model_version", flat=True)) == {1}
 
 

@@ -23,8 +23,8 @@ from apps.simulation.history import MarketQuality, RecordedHistory
 from apps.trading.models import TradingAction
 from apps.trading.risk import RiskSettings
 from apps.training import services as registry
-from apps.training.artifacts import load_verified
 from apps.training.models import ModelStatus
+from apps.training.services import load_policy
 from apps.training.tasks import train_model_task
 from tests.trading.support import TraderThread, dev_key_exchange
 from tests.training.conftest import record_history, small_spec
@@ -96,9 +96,7 @@ def test_a_replayed_recording_gives_the_env_and_the_trader_identical_decisions(a
     assert history.trusted.all()
     assert (np.diff(history.yes_px[:, :, 0], axis=0) != 0).any()  # the books moved
     env = KalshiTradingEnv(history, config=EnvConfig(episode_steps=EPISODE_STEPS))
-    agent = load_verified(
-        path=model.artifact_path, sha256=model.artifact_sha256, algorithm=algorithm
-    )
+    agent = load_policy(model)
     obs, _ = env.reset(options={"start_tick": 0})
     fills = 0
     for k in range(EPISODE_STEPS + 1):

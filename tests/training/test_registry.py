@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from apps.training import services
-from apps.training.artifacts import ArtifactError, load_verified
+from apps.training.artifacts import ArtifactError
 from apps.training.models import ModelStatus, RLModel, TradingEpisode
 from apps.training.selectors import active_model_for, model_history
 from apps.training.spec import RunSpec
@@ -31,9 +31,7 @@ def trained(markets: list[str], **overrides) -> RLModel:
 def test_a_run_leaves_a_verified_artifact_episodes_and_metrics(recorded_markets) -> None:
     model = trained(recorded_markets)
     assert Path(model.artifact_path).is_file()
-    agent = load_verified(
-        path=model.artifact_path, sha256=model.artifact_sha256, algorithm=model.algorithm
-    )
+    agent = services.load_policy(model)
     action, _ = agent.predict(np.zeros(545, dtype=np.float32), deterministic=True)
     assert action.shape == (len(recorded_markets),)
     episodes = TradingEpisode.objects.filter(model=model, mode="evaluation")
@@ -68,9 +66,7 @@ def test_a_corrupted_artifact_is_refused_everywhere(recorded_markets) -> None:
     with Path(model.artifact_path).open("ab") as handle:
         handle.write(b"tampered")
     with pytest.raises(ArtifactError, match="refusing to load"):
-        load_verified(
-            path=model.artifact_path, sha256=model.artifact_sha256, algorithm=model.algorithm
-        )
+        services.load_policy(model)
     with pytest.raises(ArtifactError):
         services.promote_model(model=model)
     assert RLModel.objects.get(pk=model.pk).status == ModelStatus.READY
