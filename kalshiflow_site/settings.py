@@ -170,6 +170,8 @@ RL_HEARTBEAT_STALE_S = env_float("RL_HEARTBEAT_STALE_S", 15.0, minimum=1.0)
 
 MODEL_DIR = Path(env_str("MODEL_DIR", str(VAR_DIR / "models")))
 RL_TRAINING_MAX_CONCURRENT = env_int("RL_TRAINING_MAX_CONCURRENT", 1, minimum=1)
+# A run whose estimated arrays (histories, envs, rollout buffer) exceed this is refused.
+RL_TRAINING_MEMORY_BUDGET_MB = env_int("RL_TRAINING_MEMORY_BUDGET_MB", 8192, minimum=64)
 # Promotion gate: the minimum held-out Sharpe a model needs to be promoted (unset = no gate).
 _min_sharpe = env_str("RL_PROMOTION_MIN_SHARPE", "")
 RL_PROMOTION_MIN_SHARPE = float(_min_sharpe) if _min_sharpe else None

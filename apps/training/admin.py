@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 
 from django import forms
@@ -16,7 +15,7 @@ from django.utils.html import format_html
 from apps.training import selectors, services
 from apps.training.artifacts import ArtifactError
 from apps.training.models import RLModel, TradingEpisode
-from apps.training.spec import ALGORITHMS, RunSpec, SpecError
+from apps.training.spec import ALGORITHMS, RunSpec, SpecError, parse_json, validate_spec
 
 
 def episode_plot_img(episode: TradingEpisode, *, width_px: int) -> str:
@@ -59,6 +58,14 @@ class TradingEpisodeInline(admin.TabularInline):
         return episode_plot_img(obj, width_px=300)
 
 
+def add_spec_errors(form: forms.Form, exc: SpecError) -> None:
+    """Show each of the validator's problems next to its field (the rest above the form)."""
+    for key, problems in exc.errors.items():
+        field = key if key in form.fields else None
+        for problem in problems:
+            form.add_error(field, problem)
+
+
 class TrainingRunForm(forms.Form):
     """Validated fields for a run; the spec validation runs again in the service."""
 
@@ -88,12 +95,22 @@ class TrainingRunForm(forms.Form):
     def clean_hyperparameters(self) -> dict:
         raw = self.cleaned_data.get("hyperparameters") or "{}"
         try:
-            value = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise forms.ValidationError(f"not valid JSON: {exc.msg}") from None
+            value = parse_json(raw)  # bounded: size, nesting, finite numbers only
+        except ValueError as exc:
+            raise forms.ValidationError(str(exc)) from None
         if not isinstance(value, dict):
             raise forms.ValidationError("must be a JSON object")
         return value
+
+    def clean(self) -> dict:
+        """The spec validator (bounds, types, memory budget) runs here, per field."""
+        data = super().clean()
+        if not self.errors:
+            try:
+                validate_spec(self.spec(), memory_budget_bytes=services.memory_budget_bytes())
+            except SpecError as exc:
+                add_spec_errors(self, exc)
+        return data
 
     def clean_markets(self) -> list[str]:
         return [m.strip().upper() for m in self.cleaned_data["markets"].split(",") if m.strip()]
@@ -215,7 +232,9 @@ class RLModelAdmin(admin.ModelAdmin):
             if form.is_valid():
                 try:
                     model = services.start_training_run(spec=form.spec())
-                except (SpecError, services.RegistryError) as exc:
+                except SpecError as exc:
+                    add_spec_errors(form, exc)
+                except services.RegistryError as exc:
                     form.add_error(None, str(exc))
                 else:
                     self.message_user(request, f"queued {model}", messages.SUCCESS)

@@ -188,9 +188,13 @@ def read_verified(path: str | Path, *, sha256: str, root: str | Path) -> bytes:
     if not sha256:
         raise ArtifactError(f"artifact {path} has no recorded sha256: refusing to load it")
     with real.open("rb") as handle:
-        data = handle.read(MAX_ARTIFACT_BYTES + 1)
-    if len(data) > MAX_ARTIFACT_BYTES:
-        raise ArtifactError(f"artifact {path} is larger than {MAX_ARTIFACT_BYTES} bytes")
+        size = os.fstat(handle.fileno()).st_size
+        if size > MAX_ARTIFACT_BYTES:
+            raise ArtifactError(f"artifact {path} is larger than {MAX_ARTIFACT_BYTES} bytes")
+        # read(n) allocates n bytes up front: ask for the file's size (+1 to see growth).
+        data = handle.read(size + 1)
+    if len(data) != size:
+        raise ArtifactError(f"artifact {path} changed size while it was read")
     actual = hashlib.sha256(data).hexdigest()
     if not hmac.compare_digest(actual, sha256.lower()):
         raise ArtifactError(

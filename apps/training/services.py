@@ -36,14 +36,20 @@ def artifact_dir(*, name: str, version: int) -> Path:
     return Path(settings.MODEL_DIR) / name / f"v{version}"
 
 
+def memory_budget_bytes() -> int:
+    """``RL_TRAINING_MEMORY_BUDGET_MB`` in bytes: the most a run's arrays may take."""
+    return int(settings.RL_TRAINING_MEMORY_BUDGET_MB) * 2**20
+
+
 @transaction.atomic
 def start_training_run(*, spec: RunSpec, enqueue: bool = True) -> RLModel:
     """Validate ``spec``, create the model row (status training) and queue the Celery task.
 
-    Raises :class:`SpecError` before anything is written when the spec is invalid, and
+    Raises :class:`SpecError` before anything is written when the spec is invalid (bounds,
+    types, or an estimated memory over ``RL_TRAINING_MEMORY_BUDGET_MB``), and
     :class:`RegistryError` when the concurrency limit is reached or the parent is missing.
     """
-    validate_spec(spec)
+    validate_spec(spec, memory_budget_bytes=memory_budget_bytes())
     limit = settings.RL_TRAINING_MAX_CONCURRENT
     if running_training_count() >= limit:
         raise RegistryError(

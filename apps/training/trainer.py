@@ -7,6 +7,7 @@ policy, and the paper trader feeds it the very same features.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,37 +46,67 @@ class TrainOutcome:
     baseline_episodes: dict[str, list[EpisodeResult]]
 
 
+class CancelCheck:
+    """``should_stop()`` asked at most every ``every_s`` (it reads the database); once it
+    said yes, the answer stays yes."""
+
+    def __init__(self, should_stop: Callable[[], bool], *, every_s: float = 2.0) -> None:
+        self.should_stop = should_stop
+        self.every_s = every_s
+        self._last = -math.inf
+        self.cancelled = False
+
+    def __call__(self) -> bool:
+        if not self.cancelled:
+            now = time.monotonic()
+            if now - self._last >= self.every_s:
+                self._last = now
+                self.cancelled = bool(self.should_stop())
+        return self.cancelled
+
+    def watch_optimizer(self, optimizer: torch.optim.Optimizer) -> Any:
+        """Check before every optimiser step too: SB3's ``train()`` runs all its epochs and
+        minibatches without calling back, so a rollout-only check would let a cancelled run
+        finish every epoch first. The hook raises :class:`TrainingCancelled` out of
+        ``learn()``; returns the hook's handle."""
+
+        def hook(_optimizer: torch.optim.Optimizer, _args: Any, _kwargs: Any) -> None:
+            if self():
+                raise TrainingCancelled("the run was cancelled during optimisation")
+
+        return optimizer.register_step_pre_hook(hook)
+
+
 class ProgressCallback(BaseCallback):
     """Reports timesteps, fps, mean episode reward and losses at most every ``every_s`` and
-    stops training when ``should_stop()`` says so (checked at the same cadence)."""
+    stops the rollout when ``cancel()`` says so."""
 
     def __init__(
         self,
         *,
         total_timesteps: int,
         on_progress: Callable[[dict[str, Any]], None],
-        should_stop: Callable[[], bool],
+        cancel: CancelCheck,
         every_s: float = 2.0,
     ) -> None:
         super().__init__()
         self.total = total_timesteps
         self.on_progress = on_progress
-        self.should_stop = should_stop
+        self.cancel = cancel
         self.every_s = every_s
         self._last = 0.0
         self._started = time.monotonic()
-        self.cancelled = False
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel.cancelled
 
     def _on_step(self) -> bool:
         now = time.monotonic()
-        if now - self._last < self.every_s:
-            return True
-        self._last = now
-        self.on_progress(self.snapshot())
-        if self.should_stop():
-            self.cancelled = True
-            return False
-        return True
+        if now - self._last >= self.every_s:
+            self._last = now
+            self.on_progress(self.snapshot())
+        return not self.cancel()
 
     def snapshot(self) -> dict[str, Any]:
         elapsed = max(time.monotonic() - self._started, 1e-9)
@@ -140,10 +171,13 @@ def train_and_evaluate(
     on_progress: Callable[[dict[str, Any]], None],
     should_stop: Callable[[], bool],
     parent_policy: Any | None = None,
+    check_every_s: float = 2.0,
 ) -> TrainOutcome:
     """Train ``spec`` on ``train_history``, save the artifact, evaluate on ``eval_history``.
 
-    ``parent_policy`` (fine-tuning) is a verified, loaded policy of the parent version."""
+    ``parent_policy`` (fine-tuning) is a verified, loaded policy of the parent version.
+    ``should_stop`` is asked at most every ``check_every_s`` during rollouts and between
+    optimisation steps; when it says yes, :class:`TrainingCancelled` is raised."""
     torch.set_num_threads(1)  # determinism (and fairness on a shared 2-core machine)
     out_dir.mkdir(parents=True, exist_ok=True)
     env = Monitor(make_env(train_history, spec))
@@ -151,8 +185,10 @@ def train_and_evaluate(
     # Fine-tuning starts from the parent's weights with this run's hyperparameters (a fresh
     # optimizer: the artifact holds the policy's tensors only).
     model = new_model(spec, env, tensorboard_dir=tensorboard_dir, parent_policy=parent_policy)
+    cancel = CancelCheck(should_stop, every_s=check_every_s)
+    cancel.watch_optimizer(model.policy.optimizer)
     progress = ProgressCallback(
-        total_timesteps=spec.total_timesteps, on_progress=on_progress, should_stop=should_stop
+        total_timesteps=spec.total_timesteps, on_progress=on_progress, cancel=cancel
     )
     callbacks: list[BaseCallback] = [progress]
     if spec.checkpoint_every:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import argparse
 import threading
 import time
 from datetime import datetime
@@ -12,14 +12,45 @@ from tqdm import tqdm
 
 from apps.training import selectors, services
 from apps.training.models import ModelStatus, RLModel
-from apps.training.spec import RunSpec, SpecError
+from apps.training.spec import RunSpec, SpecError, parse_json
 
 
 def _hp(value: str) -> tuple[str, object]:
     key, sep, raw = value.partition("=")
     if not sep:
-        raise ValueError(f"--hp takes key=value, got {value!r}")
-    return key, json.loads(raw)
+        raise argparse.ArgumentTypeError(f"--hp takes key=value, got {value[:60]!r}")
+    try:
+        return key, parse_json(raw)  # bounded: size, nesting, finite numbers only
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"--hp {key[:40]}: {exc}") from None
+
+
+# The flag of each RunSpec field, to name it in an error.
+FLAGS = {
+    "name": "--name",
+    "algorithm": "--algorithm",
+    "markets": "--markets",
+    "train_start": "--train-start",
+    "train_end": "--train-end",
+    "eval_start": "--eval-start",
+    "eval_end": "--eval-end",
+    "total_timesteps": "--timesteps",
+    "hyperparameters": "--hp",
+    "seed": "--seed",
+    "step_s": "--step-s",
+    "episode_steps": "--episode-steps",
+    "eval_episodes": "--eval-episodes",
+    "parent_version": "--parent-version",
+}
+
+
+def spec_problems(exc: SpecError) -> str:
+    """One line per problem, each led by the flag to change."""
+    lines = []
+    for key, messages in exc.errors.items():
+        flag = FLAGS.get(key)
+        lines += [f"{flag}: {m}" if flag else m for m in messages]
+    return "the run was not queued:\n  " + "\n  ".join(lines)
 
 
 class Command(BaseCommand):
@@ -79,8 +110,10 @@ class Command(BaseCommand):
             model = services.start_training_run(spec=spec)
         except (SpecError, services.RegistryError) as exc:
             stop.set()
+            watcher.join(5)
             bar.close()
-            raise CommandError(str(exc)) from None
+            message = spec_problems(exc) if isinstance(exc, SpecError) else str(exc)
+            raise CommandError(message) from None
         holder["model"] = model
         if opts["no_wait"]:
             stop.set()
