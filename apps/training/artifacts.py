@@ -29,6 +29,7 @@ import io
 import json
 import os
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -225,6 +226,19 @@ def load_verified(
         state = _read_tensors(data, policy=policy, algorithm=algorithm)
     except ArtifactError as exc:
         raise ArtifactError(f"artifact {path}: {exc}") from None
+    except (
+        zipfile.BadZipFile,  # also a member whose CRC does not match
+        zlib.error,
+        EOFError,
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        OverflowError,
+        NotImplementedError,  # an unsupported compression method
+    ) as exc:
+        raise ArtifactError(f"artifact {path} is damaged: {type(exc).__name__}: {exc}") from None
     import torch
 
     policy.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)

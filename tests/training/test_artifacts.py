@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from apps.simulation.env import EnvConfig, KalshiTradingEnv
 from apps.simulation.synthetic import synthetic_history
@@ -202,3 +204,36 @@ def test_an_artifact_outside_the_root_is_refused_even_with_a_matching_sha256(env
     inside.write_bytes(outside.read_bytes())
     load(inside, sha, root)
     load(Path("m/v1/model.zip"), sha, root)
+
+
+@pytest.fixture(scope="module")
+def artifact_bytes(env, tmp_path_factory) -> bytes:
+    path = tmp_path_factory.mktemp("fuzz") / "model.zip"
+    save_artifact(trained(env, "PPO").policy, path, algorithm="PPO")
+    return path.read_bytes()
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    flips=st.lists(st.tuples(st.integers(min_value=0), st.integers(0, 255)), max_size=8),
+    cut=st.none() | st.integers(min_value=0),
+)
+def test_a_damaged_artifact_only_ever_gives_an_artifact_error(
+    artifact_bytes, tmp_path, flips, cut
+) -> None:
+    """Whatever bytes an attacker or a bad disk leaves (with a matching sha256), loading
+    returns a policy or raises ArtifactError: no other exception reaches the caller."""
+    data = bytearray(artifact_bytes)
+    for position, value in flips:
+        data[position % len(data)] = value
+    if cut is not None:
+        data = data[: cut % len(data)]
+    path = tmp_path / "model.zip"
+    path.write_bytes(bytes(data))
+    try:
+        policy = load(path, hashlib.sha256(data).hexdigest(), tmp_path)
+    except ArtifactError:
+        return
+    assert policy.action_space.nvec.tolist() == [30] * MARKETS

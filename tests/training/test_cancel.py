@@ -104,3 +104,40 @@ def test_the_check_is_throttled(tmp_path) -> None:
     )
     elapsed = time.monotonic() - started
     assert 1 <= len(asked) <= 1 + elapsed / 2.0
+
+
+def test_checkpoints_are_artifacts_the_verified_loader_reads(tmp_path) -> None:
+    from apps.training.artifacts import load_verified, sha256_of
+
+    history = synthetic_history(markets=2, ticks=300, step_s=0.05)
+    spec = RunSpec(
+        name="checkpoints",
+        algorithm="MaskablePPO",
+        markets=list(history.markets),
+        train_start=T0,
+        train_end=T0 + timedelta(seconds=15),
+        eval_start=T0 + timedelta(seconds=15),
+        eval_end=T0 + timedelta(seconds=30),
+        total_timesteps=128,
+        hyperparameters={"n_steps": 64, "batch_size": 64, "n_epochs": 1},
+        step_s=0.05,
+        episode_steps=20,
+        eval_episodes=1,
+        checkpoint_every=64,
+    )
+    train_and_evaluate(
+        spec,
+        train_history=history,
+        eval_history=history,
+        out_dir=tmp_path / "out",
+        tensorboard_dir=tmp_path / "tb",
+        on_progress=lambda _: None,
+        should_stop=lambda: False,
+    )
+    saved = sorted((tmp_path / "out" / "checkpoints").glob("*.zip"))
+    assert [p.name for p in saved] == ["step_128.zip", "step_64.zip"]
+    for path in saved:
+        policy = load_verified(
+            path=path, sha256=sha256_of(path), algorithm="MaskablePPO", n_markets=2, root=tmp_path
+        )
+        assert policy.action_space.nvec.tolist() == [30, 30]
