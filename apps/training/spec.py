@@ -373,9 +373,10 @@ def history_bytes(ticks: int, markets: int, levels: int) -> int:
 
 def history_load_overhead_bytes(ticks: int, markets: int, levels: int) -> int:
     """What :class:`~apps.simulation.history.HistoryBuilder` holds beside the history while
-    it finishes: ``_sampled`` (bool), the forward-fill row index (int64), one re-indexed
-    int64 ladder at a time, and the int64 cumsum of the trust rule."""
-    return ticks * markets * (1 + 8 + levels * 8 + 8)
+    it finishes, per tick and market: ``_sampled`` (bool), the forward-fill row index and its
+    ``np.where`` source (int64 each), one re-indexed int64 ladder at a time, the int64 cumsum
+    of the trust rule and its two bool comparisons."""
+    return ticks * markets * (1 + 8 + 8 + levels * 8 + 8 + 2)
 
 
 _PRECOMPUTE_CHUNK_ROWS = 4096  # KalshiTradingEnv._precompute works in slices of this many
