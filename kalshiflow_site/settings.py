@@ -5,11 +5,13 @@ No DATABASE_URL -> SQLite under var/. No REDIS_URL -> in-memory channel layer an
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from apps.marketdata.kalshi.signer import SignerError, check_key_id
 from kalshiflow_site.env import env_bool, env_float, env_int, env_secret, env_str
 from kalshiflow_site.modes import LiveTradingRefused, validate_mode
 
@@ -149,6 +151,15 @@ CELERY_ACCEPT_CONTENT = ["json"]
 
 # Kalshi credentials: read here, handed to the signer, never logged or stored.
 KALSHI_API_KEY_ID = env_secret("KALSHI_API_KEY_ID")
+# Where the key id came from, so that an authentication failure can say which setting to fix.
+KALSHI_API_KEY_ID_SOURCE = next(
+    (name for name in ("KALSHI_API_KEY_ID", "KALSHI_API_KEY_ID_FILE") if os.environ.get(name)), ""
+)
+if KALSHI_API_KEY_ID:
+    try:
+        check_key_id(KALSHI_API_KEY_ID)
+    except SignerError as exc:
+        raise ImproperlyConfigured(f"{KALSHI_API_KEY_ID_SOURCE}: {exc}") from None
 KALSHI_PRIVATE_KEY_PATH = env_str("KALSHI_PRIVATE_KEY_PATH", "")
 KALSHI_PRIVATE_KEY_PEM = env_secret("KALSHI_PRIVATE_KEY_PEM")
 

@@ -28,9 +28,10 @@ from django.utils import timezone
 
 from apps.dashboard.services import report_worker_status, worker_name
 from apps.marketdata.book import OrderBook
-from apps.marketdata.kalshi.client import ClientConfig, FeedSink, KalshiClient
+from apps.marketdata.kalshi.client import ClientConfig, FeedSink, HandshakeRejected, KalshiClient
 from apps.marketdata.kalshi.messages import OrderbookDelta, OrderbookSnapshot, Trade
 from apps.marketdata.kalshi.signer import KalshiSigner, SignerError
+from apps.marketdata.kalshi.urls import redact_url
 from apps.marketdata.models import OrderbookSnapshot as SnapshotModel
 from apps.marketdata.models import RecordingConnection
 from apps.marketdata.writer import (
@@ -273,13 +274,26 @@ def _close_connection(connection_id: uuid.UUID, reason: str) -> None:
 # -- configuration --------------------------------------------------------------------------
 
 
-def load_signer(*, exchange: str) -> KalshiSigner:
-    """The development key for the bundled local exchange; your Kalshi key for demo / prod.
+def key_source(*, exchange: str, ws_url: str = "") -> str:
+    """Where the key that :func:`load_signer` picks comes from, in words (never the key).
 
-    The local exchange only knows the development key pair it generated under var/keys, so
-    a real Kalshi key configured in the environment is never sent to it.
+    Your configured key (``KALSHI_API_KEY_ID``) signs for demo and prod and for any endpoint
+    given by URL; the development key under ``var/keys`` signs only for the bundled exchange
+    at its default address, or for a URL when no key is configured.
     """
-    if exchange == "local":
+    if exchange != "local" or (ws_url and settings.KALSHI_API_KEY_ID):
+        return settings.KALSHI_API_KEY_ID_SOURCE or "KALSHI_API_KEY_ID"
+    return f"the development key under {settings.LOCAL_EXCHANGE_KEY_DIR}"
+
+
+def load_signer(*, exchange: str, ws_url: str = "") -> KalshiSigner:
+    """The signer for ``exchange`` (and ``ws_url``, when one is given): see :func:`key_source`.
+
+    The bundled exchange at its default address only knows the development key pair it
+    generated under var/keys, so a real Kalshi key is not sent to it; an endpoint named by URL
+    may be anything Kalshi-compatible, so a configured key is what it gets.
+    """
+    if exchange == "local" and not (ws_url and settings.KALSHI_API_KEY_ID):
         from apps.marketdata.exchange import ensure_dev_keys
 
         keys = ensure_dev_keys(Path(settings.LOCAL_EXCHANGE_KEY_DIR), announce=log.info)
@@ -303,7 +317,9 @@ def load_signer(*, exchange: str) -> KalshiSigner:
 def resolve_ws_url(options: IngestOptions) -> str:
     if options.ws_url:
         if not options.ws_url.startswith(("ws://", "wss://")):
-            raise IngestError(f"--ws-url {options.ws_url!r} must start with ws:// or wss://")
+            raise IngestError(
+                f"--ws-url {redact_url(options.ws_url)!r} must start with ws:// or wss://"
+            )
         return options.ws_url
     if options.exchange == "local":
         host, port = settings.LOCAL_EXCHANGE_HOST, settings.LOCAL_EXCHANGE_PORT
@@ -321,7 +337,9 @@ def rest_base_for(ws_url: str, exchange: str) -> str:
         return EXCHANGE_REST_URLS[exchange]
     parsed = urllib.parse.urlsplit(ws_url)
     scheme = "https" if parsed.scheme == "wss" else "http"
-    return f"{scheme}://{parsed.netloc}/trade-api/v2"
+    # Market listing is public: credentials embedded in the WebSocket URL are not sent there.
+    host = parsed.netloc.rsplit("@", 1)[-1]
+    return f"{scheme}://{host}/trade-api/v2"
 
 
 def list_markets(rest_base: str, **query: str) -> list[str]:
@@ -401,7 +419,7 @@ async def run_ingest_async(
 ) -> IngestResult:
     """Record until ``duration_s`` passes, ``stop_event`` is set, or SIGTERM/SIGINT."""
     ws_url = resolve_ws_url(options)
-    signer = load_signer(exchange=options.exchange)
+    signer = load_signer(exchange=options.exchange, ws_url=options.ws_url)
     # Full garbage collections over Django's start-up heap stall every thread for tens of
     # milliseconds (measured in the writer's outage test); freezing that heap keeps the
     # socket's task responsive. It only moves today's objects out of the collector's way.
@@ -425,7 +443,7 @@ async def run_ingest_async(
     loop = asyncio.get_running_loop()
     installed = install_stop_handlers(loop, client.stop) if install_signal_handlers else []
     say = progress or (lambda line: log.info("%s", line))
-    say(f"recording {len(markets)} markets from {ws_url}")
+    say(f"recording {len(markets)} markets from {client.display_url}")
     status_name = worker_name(kind="ingest")
     started_at = timezone.now()
     started = time.time()
@@ -461,7 +479,15 @@ async def run_ingest_async(
             stopped=True,
         )
     if client_task.done() and not client_task.cancelled() and client_task.exception():
-        raise IngestError(str(client_task.exception()))
+        exc = client_task.exception()
+        if isinstance(exc, HandshakeRejected):
+            raise IngestError(
+                f"{exc}: the key id comes from "
+                f"{key_source(exchange=options.exchange, ws_url=options.ws_url)}; check that "
+                "it and its private key belong to this exchange (Kalshi's demo and prod keys "
+                "differ) and that the machine's clock is right (signatures carry a timestamp)"
+            )
+        raise IngestError(str(exc))
     return IngestResult(
         markets=markets,
         client=client.stats.as_dict(),

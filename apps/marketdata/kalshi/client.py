@@ -50,6 +50,7 @@ from apps.marketdata.kalshi.messages import (
 )
 from apps.marketdata.kalshi.seq import SeqStatus, SeqTracker
 from apps.marketdata.kalshi.signer import WS_PATH, KalshiSigner
+from apps.marketdata.kalshi.urls import redact_url, scrub
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,19 @@ EVENT_DISCONNECT = "disconnect"
 # Snapshot sources (rl_orderbook_snapshots.source).
 SOURCE_WS = "ws"
 SOURCE_RESYNC = "resync"
+
+
+class HandshakeRejected(ConnectionError):
+    """The exchange refused the signed handshake (HTTP 401/403) ``attempts`` times in a row."""
+
+    def __init__(self, status: int, url: str, attempts: int) -> None:
+        self.status = status
+        self.url = url  # already redacted
+        self.attempts = attempts
+        super().__init__(
+            f"the exchange at {url} refused the signed WebSocket handshake with HTTP {status} "
+            f"{attempts} times in a row"
+        )
 
 
 class FeedSink(Protocol):
@@ -116,6 +130,9 @@ class ClientConfig:
     reconnect_reset_after_s: float = 30.0
     pending_delta_limit: int = 10_000
     max_reconnects: int | None = None  # None = forever
+    # A handshake refused with 401/403 this many times in a row ends run(): a wrong key does
+    # not get better by retrying, and retrying forever hides the problem.
+    max_auth_failures: int = 3
     latency_sample_every: int = 0  # 0 = off; N = time recv->book-applied for every Nth frame
 
 
@@ -211,6 +228,9 @@ class KalshiClient:
         self._stopping = asyncio.Event()
         self._warn = _RateLimitedLog()
         self._tasks: set[asyncio.Future] = set()
+        self._auth_failures = 0
+        # What logs, progress lines and the connection row show: never embedded credentials.
+        self.display_url = redact_url(config.ws_url)
 
     # -- public control -----------------------------------------------------------------
 
@@ -240,8 +260,18 @@ class KalshiClient:
             reason = "closed"
             try:
                 await self._session()
+            except websockets.InvalidStatus as exc:
+                status = exc.response.status_code
+                reason = f"HTTP {status} at the handshake"
+                if status in (401, 403):
+                    self._auth_failures += 1
+                    if self._auth_failures >= self.config.max_auth_failures:
+                        log.error("%s: giving up", reason)
+                        raise HandshakeRejected(
+                            status, self.display_url, self._auth_failures
+                        ) from None
             except (OSError, websockets.WebSocketException, TimeoutError) as exc:
-                reason = f"{type(exc).__name__}: {exc}"[:200]
+                reason = scrub(f"{type(exc).__name__}: {exc}", self.config.ws_url)[:200]
             if self._stopping.is_set():
                 break
             self.stats.reconnects += 1
@@ -250,7 +280,7 @@ class KalshiClient:
             attempt += 1
             if self.config.max_reconnects is not None and attempt > self.config.max_reconnects:
                 log.error("giving up after %d reconnect attempts: %s", attempt - 1, reason)
-                raise ConnectionError(f"could not stay connected to {self.config.ws_url}: {reason}")
+                raise ConnectionError(f"could not stay connected to {self.display_url}: {reason}")
             delay = self.backoff_delay(attempt)
             log.warning("feed disconnected (%s); reconnecting in %.2fs", reason, delay)
             try:
@@ -286,7 +316,7 @@ class KalshiClient:
                 await self._subscribe(self.config.channels, self.config.markets)
                 await self._read_loop(ws)
             except (OSError, websockets.WebSocketException, TimeoutError) as exc:
-                reason = f"{type(exc).__name__}: {exc}"[:200]
+                reason = scrub(f"{type(exc).__name__}: {exc}", self.config.ws_url)[:200]
                 raise
             finally:
                 closer.cancel()
@@ -312,10 +342,11 @@ class KalshiClient:
             self.books[market].clear()
         self.stats.connections += 1
         self.stats.connected = True
-        self.sink.on_connect(self.connection_id, self.config.ws_url, list(self.config.markets))
+        self._auth_failures = 0
+        self.sink.on_connect(self.connection_id, self.display_url, list(self.config.markets))
         log.info(
             "connected to %s as connection %s (%d markets)",
-            self.config.ws_url,
+            self.display_url,
             self.connection_id,
             len(self._markets),
         )
