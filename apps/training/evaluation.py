@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from apps.simulation import kernel, metrics
-from apps.simulation.actions import ActionType, encode
+from apps.simulation.actions import N_SIZES, ActionType, encode
 from apps.simulation.env import KalshiTradingEnv, positions_from_info
 
 Policy = Callable[[np.ndarray, KalshiTradingEnv], np.ndarray]
@@ -107,23 +107,107 @@ def hold_policy(obs: np.ndarray, env: KalshiTradingEnv) -> np.ndarray:
     return np.zeros(env.n_markets, dtype=np.int64)
 
 
-def favourite_policy(obs: np.ndarray, env: KalshiTradingEnv) -> np.ndarray:
-    """Baseline 2: on the first step buy the smallest size of each market's favourite side
-    (YES when its mid is above $0.50, else NO) and hold it to the end."""
-    if env.portfolio.exposure_e6() > 0 or env.steps_taken > 0:
-        return np.zeros(env.n_markets, dtype=np.int64)
-    mask = env.action_masks().reshape(env.n_markets, -1)
-    actions = np.zeros(env.n_markets, dtype=np.int64)
-    marks = env.marks_e4x2()
-    for j, market in enumerate(env.markets):
-        mid_x2 = marks[market]
-        if mid_x2 is None:
-            continue
-        side = ActionType.BUY_YES if mid_x2 >= 10_000 else ActionType.BUY_NO
-        action = encode(side, 0)
-        if mask[j, action]:
-            actions[j] = action
-    return actions
+class HoldFavourite:
+    """Baseline: put the agent's capital budget on each market's favourite and hold it to
+    settlement (or the end of the episode).
+
+    The budget is what the agent may deploy: ``max_exposure_share`` of the initial cash,
+    split evenly over the markets and capped by ``max_market_share`` and the position limit.
+    On every step until a market's budget is spent it buys the largest allowed size of the
+    side that was the favourite (mid above $0.50: YES, else NO) when it first had a price.
+    """
+
+    def __init__(self) -> None:
+        self._sides: dict[int, ActionType] = {}
+        self._done: set[int] = set()
+
+    def __call__(self, obs: np.ndarray, env: KalshiTradingEnv) -> np.ndarray:
+        if env.steps_taken == 0:
+            self._sides.clear()
+            self._done.clear()
+        limits = env.config.limits
+        cash = env.initial_cash_e6
+        budget = min(
+            cash * limits.max_exposure_share / env.n_markets, cash * limits.max_market_share
+        )
+        mask = env.action_masks().reshape(env.n_markets, -1)
+        marks = env.marks_e4x2()
+        portfolio = env.portfolio
+        actions = np.zeros(env.n_markets, dtype=np.int64)
+        for j, market in enumerate(env.markets):
+            if j in self._done:
+                continue
+            if j not in self._sides:
+                mid_x2 = marks[market]
+                if mid_x2 is None:
+                    continue
+                self._sides[j] = ActionType.BUY_YES if mid_x2 >= 10_000 else ActionType.BUY_NO
+            if portfolio.exposure_e6(market) >= budget:
+                self._done.add(j)
+                continue
+            for size_index in reversed(range(N_SIZES)):
+                action = encode(self._sides[j], size_index)
+                if mask[j, action]:
+                    actions[j] = action
+                    break
+            else:
+                self._done.add(j)  # nothing more can be bought: the budget's limit is reached
+        return actions
+
+
+class Momentum:
+    """Baseline: a taker momentum rule. When a market's mid has moved at least
+    ``threshold_e4`` over the last ``lookback`` steps, buy ``size_index`` of the side it moved
+    towards; flatten after ``hold`` steps. No position is added while one is held."""
+
+    def __init__(
+        self, lookback: int = 10, threshold_e4: int = 200, hold: int = 10, size_index: int = 1
+    ) -> None:
+        self.lookback, self.threshold_e4, self.hold, self.size_index = (
+            lookback,
+            threshold_e4,
+            hold,
+            size_index,
+        )
+        self._mids: list[list[int | None]] = []
+        self._held_since: dict[int, int] = {}
+
+    def __call__(self, obs: np.ndarray, env: KalshiTradingEnv) -> np.ndarray:
+        if env.steps_taken == 0:
+            self._mids.clear()
+            self._held_since.clear()
+        marks = env.marks_e4x2()
+        self._mids.append([marks[m] for m in env.markets])
+        mask = env.action_masks().reshape(env.n_markets, -1)
+        actions = np.zeros(env.n_markets, dtype=np.int64)
+        now = env.steps_taken
+        for j in range(env.n_markets):
+            if j in self._held_since:
+                if now - self._held_since[j] >= self.hold:
+                    flatten = encode(ActionType.FLATTEN, 0)
+                    if mask[j, flatten]:
+                        actions[j] = flatten
+                    del self._held_since[j]
+                continue
+            if len(self._mids) <= self.lookback:
+                continue
+            then, current = self._mids[-1 - self.lookback][j], self._mids[-1][j]
+            if then is None or current is None:
+                continue
+            move = (current - then) / 2  # marks are twice the mid
+            if abs(move) < self.threshold_e4:
+                continue
+            side = ActionType.BUY_YES if move > 0 else ActionType.BUY_NO
+            action = encode(side, self.size_index)
+            if mask[j, action]:
+                actions[j] = action
+                self._held_since[j] = now
+        return actions
+
+
+def baseline_policies() -> dict[str, Policy]:
+    """Fresh instances of the baselines shown beside every agent (they keep per-episode state)."""
+    return {"no_trading": hold_policy, "hold_favourite": HoldFavourite(), "momentum": Momentum()}
 
 
 # Fewer blocks than this make a bootstrap interval meaningless: long episodes are cut into

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from apps.simulation import metrics
-from apps.simulation.actions import ActionType, encode
+from apps.simulation.actions import ActionType, decode, encode
 from apps.simulation.env import EnvConfig, KalshiTradingEnv
 from apps.simulation.synthetic import synthetic_history
 from apps.training.evaluation import compare, hold_policy, run_episode, summarize
@@ -113,3 +113,48 @@ def test_intervals_bracket_the_estimate_are_seeded_and_paired_differences_cancel
     assert versus["difference"] == pytest.approx(summary["pnl_per_hour_dollars"])
     low, high = versus["ci"]
     assert low <= versus["difference"] <= high
+
+
+def test_hold_favourite_spends_the_agents_budget_and_holds_to_settlement() -> None:
+    from apps.simulation.env import MarketInfo
+    from apps.training.evaluation import HoldFavourite
+
+    history = synthetic_history(markets=2, ticks=400, seed=6)
+    close_ns = int(history.times_ns[250])
+    info = {m: MarketInfo(close_ns=close_ns, result="yes") for m in history.markets}
+    config = EnvConfig(episode_steps=300, market_info=info)
+    env = KalshiTradingEnv(history, config=config)
+    policy = HoldFavourite()
+    result = run_episode(env, policy, start_tick=env.first_tick)
+    # The budget: half the cash per market (max_market_share), capped by the 100-contract
+    # position limit; at these prices the position limit binds, which is the agent's limit too.
+    assert result.trace is not None
+    bought = result.trace.held[1:].any(axis=0)
+    assert bought.all()
+    # Settled at the close: both markets flat afterwards, the episode terminated there.
+    assert result.steps < 300
+    assert not result.trace.held[-1].any()
+    summary = summarize([result])
+    assert summary["round_trips"] == 2 and summary["open_trips"] == 0
+    # The old baseline bought one contract (0.15% of cash); this one buys up to the agent's
+    # limits: here the 100-contract position limit binds before the exposure budget.
+    bought_e2 = np.zeros(env.n_markets, dtype=np.int64)
+    for step in result.actions:
+        for j, action in enumerate(step):
+            if action:
+                bought_e2[j] += decode(action)[1]
+    assert (bought_e2 == env.config.limits.max_position_e2).all(), bought_e2
+
+
+def test_momentum_buys_the_side_the_mid_moved_towards_and_flattens_after_its_hold() -> None:
+    from apps.training.evaluation import Momentum
+
+    history = synthetic_history(markets=3, ticks=700, seed=2)
+    env = KalshiTradingEnv(history, config=EnvConfig(episode_steps=600))
+    policy = Momentum(lookback=5, threshold_e4=100, hold=5)
+    result = run_episode(env, policy, start_tick=env.first_tick)
+    buys = sum(1 for step in result.actions for a in step if a)
+    assert buys > 0
+    summary = summarize([result])
+    assert summary["round_trips"] > 0
+    assert summary["time_in_market"] < 1.0
