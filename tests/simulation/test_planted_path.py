@@ -83,10 +83,14 @@ def lead_lag_followed(mid: np.ndarray, both: np.ndarray, *, lag_ticks: int) -> t
     A jump: the leader's mid one tick later is 5 cents or more from the median of the five
     ticks before, and the median of the five after agrees (a one-tick spike is not a jump).
     """
-    m = np.where(both, mid, np.nan)
     # A window without a two-sided book has no median: nanmedian warns and gives NaN, which
     # the checks below treat as "not seen".
-    warnings.simplefilter("ignore", RuntimeWarning)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return _followed(np.where(both, mid, np.nan), lag_ticks)
+
+
+def _followed(m: np.ndarray, lag_ticks: int) -> tuple[int, int]:
     seen = followed = 0
     t = 5
     while t < len(m) - lag_ticks - 6:
