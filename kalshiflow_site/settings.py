@@ -181,7 +181,11 @@ RL_HEARTBEAT_STALE_S = env_float("RL_HEARTBEAT_STALE_S", 15.0, minimum=1.0)
 
 MODEL_DIR = Path(env_str("MODEL_DIR", str(VAR_DIR / "models")))
 RL_TRAINING_MAX_CONCURRENT = env_int("RL_TRAINING_MAX_CONCURRENT", 1, minimum=1)
-# Promotion gate: the minimum held-out Sharpe a model needs to be promoted (unset = no gate).
+# Promotion gate. A model is promotable only when the lower bound of the 95 % interval of
+# (agent - no trading) P&L per hour on held-out time is above zero (RL_PROMOTION_REQUIRE_EDGE,
+# on by default) and, when set, its held-out Sharpe per sqrt(hour) of market time reaches
+# RL_PROMOTION_MIN_SHARPE. Forcing past the gate needs a user and a reason, and is recorded.
+RL_PROMOTION_REQUIRE_EDGE = env_bool("RL_PROMOTION_REQUIRE_EDGE", True)
 _min_sharpe = env_str("RL_PROMOTION_MIN_SHARPE", "")
 RL_PROMOTION_MIN_SHARPE = float(_min_sharpe) if _min_sharpe else None
 
