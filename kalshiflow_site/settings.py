@@ -5,6 +5,7 @@ No DATABASE_URL -> SQLite under var/. No REDIS_URL -> in-memory channel layer an
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import dj_database_url
@@ -167,6 +168,24 @@ RL_WRITER_SPILL_DIR = Path(env_str("RL_WRITER_SPILL_DIR", str(VAR_DIR / "spill")
 RL_WRITER_STUCK_AFTER_S = env_float("RL_WRITER_STUCK_AFTER_S", 30.0, minimum=1.0)
 RL_FEED_SILENT_S = env_float("RL_FEED_SILENT_S", 30.0, minimum=1.0)
 RL_HEARTBEAT_STALE_S = env_float("RL_HEARTBEAT_STALE_S", 15.0, minimum=1.0)
+# Worker health (/rl/health, /rl/status, admin): a worker whose heartbeat is older than
+# RL_HEARTBEAT_STALE_S is "silent" (unhealthy), older than RL_WORKER_DEAD_AFTER_S "dead" (shown,
+# but no longer unhealthy by itself: a SIGKILLed process must not keep health red forever).
+# RL_HEALTH_EXPECT lists what must run: "kind" or "kind:label" entries (e.g. "ingest,paper"),
+# each unhealthy while no live worker matches it.
+RL_WORKER_DEAD_AFTER_S = env_float("RL_WORKER_DEAD_AFTER_S", 300.0, minimum=1.0)
+if RL_WORKER_DEAD_AFTER_S < RL_HEARTBEAT_STALE_S:
+    raise ImproperlyConfigured(
+        f"RL_WORKER_DEAD_AFTER_S={RL_WORKER_DEAD_AFTER_S:g} must be >= "
+        f"RL_HEARTBEAT_STALE_S={RL_HEARTBEAT_STALE_S:g}"
+    )
+RL_HEALTH_EXPECT = [e.strip() for e in env_str("RL_HEALTH_EXPECT", "").split(",") if e.strip()]
+for _expect in RL_HEALTH_EXPECT:
+    if not re.fullmatch(r"[a-z][a-z0-9_-]{0,31}(:[A-Za-z0-9][A-Za-z0-9._-]{0,199})?", _expect):
+        raise ImproperlyConfigured(
+            f"RL_HEALTH_EXPECT entry {_expect!r} is not a worker kind or kind:label "
+            "(e.g. ingest,paper:mymodel)"
+        )
 
 MODEL_DIR = Path(env_str("MODEL_DIR", str(VAR_DIR / "models")))
 RL_TRAINING_MAX_CONCURRENT = env_int("RL_TRAINING_MAX_CONCURRENT", 1, minimum=1)

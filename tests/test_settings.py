@@ -73,3 +73,19 @@ def test_check_deploy_is_clean_with_production_like_settings(tmp_path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"RL_HEARTBEAT_STALE_S": "60", "RL_WORKER_DEAD_AFTER_S": "30"},
+            "RL_WORKER_DEAD_AFTER_S=30 must be >= RL_HEARTBEAT_STALE_S=60",
+        ),
+        ({"RL_HEALTH_EXPECT": "ingest,Paper Trader"}, "RL_HEALTH_EXPECT entry 'Paper Trader'"),
+    ],
+)
+def test_worker_health_settings_are_checked_at_start_up(tmp_path, env, message) -> None:
+    result = run_check(RL_VAR_DIR=str(tmp_path), **env)
+    assert result.returncode != 0
+    assert message in result.stderr

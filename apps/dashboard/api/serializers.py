@@ -50,17 +50,31 @@ class ErrorSerializer(serializers.Serializer):
 # -- health and status -------------------------------------------------------------------------
 
 
+class ExpectedWorkerSerializer(serializers.Serializer):
+    worker = serializers.CharField(help_text="an RL_HEALTH_EXPECT entry: kind or kind:label")
+    alive = serializers.IntegerField(help_text="live workers matching it (0 = unhealthy)")
+
+
 class HealthSerializer(serializers.Serializer):
     healthy = serializers.BooleanField()
-    workers = serializers.IntegerField(help_text="running workers with a heartbeat row")
+    workers = serializers.IntegerField(help_text="running workers (alive or silent)")
+    dead = serializers.IntegerField(
+        help_text="workers silent beyond RL_WORKER_DEAD_AFTER_S (not unhealthy by themselves)"
+    )
+    expected = ExpectedWorkerSerializer(many=True, help_text="RL_HEALTH_EXPECT, entry by entry")
     problems = serializers.ListField(child=serializers.CharField())
 
 
 class WorkerSerializer(serializers.Serializer):
     name = serializers.CharField()
     kind = serializers.CharField(help_text="ingest, paper, ...")
+    label = serializers.CharField(allow_blank=True, help_text="the paper trader's model name")
     host = serializers.CharField()
     pid = serializers.IntegerField()
+    state = serializers.ChoiceField(
+        choices=selectors.WORKER_STATES,
+        help_text="alive; silent (late: unhealthy); dead (silent beyond RL_WORKER_DEAD_AFTER_S)",
+    )
     started_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
     heartbeat_age_s = FiniteFloatField()
