@@ -26,6 +26,15 @@ def ticker_field(**kwargs: Any) -> serializers.RegexField:
     return serializers.RegexField(TICKER_REGEX, max_length=128, **kwargs)
 
 
+# Primary keys are bigint: a larger id is a 400, not an overflow in the database driver
+# (SQLite's raises OverflowError on anything beyond 64 bits).
+MAX_ID = 2**63 - 1
+
+
+def id_field(**kwargs: Any) -> serializers.IntegerField:
+    return serializers.IntegerField(min_value=1, max_value=MAX_ID, required=False, **kwargs)
+
+
 class FiniteFloatField(serializers.FloatField):
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("allow_null", True)
@@ -274,7 +283,7 @@ class EpisodeDetailSerializer(EpisodeSerializer):
 
 
 class EpisodesQuerySerializer(serializers.Serializer):
-    model = serializers.IntegerField(min_value=1, required=False, help_text="model id")
+    model = id_field(help_text="model id")
     mode = serializers.ChoiceField(choices=EpisodeMode.choices, required=False)
 
 
@@ -308,7 +317,7 @@ class ActionSerializer(serializers.ModelSerializer):
 
 
 class ActionsQuerySerializer(serializers.Serializer):
-    episode = serializers.IntegerField(min_value=1, required=False, help_text="episode id")
+    episode = id_field(help_text="episode id")
     market = ticker_field(required=False, help_text="market ticker")
     since = serializers.DateTimeField(required=False, help_text="decision time >= since")
     until = serializers.DateTimeField(
