@@ -194,13 +194,39 @@ _min_sharpe = env_str("RL_PROMOTION_MIN_SHARPE", "")
 RL_PROMOTION_MIN_SHARPE = float(_min_sharpe) if _min_sharpe else None
 
 # The operations surface (apps/dashboard): REST API, OpenAPI schema, live page.
-# Staff only (session or basic auth) except /rl/health; errors are JSON.
+# Staff only except /rl/health; errors are JSON. A staff session (log in at /admin/) always
+# works; HTTP Basic (the password on every request) only with RL_API_BASIC_AUTH=true.
+RL_API_BASIC_AUTH = env_bool("RL_API_BASIC_AUTH", False)
+# Failed password attempts (admin login form, Basic auth) per client address and window, as
+# DRF rates ("10/min", "100/hour"): beyond it, 429 until the window moves on.
+RL_AUTH_FAILURE_RATE = env_str("RL_AUTH_FAILURE_RATE", "10/min").strip()
+if not re.fullmatch(r"[1-9][0-9]{0,8}/(s|sec|m|min|h|hour|d|day)", RL_AUTH_FAILURE_RATE):
+    raise ImproperlyConfigured(
+        f"RL_AUTH_FAILURE_RATE={RL_AUTH_FAILURE_RATE!r} is not a rate like 10/min or 100/hour"
+    )
+# Reverse proxies in front of the server that append X-Forwarded-For: the client address is
+# that header's N-th entry from the right; 0 = REMOTE_ADDR (a client-written header is ignored).
+RL_NUM_PROXIES = env_int("RL_NUM_PROXIES", 0, minimum=0)
+# The failed-login counts: shared by every server process through Redis when there is one.
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "auth-throttle": (
+        {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "rl-auth-throttle",
+        }
+        if REDIS_URL
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "auth"}
+    ),
+}
 INSTALLED_APPS += ["rest_framework", "drf_spectacular", "drf_spectacular_sidecar"]
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.BasicAuthentication",
-        "rest_framework.authentication.SessionAuthentication",
+        "apps.dashboard.api.authentication.StaffSessionAuthentication",
+        "apps.dashboard.api.authentication.OptionalBasicAuthentication",
     ],
+    "NUM_PROXIES": RL_NUM_PROXIES,
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PAGINATION_CLASS": "apps.dashboard.api.pagination.Pages",

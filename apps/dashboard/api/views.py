@@ -1,7 +1,8 @@
 """The read-only REST API. Views parse the query, call one selector and serialize.
 
-Everything needs a staff user (session or basic auth, see ``REST_FRAMEWORK`` in settings)
-except :class:`HealthView`, which load balancers call without credentials.
+Everything needs a staff user (a session; HTTP Basic only with RL_API_BASIC_AUTH: see
+apps/dashboard/api/authentication.py) except :class:`HealthView`, which load balancers call
+without credentials.
 """
 
 from __future__ import annotations
