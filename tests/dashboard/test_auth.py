@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import base64
 import logging
+import socket
+import time
 
 import pytest
 from django.contrib.auth import signals
 
+from apps.dashboard import throttling
 from apps.dashboard.throttling import FailedLoginThrottle
 from tests.dashboard.conftest import STAFF_PASSWORD
 
@@ -164,7 +167,7 @@ def test_a_failure_outside_a_request_is_not_counted(staff_user, settings) -> Non
 
 
 def test_a_broken_throttle_cache_lets_logins_through_with_a_warning(
-    client, staff_user, settings, caplog
+    client, staff_user, settings, caplog, monkeypatch
 ) -> None:
     settings.RL_API_BASIC_AUTH = True
     settings.RL_AUTH_FAILURE_RATE = "1/min"
@@ -175,10 +178,35 @@ def test_a_broken_throttle_cache_lets_logins_through_with_a_warning(
             "LOCATION": "redis://127.0.0.1:1/0",  # nothing listens there
         },
     }
+    monkeypatch.setattr(throttling, "_last_warning", float("-inf"))  # rate-limited: 1/min
     caplog.set_level(logging.WARNING, logger="apps.dashboard.throttling")
     wrong = basic(staff_user.username, "guess")
     for _ in range(2):
         assert client.get("/rl/models", HTTP_AUTHORIZATION=wrong).status_code == 401
     right = basic(staff_user.username, STAFF_PASSWORD)
     assert client.get("/rl/models", HTTP_AUTHORIZATION=right).status_code == 200
+    assert "failed-login throttle unavailable" in caplog.text
+
+
+def test_a_hung_throttle_cache_delays_a_login_only_by_its_timeout(
+    client, staff_user, settings, caplog, monkeypatch
+) -> None:
+    settings.RL_API_BASIC_AUTH = True
+    with socket.socket() as hung:  # accepts connections (backlog), never answers
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(8)
+        settings.CACHES = {
+            **settings.CACHES,
+            "auth-throttle": {
+                "BACKEND": "django.core.cache.backends.redis.RedisCache",
+                "LOCATION": f"redis://127.0.0.1:{hung.getsockname()[1]}/0",
+                "OPTIONS": {"socket_connect_timeout": 0.3, "socket_timeout": 0.3},
+            },
+        }
+        monkeypatch.setattr(throttling, "_last_warning", float("-inf"))  # rate-limited: 1/min
+        caplog.set_level(logging.WARNING, logger="apps.dashboard.throttling")
+        started = time.monotonic()
+        right = basic(staff_user.username, STAFF_PASSWORD)
+        assert client.get("/rl/models", HTTP_AUTHORIZATION=right).status_code == 200
+        assert time.monotonic() - started < 5
     assert "failed-login throttle unavailable" in caplog.text
