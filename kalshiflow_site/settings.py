@@ -167,6 +167,10 @@ RL_WRITER_SPILL_DIR = Path(env_str("RL_WRITER_SPILL_DIR", str(VAR_DIR / "spill")
 RL_WRITER_STUCK_AFTER_S = env_float("RL_WRITER_STUCK_AFTER_S", 30.0, minimum=1.0)
 RL_FEED_SILENT_S = env_float("RL_FEED_SILENT_S", 30.0, minimum=1.0)
 RL_HEARTBEAT_STALE_S = env_float("RL_HEARTBEAT_STALE_S", 15.0, minimum=1.0)
+# A connection left open by a recorder on another host (or without a pid) is closed by the
+# next recorder's start-up sweep once neither a heartbeat nor a row of it is younger than this
+# (apps/marketdata/orphans.py); longer than any database outage a live recorder rides out.
+RL_RECORDER_GONE_AFTER_S = env_float("RL_RECORDER_GONE_AFTER_S", 900.0, minimum=1.0)
 
 MODEL_DIR = Path(env_str("MODEL_DIR", str(VAR_DIR / "models")))
 RL_TRAINING_MAX_CONCURRENT = env_int("RL_TRAINING_MAX_CONCURRENT", 1, minimum=1)
