@@ -29,6 +29,7 @@ from tests.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 T0 = datetime(2026, 10, 8, 2, 47, 3, 348_000, tzinfo=UTC)
+HB0 = datetime.now(UTC) + timedelta(hours=1)  # heartbeats newer than any row a test made
 METHODS = pytest.mark.parametrize("method", ["copy", "bulk_create"])
 
 
@@ -53,7 +54,7 @@ def opened(conn: uuid.UUID) -> ConnectionRow:
 
 
 def heartbeat(n: int, *, stopped: bool = False) -> WorkerStatusRow:
-    at = T0 + timedelta(seconds=n)
+    at = HB0 + timedelta(seconds=n)
     return WorkerStatusRow(
         "ingest:h:12", "ingest", "h", 12, T0, at, at if stopped else None,
         n % 2 == 0, [] if n % 2 == 0 else [f"problem {n}"], {"client": {"messages": n}},
@@ -111,14 +112,18 @@ def test_heartbeats_upsert_the_worker_status_row_and_the_newest_wins(
     status = WorkerStatus.objects.get()
     assert (status.id, status.updated_at, status.healthy) == (
         row_id,
-        T0 + timedelta(seconds=7),
+        HB0 + timedelta(seconds=7),
         False,
     )
     assert status.problems == ["problem 7"] and status.counters == {"client": {"messages": 7}}
     writer.enqueue(WORKER_STATUS, heartbeat(8, stopped=True))
     assert writer.flush(timeout_s=10)
+    # Older heartbeats arriving later (a spill replayed after the live rows) turn nothing back.
+    writer.enqueue(WORKER_STATUS, heartbeat(3))
+    writer.enqueue(WORKER_STATUS, heartbeat(5))
+    assert writer.flush(timeout_s=10)
     status = WorkerStatus.objects.get()
-    assert status.stopped_at == T0 + timedelta(seconds=8) and status.healthy
+    assert status.stopped_at == HB0 + timedelta(seconds=8) and status.healthy
     assert status.problems == [] and status.counters == {"client": {"messages": 8}}
 
 
