@@ -251,6 +251,17 @@ def _marker_events(markets: list[str], first: datetime, end: datetime) -> list[E
         .values_list("connection_id", flat=True)
         .distinct()
     )
+    # A quiet market's book may come from a connection that sent no delta in the window: its
+    # markers (and its end) matter just as much.
+    connections |= set(
+        OrderbookSnapshot.objects.filter(
+            market_ticker__in=markets, received_at__gte=first, received_at__lt=end
+        )
+        .exclude(as_of_sid=None)
+        .order_by()
+        .values_list("connection_id", flat=True)
+        .distinct()
+    )
     rows = list(
         RecordingEvent.objects.filter(
             connection_id__in=connections, kind__in=UNTRUSTING_EVENTS, at__gte=first, at__lt=end

@@ -60,7 +60,7 @@ def test_a_killed_recorders_connection_is_closed_by_the_next_and_history_untrust
         with ExchangeThread(exchange) as url:
             first = Recorder(var_dir, url, database_url(), *args)
             recorders.append(first)
-            first.wait_for(lambda: OrderbookDelta.objects.count() >= 4000, 90, "4000 stored deltas")
+            first.wait_for(lambda: OrderbookDelta.objects.count() >= 2500, 90, "2500 stored deltas")
             first.kill()
             time.sleep(DOWNTIME_S)
             second = Recorder(var_dir, url, database_url(), *args)
@@ -72,7 +72,7 @@ def test_a_killed_recorders_connection_is_closed_by_the_next_and_history_untrust
                 return (
                     closed.exists()
                     and mine is not None
-                    and OrderbookDelta.objects.filter(connection_id=mine.id).count() >= 2000
+                    and OrderbookDelta.objects.filter(connection_id=mine.id).count() >= 1000
                 )
 
             second.wait_for(settled, 90, "the dead connection closed and new data stored")

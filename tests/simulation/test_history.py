@@ -229,7 +229,8 @@ def test_a_connection_without_a_close_record_is_untrusted_from_its_last_row_on()
 
     OrderbookSnapshot.objects.bulk_create(
         [snapshot(killed, "A", 0, 1, 4000), snapshot(killed, "B", 0, 2, 6000),
-         snapshot(later, "A", 5.0, 1, 4100), snapshot(later, "B", 5.2, 2, 6100)]
+         snapshot(later, "A", 5.0, 1, 4100), snapshot(later, "B", 5.2, 2, 6100),
+         snapshot(killed, "C", 0.1, 3, 5000)]
     )  # fmt: skip
     OrderbookDelta.objects.bulk_create(
         [delta(killed, "A", 0.7, 3, 4000), delta(killed, "B", 1.0, 4, 6000),
@@ -251,3 +252,6 @@ def test_a_connection_without_a_close_record_is_untrusted_from_its_last_row_on()
     assert history.yes_sz[4, 0, 0] == 110 and history.yes_sz[12, 0, 0] == 105
     quality = history.quality_report()
     assert quality["A"]["resets"] == 2 and quality["B"]["resets"] == 2
+    # A quiet market (a snapshot, no delta in the window) of the killed connection too.
+    quiet = load(["C"], t(0), t(8), step_s=0.5, use_cache=False, progress=False)
+    assert quiet.trusted[:, 0].tolist() == [False] + [True] * 4 + [False] * 11
