@@ -53,6 +53,7 @@ from apps.marketdata.writer import (
     SnapshotRow,
     TradeRow,
     WorkerStatusRow,
+    WriterClosed,
     utc_from_ms,
     utc_from_ns,
 )
@@ -456,8 +457,8 @@ async def run_ingest_async(
         # a hung database is abandoned (the next recorder closes them).
         await asyncio.to_thread(sweeper.join, 2.0)
         say("stopping: flushing every accepted row to the database")
-        writer.enqueue(
-            WORKER_STATUS,
+        _enqueue_status(
+            writer,
             worker_status_row(
                 status_name,
                 started_at=started_at,
@@ -527,8 +528,8 @@ async def _housekeeping(
             next_status = now + options.status_interval_s
             # Through the writer: a hung database must not stall this loop (the heartbeat
             # waits in the queue or the spill; only the newest one per worker is kept).
-            writer.enqueue(
-                WORKER_STATUS,
+            _enqueue_status(
+                writer,
                 worker_status_row(
                     status_name,
                     started_at=started_at,
@@ -536,6 +537,13 @@ async def _housekeeping(
                     problems=_problems(client, writer, started),
                 ),
             )
+
+
+def _enqueue_status(writer: RecordWriter, row: WorkerStatusRow) -> None:
+    try:
+        writer.enqueue(WORKER_STATUS, row)
+    except WriterClosed:  # the writer's thread died: a heartbeat must not take us down too
+        log.error("heartbeat not recorded: the writer is not running")
 
 
 def run_ingest(options: IngestOptions, **kwargs: Any) -> IngestResult:
