@@ -30,6 +30,11 @@ record is "left open" only when its process is certainly gone (:func:`gone_reaso
    (default 30 s, beyond the writer's retry backoff) still finds it stale, so a recorder
    whose heartbeat is on its way after an outage keeps its connection.
 
+Host names are taken to identify a pid namespace: containers that share a host name must not
+record into the same database (rule 1 would see each other's pids as gone). Two recorders
+starting at once may both close the same dead connection; they write the same close record
+and the same marker (a rare duplicate marker changes nothing in history).
+
 The last stored row is found with index probes only: per table, the sids of the connection
 (a skip scan over the unique (connection, sid, seq) index) and the highest seq on each (a
 sid's seqs rise with receive time, the recorder's snapshots included), plus the newest marker.

@@ -10,7 +10,9 @@ A connection without a ``disconnect`` marker ended without a close record (its r
 killed, or has not been swept yet, see :mod:`apps.marketdata.orphans`): the end of its stored
 data is treated as a disconnect, so its books are untrusted from its last stored row until
 the next snapshot of a later connection, exactly as the marker a recorder's start-up sweep
-writes would make them.
+writes would make them. (A recorder still running has no close record either: the tail of a
+window after its last committed row is untrusted until more rows arrive, which is honest,
+since nothing about it is stored yet.)
 """
 
 from __future__ import annotations
