@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
+from django.db import Error as DatabaseError
 from django.db import connections
 from django.utils import timezone
 
@@ -303,7 +304,7 @@ def _with_retries(
     while not stop.is_set():
         try:
             return fn(**kwargs)
-        except Exception as exc:  # the database is down or hung: try again later
+        except (DatabaseError, OSError) as exc:  # the database is down: try again later
             log.warning("orphan sweep: database not usable (%s); retrying", type(exc).__name__)
         finally:
             connections.close_all()  # this thread's connections only
