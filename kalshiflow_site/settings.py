@@ -197,6 +197,10 @@ for _expect in RL_HEALTH_EXPECT:
             f"RL_HEALTH_EXPECT entry {_expect!r} is not a worker kind or kind:label "
             "(e.g. ingest,paper:mymodel)"
         )
+# A connection left open by a recorder on another host (or without a pid) is closed by the
+# next recorder's start-up sweep once neither a heartbeat nor a row of it is younger than this
+# (apps/marketdata/orphans.py); longer than any database outage a live recorder rides out.
+RL_RECORDER_GONE_AFTER_S = env_float("RL_RECORDER_GONE_AFTER_S", 900.0, minimum=1.0)
 
 MODEL_DIR = Path(env_str("MODEL_DIR", str(VAR_DIR / "models")))
 RL_TRAINING_MAX_CONCURRENT = env_int("RL_TRAINING_MAX_CONCURRENT", 1, minimum=1)
