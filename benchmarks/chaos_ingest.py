@@ -221,9 +221,12 @@ class DbProxy:
             sockets, self._sockets = self._sockets, set()
         for sock in sockets:
             with contextlib.suppress(OSError):
-                # RST, not FIN: a refused database, not a polite goodbye.
+                # RST, not FIN: a refused database, not a polite goodbye. shutdown() first:
+                # close() alone does not wake a pump blocked in recv(), and the session would
+                # stay open (a hang, not a refusal).
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
-                sock.close()
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
 
     def _accept(self, listener: socket.socket) -> None:
         while True:
