@@ -16,7 +16,8 @@ with the rows the recorder stored:
   Only the frames sent count: the local exchange's ``ok``/``unsubscribed`` acks take seqs on
   a sid too, so a hole in the stored seqs is not by itself a lost row.
 * :func:`classify_losses`: for each lost frame, whether the history loader treats its market
-  as untrusted at ``sent + slack``. This replays the recorded tables with the loader's own
+  as untrusted at ``due + slack`` (``due``: when the recorder would have received it, see
+  :class:`LostFrame`). This replays the recorded tables with the loader's own
   pieces (``apps.simulation.loader``'s event queries and merge order, ``HistoryBuilder`` and
   the compiled replay); probes are extra side events that read the builder's trust state.
   A lost frame is covered when, at the probe, the market's book is untrusted, or was primed
@@ -115,6 +116,11 @@ class LostFrame:
     market: str
     sent_ns: int
     connection_id: uuid.UUID | None  # the recorder connection it went to, when known
+    # When the recorder would have received it, on the loader's clock (receive time): not
+    # before it was sent, nor before the frame sent just before it on the same connection
+    # was received (one TCP stream, read in order; a recorder behind by a second stamps
+    # everything a second late, and so does its disconnect marker).
+    due_ns: int = 0
 
 
 @dataclass
@@ -195,17 +201,26 @@ def compare(cursor: Any, *, examples: int = 5) -> Comparison:
         f"""
         SELECT t.category, t.pconn, t.kind, t.sid, t.seq, t.market, t.sent_ns,
                count(s.*) FILTER (WHERE s.sid = t.sid) AS exact,
-               count(s.*) AS anyhow
+               count(s.*) AS anyhow,
+               (extract(epoch FROM max(s.received_at) FILTER (WHERE s.sid = t.sid))
+                * 1000000)::int8 * 1000 AS received_ns
           FROM {TRUTH_TABLE} t
           LEFT JOIN chaos_sp s
             ON s.pconn = t.pconn AND {_SAME_CONTENT}
            AND (s.sid = t.sid OR s.sid = {_WRAP.format(col="t.sid")})
          GROUP BY t.category, t.pconn, t.kind, t.sid, t.seq, t.market, t.sent_ns, t.side,
                   t.price_e4, t.size_e2, t.trade_id
+         ORDER BY t.pconn, t.sent_ns
         """
     )
     pconn_to_conn = {p: c for c, p in mapping.items()}
-    for category, pconn, kind, sid, seq, market, sent_ns, exact, anyhow in cursor.fetchall():
+    last_pconn, last_received = None, 0
+    for row in cursor.fetchall():
+        category, pconn, kind, sid, seq, market, sent_ns, exact, anyhow, received_ns = row
+        if pconn != last_pconn:
+            last_pconn, last_received = pconn, 0
+        if received_ns is not None:
+            last_received = max(last_received, int(received_ns))
         out.frame_duplicates += max(int(anyhow) - 1, 0)
         if category != "valid":
             tally = out.other_frames.setdefault(category, [0, 0])
@@ -216,10 +231,10 @@ def compare(cursor: Any, *, examples: int = 5) -> Comparison:
         if exact:
             out.rows_stored += 1
             continue
+        due = max(int(sent_ns), last_received)
+        conn = pconn_to_conn.get(pconn)
         out.lost.append(
-            LostFrame(
-                int(pconn), kind, int(sid), int(seq), market, int(sent_ns), pconn_to_conn.get(pconn)
-            )
+            LostFrame(int(pconn), kind, int(sid), int(seq), market, int(sent_ns), conn, due)
         )
         out.lost_by_kind[kind] = out.lost_by_kind.get(kind, 0) + 1
 
@@ -371,7 +386,8 @@ def classify_losses(
     slack_s: float = 0.25,
     examples: int = 5,
 ) -> Coverage:
-    """Probe the loader at ``sent + slack_s`` for every lost frame of ``markets``.
+    """Probe the loader at ``due + slack_s`` for every lost frame of ``markets`` (``due``: when
+    the recorder would have received it, see :class:`LostFrame`).
 
     ``slack_s`` is how long a marker may trail the loss (a gap is only seen when the next frame
     on the sid arrives). Lost frames of other markets count as outside (the loader could
@@ -393,7 +409,7 @@ def classify_losses(
         cov.outside = len(lost)
         return cov
     start -= timedelta(seconds=1)
-    times = [f.sent_ns + slack_ns for f in probed]
+    times = [max(f.due_ns, f.sent_ns) + slack_ns for f in probed]
     latest = max([*times, int(datetime.now(UTC).timestamp() * 1e9)])
     end = datetime.fromtimestamp(latest / 1e9 + 2, tz=UTC)
     if last_event is not None and last_event >= end:

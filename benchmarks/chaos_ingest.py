@@ -32,8 +32,9 @@ seconds and is stopped with SIGTERM.
 
 The check (``benchmarks/chaos_check.py``) trusts nothing the recorder says: lost rows are
 sent frames missing from the tables; each loss is covered only if the history loader's own
-replay treats the market as untrusted ``--slack`` seconds after the frame was sent (or
-re-primed it from a snapshot that includes it); duplicates and wrapped values compare stored
+replay treats the market as untrusted ``--slack`` seconds after the frame was due (sent, and
+not before the frame sent before it was received), or re-primed it from a snapshot that
+includes it; duplicates and wrapped values compare stored
 rows with the sent frames. Ends with one JSON line. Target: 0 duplicates, 0 wrapped values,
 0 lost rows outside untrusted windows, 0 unexpected exits (alive throughout).
 

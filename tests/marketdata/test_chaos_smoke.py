@@ -7,7 +7,10 @@ never stored):
 * B: a gap marker on the sid, then a resync snapshot: inside an untrusted window;
 * C: the connection's data ends before the loss and a disconnect marker sits at its last
   stored row (what a recorder must leave after kill -9): inside;
-* D: the same tail loss without a marker (today's kill -9): outside, the book stays trusted.
+* D: the same tail loss without a marker (today's kill -9): outside, the book stays trusted;
+* E: as C, from a recorder that fell a second behind reading its socket after seq 2: its
+  marker comes a second after the lost frames were sent, yet at its last stored row, and the
+  loader's book (primed, seq 2 applied) was never trusted past what was received: inside.
 
 Plus a trade sent on sid 2**32 + 9 and stored as sid 9 (a wrapped value) and a valid trade
 stored exactly.
@@ -47,9 +50,12 @@ def _truth(rows: list[tuple]) -> None:
         cur.executemany(f"INSERT INTO {chaos_check.TRUTH_TABLE} ({cols}) VALUES ({marks})", rows)
 
 
-def _recording(pconn: int, market: str, t0: int, *, stored_upto: int) -> tuple[uuid.UUID, list]:
-    """Snapshot seq 1 and deltas seq 2..6 sent every 100 ms (seq 4 never stored; nothing after
-    ``stored_upto`` stored). Returns the connection id and the truth rows."""
+def _recording(
+    pconn: int, market: str, t0: int, *, stored_upto: int, lag_ms: int = 0
+) -> tuple[uuid.UUID, list]:
+    """Snapshot seq 1 and deltas seq 2..6 sent every 100 ms, received 20 us later, and from seq 3
+    on ``lag_ms`` later still (seq 4 never stored; nothing after ``stored_upto`` stored).
+    Returns the connection id and the truth rows."""
     conn = RecordingConnection.objects.create(
         exchange="local", ws_url="ws://x", markets=[market], opened_at=_at(t0)
     ).id
@@ -64,11 +70,12 @@ def _recording(pconn: int, market: str, t0: int, *, stored_upto: int) -> tuple[u
         sent = t0 + (seq - 1) * 100 * MS
         # Each delta's size differs per connection so that content identifies the connection.
         delta = 100 * seq + pconn
+        lag = (lag_ms * MS if seq >= 3 else 0) + 20_000
         truth.append((pconn, "delta", sid, seq, market, "yes", 4000, delta, "", sent, "valid"))
         if seq != 4 and seq <= stored_upto:
             OrderbookDelta.objects.create(
                 connection_id=conn, market_ticker=market, sid=sid, seq=seq, side="yes",
-                price_e4=4000, delta_e2=delta, received_at=_at(sent + 20_000),
+                price_e4=4000, delta_e2=delta, received_at=_at(sent + lag),
             )  # fmt: skip
     return conn, truth
 
@@ -79,6 +86,7 @@ def test_checker_counts_losses_inside_and_outside_untrusted_windows() -> None:
     conn_b, truth_b = _recording(1, "MKT-B", t0, stored_upto=6)
     conn_c, truth_c = _recording(2, "MKT-C", t0, stored_upto=3)
     conn_d, truth_d = _recording(3, "MKT-D", t0, stored_upto=3)
+    conn_e, truth_e = _recording(4, "MKT-E", t0, stored_upto=3, lag_ms=1000)
     # B: the gap is seen when seq 5 arrives; the resync snapshot (seq 7) comes 200 ms later.
     RecordingEvent.objects.create(
         connection_id=conn_b, kind="gap", sid=1, expected_seq=4, got_seq=5,
@@ -94,6 +102,9 @@ def test_checker_counts_losses_inside_and_outside_untrusted_windows() -> None:
     RecordingEvent.objects.create(
         connection_id=conn_c, kind="disconnect", detail="no close record", at=_at(t0 + 200 * MS)
     )
+    RecordingEvent.objects.create(
+        connection_id=conn_e, kind="disconnect", detail="reset", at=_at(t0 + 1200 * MS + 20_000)
+    )
     # Trades on A: one exact, one whose sid 2**32 + 9 was stored wrapped as 9.
     wide = 2**32 + 9
     trade_rows = [
@@ -106,12 +117,12 @@ def test_checker_counts_losses_inside_and_outside_untrusted_windows() -> None:
             trade_id=trade_id, yes_price_e4=price, no_price_e4=10_000 - price, count_e2=count,
             taker_side=side, received_at=_at(sent + 20_000),
         )  # fmt: skip
-    _truth(truth_a + truth_b + truth_c + truth_d + trade_rows)
+    _truth(truth_a + truth_b + truth_c + truth_d + truth_e + trade_rows)
 
     with connection.cursor() as cur:
         result = chaos_check.compare(cur)
-    assert result.connections_mapped == 4 and result.connections_unmapped == 0
-    assert result.frames_accepted == 4 * 6 + 1 + 1  # snapshots + deltas, B's resync, a trade
+    assert result.connections_mapped == 5 and result.connections_unmapped == 0
+    assert result.frames_accepted == 5 * 6 + 1 + 1  # snapshots + deltas, B's resync, a trade
     lost = sorted((f.market, f.seq, f.kind) for f in result.lost)
     # C and D also lose seq 5 and 6 (sent after their data ended).
     assert lost == [
@@ -119,22 +130,26 @@ def test_checker_counts_losses_inside_and_outside_untrusted_windows() -> None:
         ("MKT-B", 4, "delta"),
         *[("MKT-C", s, "delta") for s in (4, 5, 6)],
         *[("MKT-D", s, "delta") for s in (4, 5, 6)],
+        *[("MKT-E", s, "delta") for s in (4, 5, 6)],
     ]
     assert result.rows_stored == result.frames_accepted - len(lost)
     assert result.duplicates == 0
     assert result.wrapped_rows == 1
     assert result.wrapped_examples[0]["sid"] == 9
     assert result.other_frames == {"wide_sid": [1, 0]}
-    assert {f.connection_id for f in result.lost} == {conn_a, conn_b, conn_c, conn_d}
+    assert {f.connection_id for f in result.lost} == {conn_a, conn_b, conn_c, conn_d, conn_e}
+    # E's frames were due when its last stored row was received, a second after they were sent.
+    due_e = {f.due_ns - f.sent_ns for f in result.lost if f.market == "MKT-E"}
+    assert all(500 * MS < d <= 1000 * MS for d in due_e)
 
-    markets = ["MKT-A", "MKT-B", "MKT-C", "MKT-D"]
+    markets = ["MKT-A", "MKT-B", "MKT-C", "MKT-D", "MKT-E"]
     coverage = chaos_check.classify_losses(result.lost, markets=markets, slack_s=0.25)
     outside = sorted((f.market, f.seq) for f in coverage.outside_frames)
     assert outside == [("MKT-A", 4), ("MKT-D", 4), ("MKT-D", 5), ("MKT-D", 6)]
-    assert coverage.inside == 4 and coverage.outside == 4
+    assert coverage.inside == 7 and coverage.outside == 4
     assert coverage.outside_by_kind == {"delta": 4}
-    # B's gap and C's disconnect each untrusted a trusted book once.
-    assert coverage.untrusted_windows == 2
+    # B's gap and C's and E's disconnects each untrusted a trusted book once.
+    assert coverage.untrusted_windows == 3
 
 
 def test_a_stored_row_that_differs_from_what_was_sent_is_a_wrapped_value() -> None:
