@@ -38,6 +38,9 @@ includes it; duplicates and wrapped values compare stored
 rows with the sent frames. Ends with one JSON line. Target: 0 duplicates, 0 wrapped values,
 0 lost rows outside untrusted windows, 0 unexpected exits (alive throughout).
 
+``--faults kill9,db_hang`` runs a subset; ``--faults none`` is the checker's control: recording
+with only the exchange's own faults (which lose nothing) must report 0 lost rows.
+
 Uses (and drops, unless ``--keep-db``) its own database: ``BENCH_DB``, default
 ``kalshiflow_chaos``.
 """
@@ -753,9 +756,11 @@ FAULTS = ("kill9", "db_refuse", "db_hang", "spill_full", "hostile", "socket_drop
 BASE_PLAN = (*FAULTS, *(["hostile"] * (len(HOSTILE_KINDS) - 1)))
 
 
-def make_schedule(rng: random.Random, seconds: float) -> list[tuple[str, float]]:
-    """(fault, duration) in order: the base plan (every fault, every hostile frame kind)
-    shuffled, then random faults while ``seconds`` are not used up."""
+def make_schedule(
+    rng: random.Random, seconds: float, faults: tuple[str, ...] = FAULTS
+) -> list[tuple[str, float]]:
+    """(fault, duration) in order: the base plan (each of ``faults``; every hostile frame
+    kind) shuffled, then random ones of ``faults`` while ``seconds`` are not used up."""
     durations = {
         "kill9": lambda: rng.uniform(1, 3),  # downtime before the restart
         "db_refuse": lambda: rng.uniform(3, 5),
@@ -765,11 +770,12 @@ def make_schedule(rng: random.Random, seconds: float) -> list[tuple[str, float]]
         "socket_drop": lambda: 0.0,
         "wide_sid": lambda: 0.0,
     }
-    order = list(BASE_PLAN)
+    order = [f for f in BASE_PLAN if f in faults]
     rng.shuffle(order)
-    plan, total = [], 0.0
-    while order or total < seconds:
-        fault = order.pop(0) if order else rng.choice(FAULTS)
+    plan: list[tuple[str, float]] = []
+    total = 0.0
+    while faults and (order or total < seconds):
+        fault = order.pop(0) if order else rng.choice(faults)
         duration = durations[fault]()
         plan.append((fault, duration))
         total += duration + 6.0  # the mean quiet time between faults
@@ -788,9 +794,18 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=8.0)
     parser.add_argument("--cooldown", type=float, default=20.0, help="fault-free drain, s")
     parser.add_argument("--slack", type=float, default=0.25, help="marker delay allowed, s")
+    parser.add_argument(
+        "--faults",
+        default=",".join(FAULTS),
+        help=f"comma-separated subset of {','.join(FAULTS)}; 'none' = a baseline run that "
+        "must show no loss (the checker's own control)",
+    )
     parser.add_argument("--no-exchange-faults", action="store_true")
     parser.add_argument("--keep-db", action="store_true", help="do not drop the database")
     args = parser.parse_args()
+    faults = tuple(f for f in args.faults.split(",") if f and f != "none")
+    if unknown := set(faults) - set(FAULTS):
+        parser.error(f"unknown faults {sorted(unknown)}; choose from {', '.join(FAULTS)}")
     rng = random.Random(args.seed)
     var_dir = Path(tempfile.mkdtemp(prefix="chaos-ingest-"))
     say(f"scratch dir {var_dir}; database {DB_NAME}")
@@ -847,7 +862,7 @@ def main() -> None:
         threading.Thread(target=progress, daemon=True).start()
         say(f"warm-up {args.warmup:.0f}s at {args.rate:,.0f} msg/s, {len(markets)} markets")
         time.sleep(args.warmup)
-        plan = make_schedule(rng, args.seconds)
+        plan = make_schedule(rng, args.seconds, faults)
         say(f"schedule (seed {args.seed}): " + ", ".join(f"{f} {d:.1f}s" for f, d in plan))
         fault_start = time.monotonic()
         for fault, duration in plan:
@@ -865,6 +880,8 @@ def main() -> None:
             )
             say(f">> {fault} {duration:.1f}s {detail}")
             time.sleep(rng.uniform(4, 8))
+        if not plan:
+            time.sleep(args.seconds)  # a baseline: recording, only the exchange's own faults
         fault_end = time.monotonic()
         say(f"faults over; {args.cooldown:.0f}s to drain")
         time.sleep(args.cooldown)
