@@ -82,8 +82,10 @@ DB_NAME = os.environ.get("BENCH_DB", "kalshiflow_chaos")
 # The writer's spill size cap (issue 12, item 3). Named once here so it can follow the name
 # the writer settles on; a writer that does not know it is capped by RLIMIT_FSIZE instead.
 SPILL_CAP_SETTING = "RL_WRITER_SPILL_MAX_BYTES"
-SPILL_CAP_BYTES = 8 * 2**20
-SPILL_FILE_LIMIT_BYTES = 8 * 2**20  # RLIMIT_FSIZE of the recorder: a small "disk" per file
+# ~0.8 MB of spill per second of outage at 5k msg/s: a 3-5 s refusal stays under the cap
+# (unless several come before the spill has drained), a 20-26 s "spill_full" refusal does not.
+SPILL_CAP_BYTES = 12 * 2**20
+SPILL_FILE_LIMIT_BYTES = 12 * 2**20  # RLIMIT_FSIZE of the recorder: a small "disk" per file
 WIDE_SID_OFFSET = 2**32
 HOSTILE_KINDS = ("huge_digits", "far_ts", "deep_nesting", "binary")
 FAR_TS_MS = 253_402_300_800_000  # 10000-01-01: past datetime's range
@@ -765,7 +767,7 @@ def make_schedule(
         "kill9": lambda: rng.uniform(1, 3),  # downtime before the restart
         "db_refuse": lambda: rng.uniform(3, 5),
         "db_hang": lambda: rng.uniform(6, 10),
-        "spill_full": lambda: rng.uniform(18, 24),
+        "spill_full": lambda: rng.uniform(20, 26),
         "hostile": lambda: 0.0,
         "socket_drop": lambda: 0.0,
         "wide_sid": lambda: 0.0,
