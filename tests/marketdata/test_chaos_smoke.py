@@ -1,6 +1,6 @@
 """The chaos benchmark's checker (``benchmarks/chaos_check.py``) on a hand-built recording.
 
-Four connections, one market each, each losing the delta with seq 4 (sent by the exchange,
+Five connections, one market each, each losing the delta with seq 4 (sent by the exchange,
 never stored):
 
 * A: nothing marks the loss, the next delta continues the book: outside (a violation);
