@@ -56,6 +56,7 @@ import json
 import os
 import queue
 import random
+import re
 import resource
 import signal
 import socket
@@ -617,6 +618,19 @@ def start_exchange(var_dir: Path, *, port: int, rate: float, markets: int, seed:
     raise RuntimeError(f"the exchange did not start; see {var_dir / 'exchange.log'}")
 
 
+def exit_reason(tail: list[str]) -> str:
+    """The exception lines of the last output, root cause first (e.g. ``OverflowError: int too
+    big to convert <- CommandError: the writer is not running``)."""
+    found: list[str] = []
+    for line in tail[-120:]:
+        head = line.strip()
+        if re.match(r"^[\w.]*(Error|Exception)\b.*:", head) and head not in found:
+            found.append(head)
+    if not found:
+        return next((line.strip() for line in reversed(tail) if line.strip()), "")
+    return " <- ".join(found[-3:])
+
+
 class Recorder:
     """``manage.py ingest_orderbook`` as a subprocess, restarted after every exit."""
 
@@ -644,7 +658,7 @@ class Recorder:
         self.kills = 0
         self.unexpected: list[dict[str, Any]] = []
         self.expect_exit = False
-        self.tail: collections.deque[str] = collections.deque(maxlen=60)
+        self.tail: collections.deque[str] = collections.deque(maxlen=400)
         self.progress_times: list[float] = []
         self.last_progress = ""
         self.hang_windows: list[tuple[float, float]] = []
@@ -693,16 +707,12 @@ class Recorder:
                 if proc is None or proc.poll() is None or self.expect_exit:
                     continue
                 time.sleep(0.3)  # let the reader catch the last lines
-                tail = [line for line in self.tail if line.strip()]
-                reason = next(
-                    (line for line in reversed(tail) if "Error" in line or "error" in line),
-                    tail[-1] if tail else "",
-                )
+                reason = exit_reason(list(self.tail))
                 self.unexpected.append(
                     {
                         "t": time.strftime("%H:%M:%S"),
                         "returncode": proc.returncode,
-                        "last_line": reason[-300:],
+                        "reason": reason[-400:],
                     }
                 )
                 say(f"!! recorder exited by itself (rc {proc.returncode}): {reason[-200:]}")
@@ -973,15 +983,15 @@ hostile_order: list[str] = []
 
 
 def attribute(frames: list[Any], events: list[dict[str, Any]]) -> dict[str, int]:
-    """Count lost frames by the last fault that started before each was sent (within 15 s
-    of its end; otherwise ``none``: e.g. the exchange's own gaps, errors and stalls)."""
+    """Count lost frames by the fault that lost them: the latest one whose window, from 5 s
+    before it started (a kill or a crash loses what was received but not yet written) to 2 s
+    after it ended, holds the frame's send time; ``none`` when no window does (e.g. the
+    exchange's own gaps, errors and stalls)."""
     counts: collections.Counter[str] = collections.Counter()
     for frame in frames:
         sent_s = frame.sent_ns / 1e9
-        before = [e for e in events if e["wall"] <= sent_s + 0.5]
-        last = before[-1] if before else None
-        near = last is not None and sent_s <= last["wall_end"] + 15
-        counts[last["fault"] if near else "none"] += 1
+        around = [e for e in events if e["wall"] - 5 <= sent_s <= e["wall_end"] + 2]
+        counts[around[-1]["fault"] if around else "none"] += 1
     return dict(counts)
 
 
