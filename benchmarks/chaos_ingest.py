@@ -673,6 +673,7 @@ class Recorder:
 
         with self._lock:
             self.expect_exit = False
+            self.tail.clear()  # exit reasons are this process's own
             self.proc = subprocess.Popen(
                 self.args,
                 cwd=ROOT,
@@ -931,7 +932,7 @@ def main() -> None:
         f"{coverage.outside_by_kind}"
     )
     by_fault = attribute(coverage.outside_frames, events)
-    print(f"  outside, by the fault just before the loss: {by_fault}")
+    print(f"  outside, by the fault that lost them: {by_fault}")
     for example in coverage.outside_examples:
         print(f"  outside: {example}")
     print(
