@@ -134,7 +134,9 @@ class Comparison:
     identity_duplicates: int = 0  # extra rows on one (table, connection, sid, seq)
     frame_duplicates: int = 0  # extra stored rows of one sent frame (e.g. a wrapped copy)
     # Frames that are not plain valid data, by category (``wide_sid``, ``hostile``):
-    # [sent, stored exactly]. Missing ones are not losses: refusing them is allowed.
+    # [sent, stored exactly]. Missing ones are not losses: refusing them is allowed, unless
+    # the recorder stored some of a connection's wide-sid frames (``wide_sid_accepted``:
+    # counted here and as valid frames too).
     other_frames: dict[str, list[int]] = field(default_factory=dict)
     connections_mapped: int = 0
     connections_unmapped: int = 0
@@ -214,9 +216,18 @@ def compare(cursor: Any, *, examples: int = 5) -> Comparison:
         """
     )
     pconn_to_conn = {p: c for c, p in mapping.items()}
+    rows = cursor.fetchall()
+    # A recorder that stored some wide-sid frames of a connection exactly accepts them: the
+    # rest of that connection's are then lost like any valid frame, not "refused".
+    accepts_wide = {r[1] for r in rows if r[0] == "wide_sid" and r[7]}
     last_pconn, last_received = None, 0
-    for row in cursor.fetchall():
+    for row in rows:
         category, pconn, kind, sid, seq, market, sent_ns, exact, anyhow, received_ns = row
+        if category == "wide_sid" and pconn in accepts_wide:
+            category = "valid"
+            tally = out.other_frames.setdefault("wide_sid_accepted", [0, 0])
+            tally[0] += 1
+            tally[1] += int(exact > 0)
         if pconn != last_pconn:
             last_pconn, last_received = pconn, 0
         if received_ns is not None:
