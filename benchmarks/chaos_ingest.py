@@ -3,7 +3,7 @@ recorder, then check every frame the exchange sent against what history would tr
 
 Run by hand (a few minutes; needs PostgreSQL on 127.0.0.1:5432):
 
-    .venv/bin/python benchmarks/chaos_ingest.py [--seconds 150] [--rate 5000] [--seed 1]
+    .venv/bin/python benchmarks/chaos_ingest.py [--seconds 120] [--rate 5000] [--seed 1]
 
 What runs (all real parts of the project, each in its own process where it matters):
 
@@ -800,7 +800,7 @@ def make_schedule(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=150.0, help="length of the fault phase")
+    parser.add_argument("--seconds", type=float, default=120.0, help="length of the fault phase")
     parser.add_argument("--rate", type=float, default=5000.0, help="exchange msgs/s")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--markets", type=int, default=5)
