@@ -185,6 +185,13 @@ class ClientStats:
         data["malformed_reasons"] = dict(self.malformed_reasons)
         return data
 
+    def malformed_summary(self) -> str:
+        """``"3 (number_too_long 1, too_deep 2)"``: the count and its reasons, for one line."""
+        if not self.malformed_reasons:
+            return str(self.malformed)
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(self.malformed_reasons.items()))
+        return f"{self.malformed} ({reasons})"
+
 
 @dataclass
 class _MarketState:
@@ -271,6 +278,12 @@ class KalshiClient:
 
     async def run(self) -> None:
         """Connect, follow the markets, reconnect on failure; returns after :meth:`stop`."""
+        try:
+            await self._run()
+        finally:
+            self.rejected.close()  # reopened on the next rejected frame, if any
+
+    async def _run(self) -> None:
         attempt = 0
         while not self._stopping.is_set():
             started = time.monotonic()
@@ -574,6 +587,12 @@ class KalshiClient:
                 f"subscribe command (id {cmd_id})",
                 code="unexpected_ack",
             )
+        in_use = self._sid_channel.get(sid)
+        if in_use is not None and in_use != pending[0]:
+            raise ProtocolError(
+                f"subscription ack gives sid {sid} to {pending[0]}, but it carries {in_use}",
+                code="unexpected_ack",
+            )
         del self._pending_cmds[cmd_id]
         channel, markets = pending
         self._sid_channel[sid] = channel
@@ -610,12 +629,13 @@ class KalshiClient:
         self._warn.warning("error", "exchange error %s: %s", msg.code, msg.message)
         if self.connection_id is None:
             return
+        # Free text from the peer goes into text columns: PostgreSQL refuses U+0000 in them.
         self.sink.on_event(
             self.connection_id,
             EVENT_SUB_ERROR,
-            market_ticker=msg.market_ticker or "",
+            market_ticker=(msg.market_ticker or "").replace("\x00", "")[:128],
             sid=msg.sid,
-            detail=f"code {msg.code}: {msg.message}"[:200],
+            detail=f"code {msg.code}: {msg.message}".replace("\x00", "\\x00")[:200],
         )
         if msg.code in FATAL_SUB_ERRORS and msg.sid is not None:
             # The subscription is dead: resubscribe its markets on a new sid.
@@ -702,6 +722,6 @@ def _not_its_sid(name: str, market: str, sid: int, own_sid: int) -> ProtocolErro
 def _describe(exc: BaseException) -> str:
     """``str(exc)`` cut short, and safe even when ``__str__`` itself fails."""
     try:
-        return str(exc)[:300]
+        return str(exc)[:300].replace("\x00", "\\x00")  # it may end up in a text column
     except Exception:
         return f"<unprintable {type(exc).__name__}>"

@@ -486,6 +486,11 @@ def _book_price(price_e4: int, side: str, *, yes_scale: bool) -> int:
     return price_e4
 
 
+def _nul(field: str) -> _Reject:
+    # PostgreSQL text cannot hold U+0000: an identifier that would be stored must not either.
+    return _Reject(f"{field} contains a NUL character", code="bad_text")
+
+
 def _outside_book(side: str, price_e4: int) -> str:
     return f"the {side} bid price ${e4_to_dollars(price_e4)} is not strictly between $0 and $1"
 
@@ -626,6 +631,8 @@ class FrameDecoder:
                 ts_ms = m.ts_ms
                 if ts_ms is None and m.ts is not None:
                     ts_ms = _rfc3339_to_ms(m.ts)
+                if "\x00" in m.market_ticker:
+                    raise _nul("market_ticker")
                 return OrderbookDelta(
                     frame.sid,
                     frame.seq,
@@ -646,6 +653,8 @@ class FrameDecoder:
 
     def _snapshot(self, frame: _SnapshotFrame) -> OrderbookSnapshot:
         body = frame.msg
+        if "\x00" in body.market_ticker:
+            raise _nul("market_ticker")
         return OrderbookSnapshot(
             frame.sid,
             frame.seq,
@@ -799,6 +808,10 @@ def _error(frame: _ErrorFrame) -> ErrorMessage:
 
 def _trade(frame: _TradeFrame) -> Trade:
     body = frame.msg
+    if "\x00" in body.market_ticker:
+        raise _nul("market_ticker")
+    if "\x00" in body.trade_id:
+        raise _nul("trade_id")
     yes_price_e4 = _optional_price(body.yes_price_dollars, body.yes_price)
     no_price_e4 = _optional_price(body.no_price_dollars, body.no_price)
     count_e2 = _optional_size(body.count_fp, body.count)
