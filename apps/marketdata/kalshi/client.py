@@ -583,7 +583,7 @@ class KalshiClient:
         pending = self._pending_cmds.get(cmd_id) if cmd_id is not None else None
         if pending is None or (channel is not None and channel != pending[0]):
             raise ProtocolError(
-                f"subscription ack for sid {sid} ({channel or 'ok'}) answers no pending "
+                f"subscription ack for sid {sid} ({channel or 'ok'!r}) answers no pending "
                 f"subscribe command (id {cmd_id})",
                 code="unexpected_ack",
             )
@@ -714,7 +714,7 @@ class KalshiClient:
 
 def _not_its_sid(name: str, market: str, sid: int, own_sid: int) -> ProtocolError:
     return ProtocolError(
-        f"{name} frame of {market} on sid {sid}, but {market} is subscribed on sid {own_sid}",
+        f"{name} frame of {market!r} on sid {sid}, but it is subscribed on sid {own_sid}",
         code="wrong_sid",
     )
 
