@@ -118,6 +118,24 @@ class Session:
             (frame if key == "sending_ts_ms" else msg)[key] = value
         return json.dumps(frame)
 
+    def trade(self, market: str, *, sid: int | None = None, seq: int | None = None) -> str:
+        sid = self.sids[TRADE] if sid is None else sid
+        ts = now_ms()
+        frame: dict[str, Any] = {"type": "trade", "sid": sid}
+        frame["seq"] = self.next_seq(sid) if seq is None else seq
+        frame["msg"] = {
+            "trade_id": f"t-{frame['seq']}",
+            "market_ticker": market,
+            "yes_price_dollars": "0.4000",
+            "no_price_dollars": "0.6000",
+            "count_fp": "2.00",
+            "taker_side": "yes",
+            "ts": ts // 1000,
+            "ts_ms": ts,
+        }
+        frame["sending_ts_ms"] = ts
+        return json.dumps(frame)
+
 
 class HostileExchange:
     """Serves ``markets`` (empty books unless given) and runs ``script`` on each connection."""
@@ -130,11 +148,15 @@ class HostileExchange:
         script: Script | None = None,
         sids: dict[str, int] | None = None,
         books: dict[str, dict[str, dict[int, int]]] | None = None,
+        merge_acks: Sequence[str] = (),
     ) -> None:
         self.markets = list(markets)
         self.books = books or {m: {"yes": {3000: 500}, "no": {5000: 700}} for m in markets}
         self.script = script
         self.sid_of = sids or {ORDERBOOK: 1, TRADE: 2}
+        # Channels whose subscribe is answered like a merge into an existing sid: an ``ok``
+        # with the sid, a seq and the market list (observed, protocol notes §3).
+        self.merge_acks = set(merge_acks)
         self.commands: list[dict[str, Any]] = []
         self.sessions: list[Session] = []
         self.script_done = asyncio.Event()
@@ -195,7 +217,12 @@ class HostileExchange:
             for channel in params.get("channels", []):
                 sid = self.sid_of[channel]
                 session.sids[channel] = sid
-                ack = {"id": cmd_id, "type": "subscribed", "msg": {"channel": channel, "sid": sid}}
+                if channel in self.merge_acks:
+                    ack = {"type": "ok", "id": cmd_id, "sid": sid, "seq": session.next_seq(sid)}
+                    ack["msg"] = {"market_tickers": params.get("market_tickers", [])}
+                else:
+                    ack = {"id": cmd_id, "type": "subscribed"}
+                    ack["msg"] = {"channel": channel, "sid": sid}
                 await session.send(json.dumps(ack))
                 if channel == ORDERBOOK:
                     for market in params.get("market_tickers", []):

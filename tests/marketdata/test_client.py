@@ -8,7 +8,7 @@ import uuid
 from typing import Any
 
 from apps.marketdata.exchange import ApiKey, FaultConfig
-from apps.marketdata.kalshi.client import ClientConfig, KalshiClient
+from apps.marketdata.kalshi.client import TRADE, ClientConfig, KalshiClient
 from apps.marketdata.kalshi.rejects import read_rejected_frames
 from tests.marketdata.exchange_support import PUBLIC_PEM, SIGNER, make_exchange, run
 from tests.marketdata.hostile_exchange import HostileExchange, Session
@@ -300,3 +300,31 @@ def test_a_sink_that_raises_on_one_frame_costs_that_frame_not_the_client(tmp_pat
     assert [r["code"] for r in records] == ["handler_error"]
     assert json.loads(records[0]["raw"])["msg"]["delta_fp"] == "7.77"
     assert records[0]["connection_id"] == str(client.connection_id)
+
+
+def test_only_acks_of_our_own_subscribe_commands_create_sids_a_merging_ok_included() -> None:
+    phases = Phases()
+
+    async def script(s: Session) -> None:
+        # A "subscribed" answering no command we sent: sid 7 must not come to exist.
+        await s.send('{"id":99,"type":"subscribed","msg":{"channel":"orderbook_delta","sid":7}}')
+        await s.send(s.snapshot(A, sid=7, seq=1))
+        await s.send(s.trade(A))  # on sid 2, acknowledged by a merging "ok"
+        await s.send(s.delta(A, 4100, 100))
+        await phases.reached(1)
+
+    exchange = HostileExchange(
+        [A], keys=(ApiKey(public_key=PUBLIC_PEM),), script=script, merge_acks=[TRADE]
+    )
+    sink = MemorySink()
+
+    async def body(client: KalshiClient) -> None:
+        await wait_for(lambda: client.stats.messages >= 2 + 1 + 4)
+        assert client.book_position(A) == (1, 2)  # still on sid 1, the delta applied
+        phases.go(1)
+
+    client = run(run_against(exchange, sink, body))
+    assert client.stats.malformed_reasons == {"unexpected_ack": 1, "unacknowledged_sid": 1}
+    assert [(t.sid, t.seq) for _, t in sink.trades] == [(2, 2)]  # seq 1 was the ok's
+    assert [(m.sid, m.seq) for _, m, _ in sink.snapshots] == [(1, 1)]
+    assert client.books[A].snapshot_levels() == server_levels(exchange, A)
