@@ -247,3 +247,18 @@ def test_strings_wider_than_their_columns_are_rejected(
     decoder: FrameDecoder, frame: dict, words: str
 ) -> None:
     rejects(decoder, frame, "too_long", words)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        delta(market_ticker="KXB\x00-1"),
+        snapshot(market_ticker="KXB\x00-1"),
+        trade(market_ticker="KXB\x00-1"),
+        trade(trade_id="t\x00"),
+    ],
+    ids=["delta-ticker", "snapshot-ticker", "trade-ticker", "trade-id"],
+)
+def test_stored_text_with_a_nul_character_is_rejected(decoder: FrameDecoder, frame: dict) -> None:
+    # PostgreSQL text columns refuse U+0000: the writer would reject the row after the fact.
+    rejects(decoder, frame, "bad_text", "NUL")
