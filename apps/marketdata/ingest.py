@@ -440,6 +440,7 @@ async def run_ingest_async(
             channels=channels,
             use_yes_price=options.use_yes_price,
             latency_sample_every=options.latency_sample_every,
+            rejected_frames_dir=Path(settings.VAR_DIR) / "rejected-frames",
         ),
         signer=signer,
         sink=sink,
@@ -548,7 +549,7 @@ async def _housekeeping(
                 f"{rate:8.0f} msg/s | messages {stats.messages} | rows written "
                 f"{w.get('rows_written', 0)} | queue {w.get('queue_depth', 0)} | spilled "
                 f"{w.get('spilled_rows', 0)} | gaps {stats.gaps} | resyncs {stats.resyncs} | "
-                f"reconnects {stats.reconnects} | malformed {stats.malformed}"
+                f"reconnects {stats.reconnects} | malformed {stats.malformed_summary()}"
             )
         if now >= next_status:
             next_status = now + options.status_interval_s
