@@ -5,11 +5,14 @@ No DATABASE_URL -> SQLite under var/. No REDIS_URL -> in-memory channel layer an
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from apps.marketdata.kalshi.signer import SignerError, check_key_id
 from kalshiflow_site.env import env_bool, env_float, env_int, env_secret, env_str
 from kalshiflow_site.modes import LiveTradingRefused, validate_mode
 
@@ -149,6 +152,15 @@ CELERY_ACCEPT_CONTENT = ["json"]
 
 # Kalshi credentials: read here, handed to the signer, never logged or stored.
 KALSHI_API_KEY_ID = env_secret("KALSHI_API_KEY_ID")
+# Where the key id came from, so that an authentication failure can say which setting to fix.
+KALSHI_API_KEY_ID_SOURCE = next(
+    (name for name in ("KALSHI_API_KEY_ID", "KALSHI_API_KEY_ID_FILE") if os.environ.get(name)), ""
+)
+if KALSHI_API_KEY_ID:
+    try:
+        check_key_id(KALSHI_API_KEY_ID)
+    except SignerError as exc:
+        raise ImproperlyConfigured(f"{KALSHI_API_KEY_ID_SOURCE}: {exc}") from None
 KALSHI_PRIVATE_KEY_PATH = env_str("KALSHI_PRIVATE_KEY_PATH", "")
 KALSHI_PRIVATE_KEY_PEM = env_secret("KALSHI_PRIVATE_KEY_PEM")
 
@@ -167,23 +179,77 @@ RL_WRITER_SPILL_DIR = Path(env_str("RL_WRITER_SPILL_DIR", str(VAR_DIR / "spill")
 RL_WRITER_STUCK_AFTER_S = env_float("RL_WRITER_STUCK_AFTER_S", 30.0, minimum=1.0)
 RL_FEED_SILENT_S = env_float("RL_FEED_SILENT_S", 30.0, minimum=1.0)
 RL_HEARTBEAT_STALE_S = env_float("RL_HEARTBEAT_STALE_S", 15.0, minimum=1.0)
+# Worker health (/rl/health, /rl/status, admin): a worker whose heartbeat is older than
+# RL_HEARTBEAT_STALE_S is "silent" (unhealthy), older than RL_WORKER_DEAD_AFTER_S "dead" (shown,
+# but no longer unhealthy by itself: a SIGKILLed process must not keep health red forever).
+# RL_HEALTH_EXPECT lists what must run: "kind" or "kind:label" entries (e.g. "ingest,paper"),
+# each unhealthy while no live worker matches it.
+RL_WORKER_DEAD_AFTER_S = env_float("RL_WORKER_DEAD_AFTER_S", 300.0, minimum=1.0)
+if RL_WORKER_DEAD_AFTER_S < RL_HEARTBEAT_STALE_S:
+    raise ImproperlyConfigured(
+        f"RL_WORKER_DEAD_AFTER_S={RL_WORKER_DEAD_AFTER_S:g} must be >= "
+        f"RL_HEARTBEAT_STALE_S={RL_HEARTBEAT_STALE_S:g}"
+    )
+RL_HEALTH_EXPECT = [e.strip() for e in env_str("RL_HEALTH_EXPECT", "").split(",") if e.strip()]
+for _expect in RL_HEALTH_EXPECT:
+    if not re.fullmatch(r"[a-z][a-z0-9_-]{0,31}(:[A-Za-z0-9][A-Za-z0-9._-]{0,199})?", _expect):
+        raise ImproperlyConfigured(
+            f"RL_HEALTH_EXPECT entry {_expect!r} is not a worker kind or kind:label "
+            "(e.g. ingest,paper:mymodel)"
+        )
+# A connection left open by a recorder on another host (or without a pid) is closed by the
+# next recorder's start-up sweep once neither a heartbeat nor a row of it is younger than this
+# (apps/marketdata/orphans.py); longer than any database outage a live recorder rides out.
+RL_RECORDER_GONE_AFTER_S = env_float("RL_RECORDER_GONE_AFTER_S", 900.0, minimum=1.0)
 
 MODEL_DIR = Path(env_str("MODEL_DIR", str(VAR_DIR / "models")))
 RL_TRAINING_MAX_CONCURRENT = env_int("RL_TRAINING_MAX_CONCURRENT", 1, minimum=1)
 # A run whose estimated arrays (histories, envs, rollout buffer) exceed this is refused.
 RL_TRAINING_MEMORY_BUDGET_MB = env_int("RL_TRAINING_MEMORY_BUDGET_MB", 8192, minimum=64)
-# Promotion gate: the minimum held-out Sharpe a model needs to be promoted (unset = no gate).
+# Promotion gate. A model is promotable only when the lower bound of the 95 % interval of
+# (agent - no trading) P&L per hour on held-out time is above zero (RL_PROMOTION_REQUIRE_EDGE,
+# on by default) and, when set, its held-out Sharpe per sqrt(hour) of market time reaches
+# RL_PROMOTION_MIN_SHARPE. Forcing past the gate needs a user and a reason, and is recorded.
+RL_PROMOTION_REQUIRE_EDGE = env_bool("RL_PROMOTION_REQUIRE_EDGE", True)
 _min_sharpe = env_str("RL_PROMOTION_MIN_SHARPE", "")
 RL_PROMOTION_MIN_SHARPE = float(_min_sharpe) if _min_sharpe else None
 
 # The operations surface (apps/dashboard): REST API, OpenAPI schema, live page.
-# Staff only (session or basic auth) except /rl/health; errors are JSON.
+# Staff only except /rl/health; errors are JSON. A staff session (log in at /admin/) always
+# works; HTTP Basic (the password on every request) only with RL_API_BASIC_AUTH=true.
+RL_API_BASIC_AUTH = env_bool("RL_API_BASIC_AUTH", False)
+# Failed password attempts (admin login form, Basic auth) per client address and window, as
+# DRF rates ("10/min", "100/hour"): beyond it, 429 until the window moves on.
+RL_AUTH_FAILURE_RATE = env_str("RL_AUTH_FAILURE_RATE", "10/min").strip()
+if not re.fullmatch(r"[1-9][0-9]{0,8}/(s|sec|m|min|h|hour|d|day)", RL_AUTH_FAILURE_RATE):
+    raise ImproperlyConfigured(
+        f"RL_AUTH_FAILURE_RATE={RL_AUTH_FAILURE_RATE!r} is not a rate like 10/min or 100/hour"
+    )
+# Reverse proxies in front of the server that append X-Forwarded-For: the client address is
+# that header's N-th entry from the right; 0 = REMOTE_ADDR (a client-written header is ignored).
+RL_NUM_PROXIES = env_int("RL_NUM_PROXIES", 0, minimum=0)
+# The failed-login counts: shared by every server process through Redis when there is one.
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "auth-throttle": (
+        {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "rl-auth-throttle",
+            # A hung Redis delays a login by at most this, then the throttle is skipped.
+            "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
+        }
+        if REDIS_URL
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "auth"}
+    ),
+}
 INSTALLED_APPS += ["rest_framework", "drf_spectacular", "drf_spectacular_sidecar"]
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.BasicAuthentication",
-        "rest_framework.authentication.SessionAuthentication",
+        "apps.dashboard.api.authentication.StaffSessionAuthentication",
+        "apps.dashboard.api.authentication.OptionalBasicAuthentication",
     ],
+    "NUM_PROXIES": RL_NUM_PROXIES,
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAdminUser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PAGINATION_CLASS": "apps.dashboard.api.pagination.Pages",

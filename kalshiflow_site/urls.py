@@ -1,7 +1,11 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from apps.dashboard.views import throttled_admin_login
+
 urlpatterns = [
+    # Before the admin's own login/ route: failed passwords are throttled per address.
+    path("admin/login/", throttled_admin_login),
     path("admin/", admin.site.urls),
     path("rl/", include("apps.dashboard.urls")),
 ]

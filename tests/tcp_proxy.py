@@ -4,8 +4,12 @@
 ``stop()`` drops every open connection and closes the listening socket, so new connections
 are refused (a database that went away); ``start()`` listens again on the same port.
 ``blackhole()`` drops open connections and then accepts new ones without ever answering (a
-hung network: clients wait for their own timeouts). Threads only, no asyncio, so it runs
-beside any event loop.
+hung network: clients wait for their own timeouts). ``hang()`` keeps every connection open
+and accepts new ones (the upstream end is connected too) but holds every byte in both
+directions, so the kernel acknowledges what clients send and no TCP timeout fires: a
+database that accepts and never answers. ``resume()`` delivers what was held and forwards
+again, as a database coming back would. Threads only, no asyncio, so it runs beside any
+event loop.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ class TcpProxy:
         self._listener: socket.socket | None = None
         self._accept_thread: threading.Thread | None = None
         self._forwarding = True
+        self._flowing = threading.Event()  # cleared while hung: pumps hold their bytes
+        self._flowing.set()
 
     def __enter__(self) -> TcpProxy:
         return self.start()
@@ -36,6 +42,7 @@ class TcpProxy:
         """Listen (on the same port as before, if any) and forward new connections."""
         self._close_listener()
         self._forwarding = True
+        self._flowing.set()
         self._listen()
         return self
 
@@ -43,6 +50,7 @@ class TcpProxy:
         """Drop every connection and refuse new ones until ``start()``."""
         self._close_listener()
         self._drop_all()
+        self._flowing.set()  # held pumps wake, find their sockets closed and end
 
     def blackhole(self) -> None:
         """Drop every connection; accept new ones but never forward a byte."""
@@ -50,6 +58,14 @@ class TcpProxy:
         self._drop_all()
         self._forwarding = False
         self._listen()
+
+    def hang(self) -> None:
+        """Keep and accept connections but answer nothing, until ``resume()``."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        """Deliver what ``hang()`` held back and forward normally again."""
+        self._flowing.set()
 
     def _listen(self) -> None:
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -113,6 +129,7 @@ class TcpProxy:
                 data = src.recv(65536)
                 if not data:
                     break
+                self._flowing.wait()
                 dst.sendall(data)
         except OSError:
             pass

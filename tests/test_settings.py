@@ -73,3 +73,22 @@ def test_check_deploy_is_clean_with_production_like_settings(tmp_path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"RL_HEARTBEAT_STALE_S": "60", "RL_WORKER_DEAD_AFTER_S": "30"},
+            "RL_WORKER_DEAD_AFTER_S=30 must be >= RL_HEARTBEAT_STALE_S=60",
+        ),
+        ({"RL_HEALTH_EXPECT": "ingest,Paper Trader"}, "RL_HEALTH_EXPECT entry 'Paper Trader'"),
+        ({"RL_AUTH_FAILURE_RATE": "10 per minute"}, "RL_AUTH_FAILURE_RATE='10 per minute'"),
+        ({"RL_AUTH_FAILURE_RATE": "0/min"}, "RL_AUTH_FAILURE_RATE='0/min'"),
+        ({"RL_API_BASIC_AUTH": "maybe"}, "RL_API_BASIC_AUTH='maybe' is not a boolean"),
+    ],
+)
+def test_health_and_auth_settings_are_checked_at_start_up(tmp_path, env, message) -> None:
+    result = run_check(RL_VAR_DIR=str(tmp_path), **env)
+    assert result.returncode != 0
+    assert message in result.stderr

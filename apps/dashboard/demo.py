@@ -118,7 +118,7 @@ def random_episode(
     )
 
 
-def train_and_promote(
+def train_model(
     *,
     name: str,
     markets: list[str],
@@ -128,8 +128,8 @@ def train_and_promote(
     timesteps: int,
     seed: int,
 ) -> RLModel:
-    """Train a small PPO model as a Celery task on the first 70 % of the window, evaluate it
-    on the rest, and promote it (the same services the admin and ``train`` use)."""
+    """Train a small PPO model as a Celery task on the first 70 % of the window and evaluate it
+    on the rest (the same services the admin and ``train`` use)."""
     (ts, te), (es, ee) = selectors.split_windows(start, end, train_share=0.7)
     eval_ticks = int((ee - es) / timedelta(seconds=step_s))
     spec = RunSpec(
@@ -154,7 +154,26 @@ def train_and_promote(
         model.refresh_from_db()
     if model.status != ModelStatus.READY:
         raise RuntimeError(f"training did not finish: {model.status} {model.error[:300]}")
-    return services.promote_model(model=model)
+    return model
+
+
+def promote_or_explain(model: RLModel) -> tuple[RLModel, str]:
+    """Promote ``model`` through the gate; if the gate refuses, say why and force it with a
+    recorded override by the demo's admin user, so that the demo can still show the paper
+    trader (paper only: the override is visible in the admin). Returns (model, refusal)."""
+    try:
+        return services.promote_model(model=model), ""
+    except services.PromotionRefused as exc:
+        refusal = str(exc)
+    from django.contrib.auth import get_user_model
+
+    user, _ = get_user_model().objects.get_or_create(username="admin")
+    forced = services.promote_model(
+        model=model,
+        promoted_by=user,
+        override_reason="demo: shows the paper trader with a model the gate refused",
+    )
+    return forced, refusal
 
 
 def ensure_demo_admin(*, username: str = "admin") -> tuple[str, str, bool]:

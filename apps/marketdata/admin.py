@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.http import HttpRequest
 
+from apps.marketdata.kalshi.urls import redact_url
 from apps.marketdata.models import (
     OrderbookDelta,
     OrderbookSnapshot,
@@ -30,9 +31,17 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(RecordingConnection)
 class RecordingConnectionAdmin(ReadOnlyAdmin):
-    list_display = ("id", "exchange", "ws_url", "opened_at", "closed_at", "close_reason")
+    list_display = ("id", "exchange", "endpoint", "opened_at", "closed_at", "close_reason")
     list_filter = ("exchange",)
     date_hierarchy = "opened_at"
+    # ws_url is shown only through endpoint(): rows stored by older versions may hold a URL
+    # with embedded credentials.
+    exclude = ("ws_url",)
+    readonly_fields = ("endpoint",)
+
+    @admin.display(description="endpoint")
+    def endpoint(self, obj: RecordingConnection) -> str:
+        return redact_url(obj.ws_url)
 
 
 @admin.register(OrderbookSnapshot)

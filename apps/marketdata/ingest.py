@@ -1,8 +1,12 @@
 """The recorder: Kalshi client -> in-memory books -> batched writer, plus its housekeeping.
 
 ``run_ingest()`` is what ``manage.py ingest_orderbook`` and the Channels worker both run.
-The socket's task only decodes, applies and enqueues (O(1)); every database write happens in
-the writer's thread or in short ``asyncio.to_thread`` calls for metadata and heartbeats.
+The socket's task only decodes, applies and enqueues (O(1)). Nothing on the event loop waits
+on the database: market data, markers, connection open and close records, heartbeats and
+periodic snapshots all go through the writer's queue (and its spill while the database is down
+or hung), so housekeeping (snapshots, progress lines, live publishing) keeps its rhythm and an
+outage loses none of them. On start-up a background thread closes the connections that dead
+recorders left open (:mod:`apps.marketdata.orphans`).
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import asyncio
 import gc
 import json
 import logging
+import os
+import socket
 import time
 import urllib.parse
 import urllib.request
@@ -23,26 +29,32 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connections
 from django.utils import timezone
 
-from apps.dashboard.services import report_worker_status, worker_name
+from apps.dashboard.services import worker_name
 from apps.marketdata.book import OrderBook
-from apps.marketdata.kalshi.client import ClientConfig, FeedSink, KalshiClient
+from apps.marketdata.kalshi.client import ClientConfig, FeedSink, HandshakeRejected, KalshiClient
 from apps.marketdata.kalshi.messages import OrderbookDelta, OrderbookSnapshot, Trade
 from apps.marketdata.kalshi.signer import KalshiSigner, SignerError
+from apps.marketdata.kalshi.urls import redact_url
 from apps.marketdata.models import OrderbookSnapshot as SnapshotModel
-from apps.marketdata.models import RecordingConnection
+from apps.marketdata.orphans import start_sweep
 from apps.marketdata.writer import (
+    CONNECTION,
+    CONNECTION_CLOSE,
     DELTA,
     EVENT,
     SNAPSHOT,
     TRADE,
+    WORKER_STATUS,
+    ConnectionRow,
     DeltaRow,
     EventRow,
     RecordWriter,
     SnapshotRow,
     TradeRow,
+    WorkerStatusRow,
+    WriterClosed,
     utc_from_ms,
     utc_from_ns,
 )
@@ -86,36 +98,35 @@ class IngestOptions:
 
 
 class RecorderSink(FeedSink):
-    """Turns client callbacks into writer rows and connection bookkeeping."""
+    """Turns client callbacks into writer rows: data, markers and connection records."""
 
     def __init__(self, writer: RecordWriter, *, exchange: str, use_yes_price: bool) -> None:
         self.writer = writer
         self.exchange = exchange
         self.use_yes_price = use_yes_price
         self._periodic_seq: dict[uuid.UUID, int] = {}
+        self._connections: dict[uuid.UUID, ConnectionRow] = {}
         self.unnumbered_trades = 0
-        self._background: set[asyncio.Future] = set()
-
-    def _in_thread(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run a short ORM call off the socket's task; failures are logged, data is unaffected."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            fn(*args)
-            return
-        task = loop.run_in_executor(None, _logged(fn), *args)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def drain_background(self, timeout_s: float = 10.0) -> None:
-        if self._background:
-            await asyncio.wait(list(self._background), timeout=timeout_s)
 
     def on_connect(self, connection_id: uuid.UUID, url: str, markets: list[str]) -> None:
         self._periodic_seq[connection_id] = 0
-        self._in_thread(
-            _open_connection, connection_id, self.exchange, url, markets, self.use_yes_price
+        now = utc_from_ns(time.time_ns())
+        row = ConnectionRow(
+            connection_id,
+            self.exchange,
+            url[:300],
+            list(markets),
+            self.use_yes_price,
+            socket.gethostname(),
+            os.getpid(),
+            now,
+            None,
+            "",
         )
+        self._connections[connection_id] = row
+        # Through the queue, ahead of the connection's first frame: never waits on the DB.
+        self.writer.enqueue(CONNECTION, row)
+        self.on_event(connection_id, "connected", detail=f"{len(markets)} markets")
 
     def on_snapshot(
         self, connection_id: uuid.UUID, msg: OrderbookSnapshot, received_ns: int, source: str
@@ -202,7 +213,15 @@ class RecorderSink(FeedSink):
         )
 
     def on_disconnect(self, connection_id: uuid.UUID, reason: str) -> None:
-        self._in_thread(_close_connection, connection_id, reason)
+        opened = self._connections.pop(connection_id, None)
+        if opened is None:
+            return
+        # The full row: if it is stored before the open row (spill replay order), it is the
+        # record; a late open row then changes nothing.
+        self.writer.enqueue(
+            CONNECTION_CLOSE,
+            opened._replace(closed_at=utc_from_ns(time.time_ns()), close_reason=reason[:200]),
+        )
 
     def periodic_snapshot(
         self, connection_id: uuid.UUID, book: OrderBook, position: tuple[int, int]
@@ -230,56 +249,54 @@ class RecorderSink(FeedSink):
         )
 
 
-def _logged(fn: Callable[..., Any]) -> Callable[..., Any]:
-    def call(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:  # a metadata write must never take the recorder down
-            log.warning("background write %s failed: %s", fn.__name__, exc)
-            return None
-        finally:
-            # Executor threads are reused by anything: leave no connection open behind us.
-            connections.close_all()
-
-    return call
-
-
-def _open_connection(
-    connection_id: uuid.UUID, exchange: str, url: str, markets: list[str], use_yes_price: bool
-) -> None:
-    import os
-    import socket
-
-    RecordingConnection.objects.update_or_create(
-        id=connection_id,
-        defaults={
-            "exchange": exchange,
-            "ws_url": url[:300],
-            "markets": markets,
-            "use_yes_price": use_yes_price,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "opened_at": timezone.now(),
-        },
-    )
-
-
-def _close_connection(connection_id: uuid.UUID, reason: str) -> None:
-    RecordingConnection.objects.filter(id=connection_id).update(
-        closed_at=timezone.now(), close_reason=reason[:200]
+def worker_status_row(
+    name: str,
+    *,
+    started_at: datetime,
+    counters: dict[str, Any],
+    problems: list[str],
+    stopped: bool = False,
+) -> WorkerStatusRow:
+    """This recorder's heartbeat, as ``apps.dashboard.services.report_worker_status`` would
+    store it (same columns and meaning), for the writer's queue."""
+    now = timezone.now()
+    return WorkerStatusRow(
+        name,
+        "ingest",
+        socket.gethostname(),
+        os.getpid(),
+        started_at,
+        now,
+        now if stopped else None,
+        not problems,
+        problems,
+        counters,
     )
 
 
 # -- configuration --------------------------------------------------------------------------
 
 
-def load_signer(*, exchange: str) -> KalshiSigner:
-    """The development key for the bundled local exchange; your Kalshi key for demo / prod.
+def key_source(*, exchange: str, ws_url: str = "") -> str:
+    """Where the key that :func:`load_signer` picks comes from, in words (never the key).
 
-    The local exchange only knows the development key pair it generated under var/keys, so
-    a real Kalshi key configured in the environment is never sent to it.
+    Your configured key (``KALSHI_API_KEY_ID``) signs for demo and prod and for any endpoint
+    given by URL; the development key under ``var/keys`` signs only for the bundled exchange
+    at its default address, or for a URL when no key is configured.
     """
-    if exchange == "local":
+    if exchange != "local" or (ws_url and settings.KALSHI_API_KEY_ID):
+        return settings.KALSHI_API_KEY_ID_SOURCE or "KALSHI_API_KEY_ID"
+    return f"the development key under {settings.LOCAL_EXCHANGE_KEY_DIR}"
+
+
+def load_signer(*, exchange: str, ws_url: str = "") -> KalshiSigner:
+    """The signer for ``exchange`` (and ``ws_url``, when one is given): see :func:`key_source`.
+
+    The bundled exchange at its default address only knows the development key pair it
+    generated under var/keys, so a real Kalshi key is not sent to it; an endpoint named by URL
+    may be anything Kalshi-compatible, so a configured key is what it gets.
+    """
+    if exchange == "local" and not (ws_url and settings.KALSHI_API_KEY_ID):
         from apps.marketdata.exchange import ensure_dev_keys
 
         keys = ensure_dev_keys(Path(settings.LOCAL_EXCHANGE_KEY_DIR), announce=log.info)
@@ -303,7 +320,9 @@ def load_signer(*, exchange: str) -> KalshiSigner:
 def resolve_ws_url(options: IngestOptions) -> str:
     if options.ws_url:
         if not options.ws_url.startswith(("ws://", "wss://")):
-            raise IngestError(f"--ws-url {options.ws_url!r} must start with ws:// or wss://")
+            raise IngestError(
+                f"--ws-url {redact_url(options.ws_url)!r} must start with ws:// or wss://"
+            )
         return options.ws_url
     if options.exchange == "local":
         host, port = settings.LOCAL_EXCHANGE_HOST, settings.LOCAL_EXCHANGE_PORT
@@ -321,7 +340,9 @@ def rest_base_for(ws_url: str, exchange: str) -> str:
         return EXCHANGE_REST_URLS[exchange]
     parsed = urllib.parse.urlsplit(ws_url)
     scheme = "https" if parsed.scheme == "wss" else "http"
-    return f"{scheme}://{parsed.netloc}/trade-api/v2"
+    # Market listing is public: credentials embedded in the WebSocket URL are not sent there.
+    host = parsed.netloc.rsplit("@", 1)[-1]
+    return f"{scheme}://{host}/trade-api/v2"
 
 
 def list_markets(rest_base: str, **query: str) -> list[str]:
@@ -401,7 +422,7 @@ async def run_ingest_async(
 ) -> IngestResult:
     """Record until ``duration_s`` passes, ``stop_event`` is set, or SIGTERM/SIGINT."""
     ws_url = resolve_ws_url(options)
-    signer = load_signer(exchange=options.exchange)
+    signer = load_signer(exchange=options.exchange, ws_url=options.ws_url)
     # Full garbage collections over Django's start-up heap stall every thread for tens of
     # milliseconds (measured in the writer's outage test); freezing that heap keeps the
     # socket's task responsive. It only moves today's objects out of the collector's way.
@@ -409,6 +430,7 @@ async def run_ingest_async(
     markets = await asyncio.to_thread(resolve_markets, options, ws_url)
     writer = RecordWriter(batch_rows=options.batch_rows, flush_interval_s=options.flush_interval_s)
     writer.start()
+    sweeper, stop_sweep = start_sweep(writer, say=progress or log.warning)
     sink = RecorderSink(writer, exchange=options.exchange, use_yes_price=options.use_yes_price)
     channels = ("orderbook_delta", "trade") if options.record_trades else ("orderbook_delta",)
     client = KalshiClient(
@@ -418,6 +440,7 @@ async def run_ingest_async(
             channels=channels,
             use_yes_price=options.use_yes_price,
             latency_sample_every=options.latency_sample_every,
+            rejected_frames_dir=Path(settings.VAR_DIR) / "rejected-frames",
         ),
         signer=signer,
         sink=sink,
@@ -425,7 +448,7 @@ async def run_ingest_async(
     loop = asyncio.get_running_loop()
     installed = install_stop_handlers(loop, client.stop) if install_signal_handlers else []
     say = progress or (lambda line: log.info("%s", line))
-    say(f"recording {len(markets)} markets from {ws_url}")
+    say(f"recording {len(markets)} markets from {client.display_url}")
     status_name = worker_name(kind="ingest")
     started_at = timezone.now()
     started = time.time()
@@ -448,20 +471,32 @@ async def run_ingest_async(
         housekeeping.cancel()
         await asyncio.gather(housekeeping, return_exceptions=True)
         remove_stop_handlers(loop, installed)
-        await sink.drain_background()
+        stop_sweep.set()
+        # A sweep that found its orphans enqueues their close rows in moments; one stuck on
+        # a hung database is abandoned (the next recorder closes them).
+        await asyncio.to_thread(sweeper.join, 2.0)
         say("stopping: flushing every accepted row to the database")
-        await asyncio.to_thread(writer.close)
-        await asyncio.to_thread(
-            _logged(report_worker_status),
-            name=status_name,
-            kind="ingest",
-            started_at=started_at,
-            counters=_counters(client, writer),
-            problems=[],
-            stopped=True,
+        _enqueue_status(
+            writer,
+            worker_status_row(
+                status_name,
+                started_at=started_at,
+                counters=_counters(client, writer),
+                problems=[],
+                stopped=True,
+            ),
         )
+        await asyncio.to_thread(writer.close)
     if client_task.done() and not client_task.cancelled() and client_task.exception():
-        raise IngestError(str(client_task.exception()))
+        exc = client_task.exception()
+        if isinstance(exc, HandshakeRejected):
+            raise IngestError(
+                f"{exc}: the key id comes from "
+                f"{key_source(exchange=options.exchange, ws_url=options.ws_url)}; check that "
+                "it and its private key belong to this exchange (Kalshi's demo and prod keys "
+                "differ) and that the machine's clock is right (signatures carry a timestamp)"
+            )
+        raise IngestError(str(exc))
     return IngestResult(
         markets=markets,
         client=client.stats.as_dict(),
@@ -514,18 +549,28 @@ async def _housekeeping(
                 f"{rate:8.0f} msg/s | messages {stats.messages} | rows written "
                 f"{w.get('rows_written', 0)} | queue {w.get('queue_depth', 0)} | spilled "
                 f"{w.get('spilled_rows', 0)} | gaps {stats.gaps} | resyncs {stats.resyncs} | "
-                f"reconnects {stats.reconnects} | malformed {stats.malformed}"
+                f"reconnects {stats.reconnects} | malformed {stats.malformed_summary()}"
             )
         if now >= next_status:
             next_status = now + options.status_interval_s
-            await asyncio.to_thread(
-                _logged(report_worker_status),
-                name=status_name,
-                kind="ingest",
-                started_at=started_at,
-                counters=_counters(client, writer),
-                problems=_problems(client, writer, started),
+            # Through the writer: a hung database must not stall this loop (the heartbeat
+            # waits in the queue or the spill; only the newest one per worker is kept).
+            _enqueue_status(
+                writer,
+                worker_status_row(
+                    status_name,
+                    started_at=started_at,
+                    counters=_counters(client, writer),
+                    problems=_problems(client, writer, started),
+                ),
             )
+
+
+def _enqueue_status(writer: RecordWriter, row: WorkerStatusRow) -> None:
+    try:
+        writer.enqueue(WORKER_STATUS, row)
+    except WriterClosed:  # the writer's thread died: a heartbeat must not take us down too
+        log.error("heartbeat not recorded: the writer is not running")
 
 
 def run_ingest(options: IngestOptions, **kwargs: Any) -> IngestResult:

@@ -327,6 +327,11 @@ class KalshiTradingEnv(gym.Env):
         row = self._mid_e4x2[self._t].tolist()
         return {m: (v if v >= 0 else None) for m, v in zip(self.markets, row, strict=True)}
 
+    def position_table(self) -> np.ndarray:
+        """A copy of the per-market account rows, columns ``kernel.P_*`` (held, cost, fees e4,
+        realised e6, settled): what round-trip accounting reads after each step."""
+        return self._pos.copy()
+
     @property
     def portfolio(self) -> Portfolio:
         """A snapshot of the account as a :class:`Portfolio` (positions, cash, fees, P&L,

@@ -34,7 +34,7 @@ from apps.simulation import replay
 
 # The per-tick arrays of a RecordedHistory (the builder keeps the same names while it works).
 ARRAY_FIELDS = ("times_ns", "yes_px", "yes_sz", "no_px", "no_sz", "trusted", "updates")
-HISTORY_FORMAT_VERSION = 2  # 2: compiled replay (out-of-range delta prices untrust)
+HISTORY_FORMAT_VERSION = 3  # 2: compiled replay; 3: unclosed connections end at their last row
 DEFAULT_LEVELS = 10
 
 

@@ -5,6 +5,14 @@ are decoded in chunks by numpy, so no Python object is made per row until the re
 itself; elsewhere (SQLite) ``values_list`` iteration in chunks. Snapshots and markers are few
 and read with the ORM. Results are cached as ``.npz`` under ``var/history`` keyed by the query
 and the code version.
+
+A connection without a ``disconnect`` marker ended without a close record (its recorder was
+killed, or has not been swept yet, see :mod:`apps.marketdata.orphans`): the end of its stored
+data is treated as a disconnect, so its books are untrusted from its last stored row until
+the next snapshot of a later connection, exactly as the marker a recorder's start-up sweep
+writes would make them. (A recorder still running has no close record either: the tail of a
+window after its last committed row is untrusted until more rows arrive, which is honest,
+since nothing about it is stored yet.)
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ import logging
 import sys
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +32,7 @@ from psycopg import sql
 from tqdm import tqdm
 
 from apps.marketdata.models import OrderbookDelta, OrderbookSnapshot, RecordingEvent
+from apps.marketdata.orphans import last_stored_at
 from apps.simulation.history import (
     DEFAULT_LEVELS,
     HistoryBuilder,
@@ -60,8 +69,13 @@ _COPY_ROW = np.dtype(
 _COPY_HEADER_LEN = 19  # signature (11) + flags (4) + header extension length (4)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _ns(dt: datetime) -> int:
-    return int(dt.timestamp() * 1_000_000) * 1000
+    # Exact integer microseconds (a float timestamp can round down by one), so a marker put
+    # at a row's receive time sorts exactly where the COPY stream puts that row.
+    return (dt - _EPOCH) // timedelta(microseconds=1) * 1000
 
 
 def load(
@@ -239,9 +253,33 @@ def _marker_events(markets: list[str], first: datetime, end: datetime) -> list[E
         .values_list("connection_id", flat=True)
         .distinct()
     )
-    rows = RecordingEvent.objects.filter(
-        connection_id__in=connections, kind__in=UNTRUSTING_EVENTS, at__gte=first, at__lt=end
-    ).values_list("at", "kind", "connection_id", "sid", "market_ticker")
+    # A quiet market's book may come from a connection that sent no delta in the window: its
+    # markers (and its end) matter just as much.
+    connections |= set(
+        OrderbookSnapshot.objects.filter(
+            market_ticker__in=markets, received_at__gte=first, received_at__lt=end
+        )
+        .exclude(as_of_sid=None)
+        .order_by()
+        .values_list("connection_id", flat=True)
+        .distinct()
+    )
+    rows = list(
+        RecordingEvent.objects.filter(
+            connection_id__in=connections, kind__in=UNTRUSTING_EVENTS, at__gte=first, at__lt=end
+        ).values_list("at", "kind", "connection_id", "sid", "market_ticker")
+    )
+    # A connection that never got a close record ends, for history, at its last stored row.
+    closed = set(
+        RecordingEvent.objects.filter(connection_id__in=connections, kind="disconnect")
+        .order_by()
+        .values_list("connection_id", flat=True)
+        .distinct()
+    )
+    for conn in connections - closed:
+        last = last_stored_at(conn)
+        if last is not None and first <= last < end:
+            rows.append((last, "disconnect", conn, None, ""))
     for at, kind, conn, sid, market in rows:
         ts = _ns(at)
         events.append(

@@ -732,7 +732,7 @@ async def run_paper_async(
         raise PaperError(f"--cadence-s must be positive, got {options.cadence_s}")
     try:
         ws_url = resolve_ws_url(IngestOptions(exchange=options.exchange, ws_url=options.ws_url))
-        signer = load_signer(exchange=options.exchange)
+        signer = load_signer(exchange=options.exchange, ws_url=options.ws_url)
     except IngestError as exc:
         raise PaperError(str(exc)) from None
     say = progress or (lambda line: log.info("%s", line))
@@ -772,7 +772,7 @@ async def run_paper_async(
     installed = install_stop_handlers(loop, session.stopping.set) if install_signal_handlers else []
     say(
         f"paper trading {model.name} v{model.version} ({model.policy.algorithm}) on "
-        f"{len(model.markets)} markets from {ws_url}; episode {episode_id}"
+        f"{len(model.markets)} markets from {client.display_url}; episode {episode_id}"
     )
     started = time.monotonic()
     client_task = asyncio.create_task(client.run(), name="paper-client")

@@ -14,7 +14,7 @@ from django.utils.html import format_html
 
 from apps.training import selectors, services
 from apps.training.artifacts import ArtifactError
-from apps.training.models import RLModel, TradingEpisode
+from apps.training.models import ModelStatus, RLModel, TradingEpisode
 from apps.training.spec import ALGORITHMS, RunSpec, SpecError, parse_json, validate_spec
 
 
@@ -144,6 +144,7 @@ class RLModelAdmin(admin.ModelAdmin):
         "held_out_return",
         "held_out_sharpe",
         "vs_no_trading",
+        "gate",
         "promoted_by",
         "promoted_at",
     )
@@ -151,7 +152,7 @@ class RLModelAdmin(admin.ModelAdmin):
     search_fields = ("name",)
     readonly_fields = [f.name for f in RLModel._meta.fields]
     inlines = [TradingEpisodeInline]
-    actions = ["promote", "rollback", "retire", "cancel"]
+    actions = ["promote", "force_promote", "rollback", "retire", "cancel"]
     change_list_template = "admin/training/rlmodel/change_list.html"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -175,6 +176,38 @@ class RLModelAdmin(admin.ModelAdmin):
     @admin.display(description="beats no trading", boolean=True)
     def vs_no_trading(self, obj: RLModel) -> bool | None:
         return obj.metrics.get("beats_no_trading")
+
+    @admin.display(description="promotion gate")
+    def gate(self, obj: RLModel) -> str:
+        if obj.promotion_override:
+            forced = obj.promotion_override
+            return f"forced by {forced.get('by')}: {forced.get('reason')}"
+        if obj.status not in (ModelStatus.READY, ModelStatus.RETIRED):
+            return ""
+        return str(selectors.promotion_check(obj))
+
+    @admin.action(description="Force promotion past the gate (asks for a reason, recorded)")
+    def force_promote(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+        reason = (request.POST.get("override_reason") or "").strip()
+        if request.POST.get("confirm") and reason:
+            self._each(
+                request,
+                queryset,
+                "promoted past the gate",
+                lambda m: services.promote_model(
+                    model=m, promoted_by=request.user, override_reason=reason
+                ),
+            )
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Force a promotion past the gate",
+            "checks": [(m, selectors.promotion_check(m)) for m in queryset],
+            "reason": reason,
+            "error": "a reason is required" if request.POST.get("confirm") else "",
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/training/rlmodel/force_promote.html", context)
 
     def _each(self, request: HttpRequest, queryset: QuerySet, verb: str, call) -> None:
         for model in queryset:

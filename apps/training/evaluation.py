@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from apps.simulation.actions import ActionType, encode
+from apps.simulation import kernel, metrics
+from apps.simulation.actions import N_SIZES, ActionType, encode
 from apps.simulation.env import KalshiTradingEnv, positions_from_info
 
 Policy = Callable[[np.ndarray, KalshiTradingEnv], np.ndarray]
@@ -17,7 +17,12 @@ Policy = Callable[[np.ndarray, KalshiTradingEnv], np.ndarray]
 
 @dataclass
 class EpisodeResult:
-    """One evaluation episode. Money in $0.0001 units (``_e4``); ratios elsewhere."""
+    """One evaluation episode. Money in $0.0001 units (``_e4``); ratios elsewhere.
+
+    ``sharpe`` is per square root of an hour of market time and ``win_rate`` the share of
+    closed round trips that made money (see :mod:`apps.simulation.metrics`); ``trace`` keeps
+    the per-step records the pooled metrics and their intervals are computed from.
+    """
 
     start_time_ns: int
     end_time_ns: int
@@ -31,47 +36,63 @@ class EpisodeResult:
     final_positions: dict[str, Any]
     equity_curve: list[float]
     actions: list[list[int]] = field(default_factory=list)
+    trace: metrics.EpisodeTrace | None = field(default=None, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        out.pop("trace")
+        return out
 
 
 def run_episode(env: KalshiTradingEnv, policy: Policy, *, start_tick: int) -> EpisodeResult:
     """Run one episode from ``start_tick`` with ``policy`` (deterministic if the policy is)."""
     obs, info = env.reset(options={"start_tick": start_tick})
     initial = env.initial_cash_e6
-    equity = [1.0]
     rewards: list[float] = []
     actions: list[list[int]] = []
     start_ns = info["time_ns"]
+    times = [info["time_ns"]]
+    equity_e6 = [info["equity_e6"]]
+    notional: list[int] = []
+    tables = [env.position_table()]
     done = False
     while not done:
         action = np.asarray(policy(obs, env), dtype=np.int64)
         actions.append(action.tolist())
         obs, reward, terminated, truncated, info = env.step(action)
         rewards.append(reward)
-        equity.append(info["equity_e6"] / initial)
+        times.append(info["time_ns"])
+        equity_e6.append(info["equity_e6"])
+        fills = info["fills"]
+        traded = fills[:, kernel.F_REFUSAL] == kernel.TRADED
+        notional.append(int(fills[traded, kernel.F_NOTIONAL].sum()))
+        tables.append(env.position_table())
         done = terminated or truncated
-    returns = np.diff(np.asarray(equity))
-    std = float(returns.std())
-    sharpe = float(returns.mean() / std * math.sqrt(len(returns))) if std > 0 else None
-    peak = np.maximum.accumulate(np.asarray(equity))
-    drawdown = float(((peak - equity) / peak).max())
-    moving = returns[returns != 0]
-    win_rate = float((moving > 0).mean()) if moving.size else None
+    table = np.stack(tables)
+    trace = metrics.EpisodeTrace(
+        times_ns=np.asarray(times, dtype=np.int64),
+        equity_e6=np.asarray(equity_e6, dtype=np.float64),
+        notional_e6=np.asarray(notional, dtype=np.int64),
+        held=(table[:, :, kernel.P_YES] != 0) | (table[:, :, kernel.P_NO] != 0),
+        realized_e6=table[:, :, kernel.P_REALIZED],
+        fees_cum_e4=table[:, :, kernel.P_FEES],
+    )
+    point = metrics.compute(trace.blocks(), initial_cash_e6=initial)
+    equity = [e / initial for e in equity_e6]
     return EpisodeResult(
         start_time_ns=start_ns,
         end_time_ns=info["time_ns"],
         steps=len(rewards),
         total_reward=float(sum(rewards)),
         total_return=float(equity[-1] - 1.0),
-        sharpe=sharpe,
-        max_drawdown=drawdown,
-        win_rate=win_rate,
+        sharpe=point["sharpe_per_hour"],
+        max_drawdown=float(point["max_drawdown"] or 0.0),
+        win_rate=point["win_rate"],
         fees_paid_e4=int(info["fees_paid_e4"]),
         final_positions=positions_from_info(env.markets, info),
         equity_curve=[round(e, 8) for e in equity],
         actions=actions,
+        trace=trace,
     )
 
 
@@ -86,36 +107,181 @@ def hold_policy(obs: np.ndarray, env: KalshiTradingEnv) -> np.ndarray:
     return np.zeros(env.n_markets, dtype=np.int64)
 
 
-def favourite_policy(obs: np.ndarray, env: KalshiTradingEnv) -> np.ndarray:
-    """Baseline 2: on the first step buy the smallest size of each market's favourite side
-    (YES when its mid is above $0.50, else NO) and hold it to the end."""
-    if env.portfolio.exposure_e6() > 0 or env.steps_taken > 0:
-        return np.zeros(env.n_markets, dtype=np.int64)
-    mask = env.action_masks().reshape(env.n_markets, -1)
-    actions = np.zeros(env.n_markets, dtype=np.int64)
-    marks = env.marks_e4x2()
-    for j, market in enumerate(env.markets):
-        mid_x2 = marks[market]
-        if mid_x2 is None:
-            continue
-        side = ActionType.BUY_YES if mid_x2 >= 10_000 else ActionType.BUY_NO
-        action = encode(side, 0)
-        if mask[j, action]:
-            actions[j] = action
-    return actions
+class HoldFavourite:
+    """Baseline: put the agent's capital budget on each market's favourite and hold it to
+    settlement (or the end of the episode).
+
+    The budget is what the agent may deploy: ``max_exposure_share`` of the initial cash,
+    split evenly over the markets and capped by ``max_market_share`` and the position limit.
+    On every step until a market's budget is spent it buys the largest allowed size of the
+    side that was the favourite (mid above $0.50: YES, else NO) when it first had a price.
+    """
+
+    def __init__(self) -> None:
+        self._sides: dict[int, ActionType] = {}
+        self._done: set[int] = set()
+
+    def __call__(self, obs: np.ndarray, env: KalshiTradingEnv) -> np.ndarray:
+        if env.steps_taken == 0:
+            self._sides.clear()
+            self._done.clear()
+        limits = env.config.limits
+        cash = env.initial_cash_e6
+        budget = min(
+            cash * limits.max_exposure_share / env.n_markets, cash * limits.max_market_share
+        )
+        mask = env.action_masks().reshape(env.n_markets, -1)
+        marks = env.marks_e4x2()
+        portfolio = env.portfolio
+        actions = np.zeros(env.n_markets, dtype=np.int64)
+        for j, market in enumerate(env.markets):
+            if j in self._done:
+                continue
+            if j not in self._sides:
+                mid_x2 = marks[market]
+                if mid_x2 is None:
+                    continue
+                self._sides[j] = ActionType.BUY_YES if mid_x2 >= 10_000 else ActionType.BUY_NO
+            if portfolio.exposure_e6(market) >= budget:
+                self._done.add(j)
+                continue
+            for size_index in reversed(range(N_SIZES)):
+                action = encode(self._sides[j], size_index)
+                if mask[j, action]:
+                    actions[j] = action
+                    break
+            else:
+                self._done.add(j)  # nothing more can be bought: the budget's limit is reached
+        return actions
 
 
-def summarize(results: list[EpisodeResult]) -> dict[str, Any]:
-    def mean(values: list[float | None]) -> float | None:
-        known = [v for v in values if v is not None]
-        return float(np.mean(known)) if known else None
+class Momentum:
+    """Baseline: a taker momentum rule. When a market's mid has moved at least
+    ``threshold_e4`` over the last ``lookback`` steps, buy ``size_index`` of the side it moved
+    towards; flatten after ``hold`` steps. No position is added while one is held."""
 
+    def __init__(
+        self, lookback: int = 10, threshold_e4: int = 200, hold: int = 10, size_index: int = 1
+    ) -> None:
+        self.lookback, self.threshold_e4, self.hold, self.size_index = (
+            lookback,
+            threshold_e4,
+            hold,
+            size_index,
+        )
+        self._mids: list[list[int | None]] = []
+        self._held_since: dict[int, int] = {}
+
+    def __call__(self, obs: np.ndarray, env: KalshiTradingEnv) -> np.ndarray:
+        if env.steps_taken == 0:
+            self._mids.clear()
+            self._held_since.clear()
+        marks = env.marks_e4x2()
+        self._mids.append([marks[m] for m in env.markets])
+        mask = env.action_masks().reshape(env.n_markets, -1)
+        actions = np.zeros(env.n_markets, dtype=np.int64)
+        now = env.steps_taken
+        for j in range(env.n_markets):
+            if j in self._held_since:
+                if now - self._held_since[j] >= self.hold:
+                    flatten = encode(ActionType.FLATTEN, 0)
+                    if mask[j, flatten]:
+                        actions[j] = flatten
+                    del self._held_since[j]
+                continue
+            if len(self._mids) <= self.lookback:
+                continue
+            then, current = self._mids[-1 - self.lookback][j], self._mids[-1][j]
+            if then is None or current is None:
+                continue
+            move = (current - then) / 2  # marks are twice the mid
+            if abs(move) < self.threshold_e4:
+                continue
+            side = ActionType.BUY_YES if move > 0 else ActionType.BUY_NO
+            action = encode(side, self.size_index)
+            if mask[j, action]:
+                actions[j] = action
+                self._held_since[j] = now
+        return actions
+
+
+def baseline_policies() -> dict[str, Policy]:
+    """Fresh instances of the baselines shown beside every agent (they keep per-episode state)."""
+    return {"no_trading": hold_policy, "hold_favourite": HoldFavourite(), "momentum": Momentum()}
+
+
+# Fewer blocks than this make a bootstrap interval meaningless: long episodes are cut into
+# blocks of at least MIN_BLOCK_STEPS steps until there are about this many.
+TARGET_BLOCKS = 20
+MIN_BLOCK_STEPS = 10
+
+
+def _blocks(results: list[EpisodeResult], block_steps: int | None) -> list[metrics.Block]:
+    if block_steps is None and 0 < len(results) < TARGET_BLOCKS:
+        total = sum(r.steps for r in results)
+        block_steps = max(MIN_BLOCK_STEPS, -(-total // TARGET_BLOCKS))
+    blocks: list[metrics.Block] = []
+    for result in results:
+        if result.trace is None:
+            raise ValueError("summarize() needs results from run_episode (they carry traces)")
+        blocks += result.trace.blocks(block_steps)
+    return blocks
+
+
+def _initial_cash_e6(results: list[EpisodeResult]) -> int:
+    # Equity at reset is the initial cash: an episode starts flat.
+    return int(results[0].trace.equity_e6[0]) if results and results[0].trace else 1
+
+
+def summarize(
+    results: list[EpisodeResult], *, block_steps: int | None = None, seed: int = 0
+) -> dict[str, Any]:
+    """Pooled metrics of an evaluation with block-bootstrap 95 % intervals (``<name>_ci``).
+
+    ``sharpe`` and ``win_rate`` are the pooled ``sharpe_per_hour`` and trade-level win rate;
+    ``mean_return`` is the mean return per episode. See :mod:`apps.simulation.metrics`.
+    """
+    if not results:
+        return {"episodes": 0}
+    blocks = _blocks(results, block_steps)
+    per_episode = len(blocks) / len(results)
+    summary = metrics.summarize(
+        blocks,
+        initial_cash_e6=_initial_cash_e6(results),
+        blocks_per_episode=per_episode,
+        seed=seed,
+    ).as_dict()
     return {
         "episodes": len(results),
-        "mean_return": mean([r.total_return for r in results]),
-        "mean_reward": mean([r.total_reward for r in results]),
-        "sharpe": mean([r.sharpe for r in results]),
-        "max_drawdown": max((r.max_drawdown for r in results), default=0.0),
-        "win_rate": mean([r.win_rate for r in results]),
+        "mean_return": float(np.mean([r.total_return for r in results])),
+        "mean_reward": float(np.mean([r.total_reward for r in results])),
+        "sharpe": summary["sharpe_per_hour"],
+        "win_rate": summary["win_rate"],
+        # The worst whole episode (a block's drawdown only sees its own stretch); the
+        # interval in max_drawdown_ci is over blocks.
+        "max_drawdown": max(r.max_drawdown for r in results),
         "fees_paid_e4": sum(r.fees_paid_e4 for r in results),
+        **{k: v for k, v in summary.items() if k != "max_drawdown"},
     }
+
+
+def compare(
+    agent: list[EpisodeResult],
+    baseline: list[EpisodeResult],
+    *,
+    metric: str = "pnl_per_hour_dollars",
+    block_steps: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """``metric`` of the agent minus the baseline's, run on the same start ticks, with its
+    paired block-bootstrap 95 % interval: ``{"metric", "difference", "ci"}``."""
+    a, b = _blocks(agent, block_steps), _blocks(baseline, block_steps)
+    point, interval = metrics.paired_difference(
+        a,
+        b,
+        metric=metric,
+        initial_cash_e6=_initial_cash_e6(agent),
+        blocks_per_episode=len(a) / max(len(agent), 1),
+        seed=seed,
+    )
+    return {"metric": metric, "difference": point, "ci": interval.as_list()}

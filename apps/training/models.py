@@ -58,6 +58,8 @@ class RLModel(models.Model):
         on_delete=models.SET_NULL,
         related_name="promoted_models",
     )
+    # Set when a promotion went past the gate: who, when, why, and what the gate said.
+    promotion_override = models.JSONField(default=dict, blank=True)
 
     class Meta:
         db_table = "rl_models"

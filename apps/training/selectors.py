@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db.models import Count, Max, Min, QuerySet
 
 from apps.training.models import ModelStatus, RLModel
@@ -12,6 +14,51 @@ from apps.training.models import ModelStatus, RLModel
 def active_model_for(name: str) -> RLModel | None:
     """The version of ``name`` that is promoted now, if any."""
     return RLModel.objects.filter(name=name, status=ModelStatus.ACTIVE).first()
+
+
+@dataclass(frozen=True)
+class PromotionCheck:
+    """What the promotion gate says of a model: promotable, or the reasons it is not."""
+
+    promotable: bool
+    reasons: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return "promotable" if self.promotable else "; ".join(self.reasons)
+
+
+def promotion_check(model: RLModel) -> PromotionCheck:
+    """The statistical gate (``RL_PROMOTION_REQUIRE_EDGE``, ``RL_PROMOTION_MIN_SHARPE``) on the
+    model's held-out evaluation. Status and artifact checks are the service's."""
+    reasons: list[str] = []
+    metrics = model.metrics or {}
+    gated = settings.RL_PROMOTION_REQUIRE_EDGE or settings.RL_PROMOTION_MIN_SHARPE is not None
+    if gated and not metrics.get("evaluation"):
+        return PromotionCheck(False, ["not evaluated on held-out time yet"])
+    if settings.RL_PROMOTION_REQUIRE_EDGE:
+        versus = metrics.get("versus_no_trading") or {}
+        low, high = (versus.get("ci") or [None, None])[:2]
+        if low is None:
+            reasons.append(
+                "no confidence interval for agent minus no trading (evaluated before the gate "
+                "existed, or too few held-out blocks): evaluate it again"
+            )
+        elif low <= 0:
+            reasons.append(
+                f"agent minus no trading is {versus.get('difference', 0):+.2f} $/h with a 95% "
+                f"interval [{low:+.2f}, {high:+.2f}] $/h on held-out time: its lower bound is "
+                "not above zero (RL_PROMOTION_REQUIRE_EDGE)"
+            )
+    threshold = settings.RL_PROMOTION_MIN_SHARPE
+    if threshold is not None:
+        sharpe = metrics["evaluation"].get("sharpe_per_hour", metrics["evaluation"].get("sharpe"))
+        if sharpe is None or sharpe < threshold:
+            reasons.append(
+                f"held-out Sharpe {sharpe if sharpe is None else round(sharpe, 3)} per "
+                f"sqrt(hour) is below the promotion threshold {threshold} "
+                "(RL_PROMOTION_MIN_SHARPE)"
+            )
+    return PromotionCheck(not reasons, reasons)
 
 
 def model_history(name: str) -> QuerySet[RLModel]:

@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from apps.training.artifacts import ArtifactError, load_verified
 from apps.training.models import ModelStatus, RLModel
-from apps.training.selectors import running_training_count
+from apps.training.selectors import promotion_check, running_training_count
 from apps.training.spec import RunSpec, SpecError, validate_spec
 
 log = logging.getLogger(__name__)
@@ -108,31 +108,45 @@ def cancel_training_run(*, model: RLModel) -> RLModel:
 
 
 @transaction.atomic
-def promote_model(*, model: RLModel, promoted_by: Any = None) -> RLModel:
+def promote_model(*, model: RLModel, promoted_by: Any = None, override_reason: str = "") -> RLModel:
     """Make ``model`` the active version of its name (the previous one is retired).
 
     Refused unless the model is trained and evaluated, its artifact still has the recorded
-    sha256, and it meets ``RL_PROMOTION_MIN_SHARPE`` (when set).
+    sha256, and it passes the statistical gate (:func:`selectors.promotion_check`: its held-out
+    edge over no trading, and ``RL_PROMOTION_MIN_SHARPE`` when set). ``override_reason`` forces
+    it past the gate (never past the status or artifact checks); an override needs the user who
+    makes it and is recorded on the model with what the gate said.
     """
     model = RLModel.objects.select_for_update().get(pk=model.pk)
     if model.status not in (ModelStatus.READY, ModelStatus.RETIRED):
         raise RegistryError(f"{model} cannot be promoted: only ready or retired models can")
     _check_artifact(model)
-    threshold = settings.RL_PROMOTION_MIN_SHARPE
-    if threshold is not None:
-        sharpe = (model.metrics.get("evaluation") or {}).get("sharpe")
-        if sharpe is None or sharpe < threshold:
-            raise PromotionRefused(
-                f"{model} has held-out Sharpe {sharpe}, below the promotion threshold "
-                f"{threshold} (RL_PROMOTION_MIN_SHARPE)"
-            )
+    check = promotion_check(model)
+    override: dict[str, Any] = {}
+    if not check.promotable:
+        reason = override_reason.strip()
+        if not reason:
+            raise PromotionRefused(f"{model} is not promotable: {check}")
+        if not getattr(promoted_by, "pk", None):
+            raise RegistryError("forcing a promotion past the gate needs the user who does it")
+        override = {
+            "by": promoted_by.get_username(),
+            "user_id": promoted_by.pk,
+            "reason": reason[:500],
+            "at": timezone.now().isoformat(),
+            "gate": check.reasons,
+        }
+        log.warning("%s promoted past the gate by %s: %s", model, override["by"], reason[:200])
     RLModel.objects.filter(name=model.name, status=ModelStatus.ACTIVE).update(
         status=ModelStatus.RETIRED
     )
     model.status = ModelStatus.ACTIVE
     model.promoted_at = timezone.now()
     model.promoted_by = promoted_by if getattr(promoted_by, "pk", None) else None
-    model.save(update_fields=["status", "promoted_at", "promoted_by", "updated_at"])
+    model.promotion_override = override
+    model.save(
+        update_fields=["status", "promoted_at", "promoted_by", "promotion_override", "updated_at"]
+    )
     return model
 
 

@@ -24,9 +24,9 @@ from apps.simulation.history import RecordedHistory
 from apps.training.artifacts import algorithm_class, load_verified, save_artifact
 from apps.training.evaluation import (
     EpisodeResult,
+    baseline_policies,
+    compare,
     evaluation_starts,
-    favourite_policy,
-    hold_policy,
     run_episode,
     summarize,
 )
@@ -230,16 +230,16 @@ def train_and_evaluate(
 
     agent_results = [run_episode(eval_env, agent_policy, start_tick=s) for s in starts]
     baselines = {
-        "no_trading": [run_episode(eval_env, hold_policy, start_tick=s) for s in starts],
-        "buy_favourite": [run_episode(eval_env, favourite_policy, start_tick=s) for s in starts],
+        name: [run_episode(eval_env, policy, start_tick=s) for s in starts]
+        for name, policy in baseline_policies().items()
     }
     metrics = {
         "evaluation": summarize(agent_results),
         "baselines": {name: summarize(res) for name, res in baselines.items()},
         "training": progress.snapshot(),
+        # The promotion gate's figure: agent minus no trading on the same held-out paths.
+        "versus_no_trading": compare(agent_results, baselines["no_trading"]),
     }
-    agent_return = metrics["evaluation"]["mean_return"] or 0.0
-    metrics["beats_no_trading"] = agent_return > (
-        metrics["baselines"]["no_trading"]["mean_return"] or 0.0
-    )
+    low = metrics["versus_no_trading"]["ci"][0]
+    metrics["beats_no_trading"] = low is not None and low > 0
     return TrainOutcome(artifact, sha, metrics, agent_results, baselines)

@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import pytest
+from django.test import RequestFactory
 from django.utils import timezone
 
 from apps.dashboard.services import report_worker_status, worker_name
+from apps.dashboard.throttling import FailedLoginThrottle
 from apps.marketdata.models import OrderbookDelta, OrderbookSnapshot, RecordingConnection
 from apps.trading.models import TradingAction
 from apps.training.models import RLModel, TradingEpisode
@@ -172,3 +174,17 @@ def staff_user(django_user_model):  # type: ignore[no-untyped-def]
 def staff_client(client, staff_user):  # type: ignore[no-untyped-def]
     client.force_login(staff_user)
     return client
+
+
+# The client addresses the tests authenticate from (Django's test client: 127.0.0.1).
+TEST_ADDRESSES = ("127.0.0.1", "10.0.0.2", "10.0.0.3")
+
+
+@pytest.fixture(autouse=True)
+def _forget_failed_logins() -> None:
+    """Failed passwords are counted per address in a cache that outlives a test (Redis):
+    start each test with none, so earlier tests (or runs) cannot throttle it."""
+    throttle = FailedLoginThrottle()
+    for address in TEST_ADDRESSES:
+        request = RequestFactory().get("/", REMOTE_ADDR=address)
+        throttle.cache.delete(throttle.get_cache_key(request))

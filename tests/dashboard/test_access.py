@@ -1,10 +1,10 @@
 """Access and secrets over every route, found by walking the URL resolver and the OpenAPI
 schema, so that a new endpoint cannot be forgotten.
 
-Only /rl/health is public. JSON endpoints answer anonymous callers 401 (with a Basic
-challenge) and logged-in non-staff users 403; pages for people (the live page, Swagger UI)
-redirect to the admin login. No response, log line or template carries the Kalshi key id or
-private key.
+Only /rl/health is public. JSON endpoints answer anonymous callers 401 (with a Cookie
+challenge naming the login form; Basic when RL_API_BASIC_AUTH is on) and logged-in non-staff
+users 403; pages for people (the live page, Swagger UI) redirect to the admin login. No
+response, log line or template carries the Kalshi key id or private key.
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ def test_every_route_but_health_refuses_anonymous_callers(client, route) -> None
         assert response["Location"].startswith(reverse("admin:login"))
     else:
         assert response.status_code == 401, response.content
-        assert response["WWW-Authenticate"].startswith("Basic")
+        # Basic auth is off by default: the challenge names the login form instead.
+        assert response["WWW-Authenticate"].startswith("Cookie realm=")
         body = response.json()
         assert body["error"] == "not_authenticated"
         assert body["message"]

@@ -169,13 +169,15 @@ def test_the_paper_trader_shows_pnl_positions_and_last_decisions(staff_client, w
     assert [d["step"] for d in episode["last_decisions"]] == [2, 1, 0]
 
 
-def test_basic_auth_works_for_staff(client, staff_user, world) -> None:
+def test_basic_auth_works_for_staff_when_enabled(client, staff_user, world, settings) -> None:
+    settings.RL_API_BASIC_AUTH = True
     token = base64.b64encode(f"{staff_user.username}:{STAFF_PASSWORD}".encode()).decode()
     response = client.get("/rl/models", HTTP_AUTHORIZATION=f"Basic {token}")
     assert response.status_code == 200
 
 
-def test_a_wrong_basic_password_is_a_401_json(client, staff_user, world) -> None:
+def test_a_wrong_basic_password_is_a_401_json(client, staff_user, world, settings) -> None:
+    settings.RL_API_BASIC_AUTH = True
     token = base64.b64encode(f"{staff_user.username}:wrong".encode()).decode()
     response = client.get("/rl/models", HTTP_AUTHORIZATION=f"Basic {token}")
     assert response.status_code == 401

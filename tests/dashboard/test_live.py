@@ -22,6 +22,7 @@ from tests.dashboard.conftest import KEY_ID, PRIVATE_KEY, SECRET_MARKERS, make_w
 
 pytestmark = pytest.mark.django_db(transaction=True)
 ORIGIN = (b"origin", b"http://127.0.0.1")
+HOST = (b"host", b"127.0.0.1")  # the page's own address, as a browser sends it
 
 
 @pytest.fixture(autouse=True)
@@ -35,7 +36,7 @@ def _close_worker_thread_connections() -> Iterator[None]:
 def session_headers(client: Any, user: Any) -> list[tuple[bytes, bytes]]:
     client.force_login(user)
     cookie = f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
-    return [ORIGIN, (b"cookie", cookie.encode())]
+    return [ORIGIN, HOST, (b"cookie", cookie.encode())]
 
 
 async def receive_until(
@@ -101,7 +102,7 @@ def test_a_staff_socket_gets_books_summaries_and_published_updates(
 
 def test_an_anonymous_socket_is_refused(db) -> None:
     async def scenario() -> None:
-        communicator = WebsocketCommunicator(application, LIVE_WS_PATH, headers=[ORIGIN])
+        communicator = WebsocketCommunicator(application, LIVE_WS_PATH, headers=[ORIGIN, HOST])
         connected, _ = await communicator.connect(timeout=5)
         assert not connected
 
@@ -140,3 +141,33 @@ def test_the_live_page_needs_staff_and_loads_only_local_assets(client, staff_use
     assert 'src="/static/dashboard/live.js"' in html
     assert f'data-ws-path="{LIVE_WS_PATH}"' in html
     assert "http://" not in html and "https://" not in html
+
+
+def origin_headers(client: Any, user: Any, origin: str, host: str) -> list:
+    cookie = session_headers(client, user)[-1]
+    return [(b"origin", origin.encode()), (b"host", host.encode()), cookie]
+
+
+async def connects(headers: list) -> bool:
+    communicator = WebsocketCommunicator(application, LIVE_WS_PATH, headers=headers)
+    connected, _ = await communicator.connect(timeout=5)
+    if connected:
+        await communicator.disconnect()
+    return connected
+
+
+def test_a_staff_socket_from_another_port_of_an_allowed_host_is_refused(
+    client, staff_user, settings
+) -> None:
+    """Any page another program serves on localhost:9999 could otherwise open the staff socket
+    with the staff's cookie (cookies do not depend on the port)."""
+    settings.ALLOWED_HOSTS = ["localhost", "127.0.0.1"]
+    own = origin_headers(client, staff_user, "http://localhost:8000", "localhost:8000")
+    other = origin_headers(client, staff_user, "http://localhost:9999", "localhost:8000")
+    assert asyncio.run(connects(own)) is True
+    assert asyncio.run(connects(other)) is False
+    # Behind a proxy that rewrites Host, the public origin is declared in CSRF_TRUSTED_ORIGINS.
+    proxied = origin_headers(client, staff_user, "https://rl.example.com", "127.0.0.1:8000")
+    assert asyncio.run(connects(proxied)) is False
+    settings.CSRF_TRUSTED_ORIGINS = ["https://rl.example.com"]
+    assert asyncio.run(connects(proxied)) is True

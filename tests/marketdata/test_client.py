@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from typing import Any
 
-from apps.marketdata.exchange import FaultConfig
-from apps.marketdata.kalshi.client import ClientConfig, KalshiClient
-from tests.marketdata.exchange_support import SIGNER, make_exchange, run
+from apps.marketdata.exchange import ApiKey, FaultConfig
+from apps.marketdata.kalshi.client import TRADE, ClientConfig, KalshiClient
+from apps.marketdata.kalshi.rejects import read_rejected_frames
+from tests.marketdata.exchange_support import PUBLIC_PEM, SIGNER, make_exchange, run
+from tests.marketdata.hostile_exchange import HostileExchange, Session
 
 
 class MemorySink:
@@ -146,3 +149,182 @@ def test_backoff_grows_exponentially_with_jitter_and_is_capped() -> None:
     delays = [client.backoff_delay(n) for n in range(1, 8)]
     assert 0.5 <= delays[0] <= 1 and 1 <= delays[1] <= 2 and 2 <= delays[2] <= 4
     assert all(4 <= d <= 8 for d in delays[3:])
+
+
+# -- a scripted hostile server: sids the client never acknowledged, failing sinks ---------------
+
+A, B = "KXHOST-A", "KXHOST-B"
+
+
+class Phases:
+    """Lets a server script wait for the test between phases (same event loop)."""
+
+    def __init__(self) -> None:
+        self._events: dict[int, asyncio.Event] = {}
+
+    def _event(self, n: int) -> asyncio.Event:
+        return self._events.setdefault(n, asyncio.Event())
+
+    async def reached(self, n: int) -> None:
+        await asyncio.wait_for(self._event(n).wait(), 20)
+
+    def go(self, n: int) -> None:
+        self._event(n).set()
+
+
+async def run_against(exchange: HostileExchange, sink, body, **config: Any) -> KalshiClient:
+    """Connect a client to ``exchange``, run ``body(client)``, stop the client."""
+    async with exchange.serving() as url:
+        client = KalshiClient(
+            ClientConfig(ws_url=url, markets=exchange.markets, reconnect_initial_s=0.05, **config),
+            signer=SIGNER,
+            sink=sink,
+        )
+        task = asyncio.create_task(client.run())
+        try:
+            await body(client)
+        finally:
+            client.stop()
+            await asyncio.wait_for(task, 10)
+        assert exchange.script_error is None, exchange.script_error
+        return client
+
+
+def server_levels(exchange: HostileExchange, market: str) -> tuple[list, list]:
+    book = exchange.books[market]
+    return sorted(book["yes"].items()), sorted(book["no"].items())
+
+
+def snapshot_requests(exchange: HostileExchange) -> list[tuple[int, list[str]]]:
+    return [
+        (c["params"]["sid"], c["params"]["market_tickers"])
+        for c in exchange.commands
+        if c.get("cmd") == "update_subscription"
+    ]
+
+
+def test_a_snapshot_on_a_sid_never_acknowledged_cannot_move_a_market_off_its_sid() -> None:
+    """Issue 12, item 8. Before: the bogus snapshot reassigned A to sid 9, so the gap on
+    sid 1 untrusted B only and A kept a book that had missed a delta."""
+    phases = Phases()
+
+    async def script(s: Session) -> None:
+        await s.send(s.delta(A, 4100, 200))  # sid 1 seq 3
+        await s.send(s.snapshot(A, sid=9, seq=1))  # sid 9 was never acknowledged
+        await s.send(s.delta(A, 4200, 300, sid=9, seq=2, apply=False))
+        await s.send(s.delta(A, 4300, 300, sid=2, seq=1, apply=False))  # the trade sid
+        await s.send(s.delta(B, 4100, 100))  # sid 1 seq 4
+        await phases.reached(1)
+        s.next_seq(1)  # seq 5 is lost
+        await s.send(s.delta(A, 4100, 100))  # seq 6: a gap on sid 1
+        await s.send(s.delta(B, 4100, 100))
+
+    exchange = HostileExchange([A, B], keys=(ApiKey(public_key=PUBLIC_PEM),), script=script)
+    sink = MemorySink()
+
+    async def body(client: KalshiClient) -> None:
+        await wait_for(lambda: client.stats.messages >= 2 + 2 + 5)  # acks, snapshots, phase 0
+        for market in (A, B):
+            assert client.is_trusted(market), market
+            assert client.books[market].snapshot_levels() == server_levels(exchange, market)
+        assert client.book_position(A) == (1, 3)
+        phases.go(1)
+        await wait_for(lambda: client.stats.gaps == 1)
+        await wait_for(lambda: client.is_trusted(A) and client.is_trusted(B))
+
+    client = run(run_against(exchange, sink, body))
+    assert client.stats.malformed_reasons == {"unacknowledged_sid": 2, "wrong_channel": 1}
+    assert client.stats.malformed == 3
+    # Nothing from the foreign sids reached the sink (so nothing was stored).
+    assert {msg.sid for _, msg, _ in sink.snapshots} == {1}
+    assert {msg.sid for _, msg in sink.deltas} == {1}
+    # The gap untrusted both markets of sid 1 and the resync went to sid 1 for both.
+    gap = next(f for _, kind, f in sink.events if kind == "gap")
+    assert gap["sid"] == 1 and (gap["expected_seq"], gap["got_seq"]) == (5, 6)
+    assert "markets=2" in gap["detail"]
+    assert [(sid, sorted(markets)) for sid, markets in snapshot_requests(exchange)] == [(1, [A, B])]
+    for market in (A, B):
+        assert client.books[market].snapshot_levels() == server_levels(exchange, market)
+    assert [r.code for r in client.rejected.recent()] == [
+        "unacknowledged_sid",
+        "unacknowledged_sid",
+        "wrong_channel",
+    ]
+
+
+class FailingSink(MemorySink):
+    """A sink whose on_delta raises for one marked delta, as a broken writer would."""
+
+    def __init__(self, poison_e2: int) -> None:
+        super().__init__()
+        self.poison_e2 = poison_e2
+
+    def on_delta(self, connection_id, msg, received_ns) -> None:
+        if msg.delta_e2 == self.poison_e2:
+            raise RuntimeError("the writer refused the row")
+        super().on_delta(connection_id, msg, received_ns)
+
+
+def test_a_sink_that_raises_on_one_frame_costs_that_frame_not_the_client(tmp_path) -> None:
+    phases = Phases()
+
+    async def script(s: Session) -> None:
+        await s.send(s.delta(A, 4100, 200))
+        await s.send(s.delta(A, 4200, 777))  # the sink raises on this one
+        await s.send(s.delta(B, 4100, 100))
+        await s.send(s.delta(A, 4300, 100))
+        await phases.reached(1)
+
+    exchange = HostileExchange([A, B], keys=(ApiKey(public_key=PUBLIC_PEM),), script=script)
+    sink = FailingSink(poison_e2=777)
+
+    async def body(client: KalshiClient) -> None:
+        await wait_for(lambda: client.stats.messages >= 2 + 2 + 4)
+        # The failed frame's market was untrusted and resynced; the other one never was.
+        await wait_for(lambda: client.is_trusted(A) and client.stats.resyncs == 1)
+        phases.go(1)
+
+    client = run(run_against(exchange, sink, body, rejected_frames_dir=tmp_path / "rejected"))
+    assert client.stats.handler_errors == 1
+    assert client.stats.malformed_reasons == {"handler_error": 1}
+    assert "RuntimeError while handling OrderbookDelta" in client.stats.last_malformed_reason
+    assert [d.delta_e2 for _, d in sink.deltas] == [200, 100, 100]
+    resync = [f for _, kind, f in sink.events if kind == "resync" and f.get("market_ticker")]
+    assert [(f["market_ticker"], f["sid"]) for f in resync] == [(A, 1)]
+    assert "frame not handled" in resync[0]["detail"]
+    assert snapshot_requests(exchange) == [(1, [A])]
+    for market in (A, B):
+        assert client.books[market].snapshot_levels() == server_levels(exchange, market)
+    # The frame itself is kept on disk, whole, with its reason.
+    records = read_rejected_frames(tmp_path / "rejected")
+    assert [r["code"] for r in records] == ["handler_error"]
+    assert json.loads(records[0]["raw"])["msg"]["delta_fp"] == "7.77"
+    assert records[0]["connection_id"] == str(client.connection_id)
+
+
+def test_only_acks_of_our_own_subscribe_commands_create_sids_a_merging_ok_included() -> None:
+    phases = Phases()
+
+    async def script(s: Session) -> None:
+        # A "subscribed" answering no command we sent: sid 7 must not come to exist.
+        await s.send('{"id":99,"type":"subscribed","msg":{"channel":"orderbook_delta","sid":7}}')
+        await s.send(s.snapshot(A, sid=7, seq=1))
+        await s.send(s.trade(A))  # on sid 2, acknowledged by a merging "ok"
+        await s.send(s.delta(A, 4100, 100))
+        await phases.reached(1)
+
+    exchange = HostileExchange(
+        [A], keys=(ApiKey(public_key=PUBLIC_PEM),), script=script, merge_acks=[TRADE]
+    )
+    sink = MemorySink()
+
+    async def body(client: KalshiClient) -> None:
+        await wait_for(lambda: client.stats.messages >= 2 + 1 + 4)
+        assert client.book_position(A) == (1, 2)  # still on sid 1, the delta applied
+        phases.go(1)
+
+    client = run(run_against(exchange, sink, body))
+    assert client.stats.malformed_reasons == {"unexpected_ack": 1, "unacknowledged_sid": 1}
+    assert [(t.sid, t.seq) for _, t in sink.trades] == [(2, 2)]  # seq 1 was the ok's
+    assert [(m.sid, m.seq) for _, m, _ in sink.snapshots] == [(1, 1)]
+    assert client.books[A].snapshot_levels() == server_levels(exchange, A)

@@ -117,7 +117,7 @@ def test_a_decoded_stream_with_a_lost_frame_reports_exactly_one_gap() -> None:
         snapshot % (1, "A-1"),
         '{"type":"ok","id":2,"sid":1,"seq":2,"msg":{"market_tickers":["A-1","B-2"]}}',
         snapshot % (3, "B-2"),
-        '{"type":"ticker","sid":2,"msg":{"market_ticker":"A-1","ts":1}}',
+        '{"type":"ticker","sid":2,"msg":{"market_ticker":"A-1","ts":1791427623}}',
         delta % 4,
         delta % 6,  # seq 5 was lost
         '{"id":9,"sid":1,"seq":7,"type":"unsubscribed"}',

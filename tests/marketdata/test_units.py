@@ -122,3 +122,51 @@ def test_it_rejects_negative_legacy_contracts_unless_signed() -> None:
 def test_the_complement_turns_a_no_bid_into_a_yes_ask() -> None:
     assert units.complement_e4(6900) == 3100
     assert units.complement_e4(units.complement_e4(1234)) == 1234
+
+
+# -- explicit bounds: nothing reaches int() unbounded, nothing beyond int64 comes out ---------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1" * 4300 + ".00",  # int() would raise its own ValueError (4,300-digit limit)
+        "1" * 5000,
+        "0." + "0" * 4400,
+        "0" * 40 + "1.00",  # harmless value, but longer than any real wire number
+    ],
+)
+def test_a_number_string_longer_than_the_bound_is_a_unit_error_not_a_crash(text: str) -> None:
+    for convert in (
+        units.dollars_to_e4,
+        units.count_to_e2,
+        lambda t: units.count_to_e2("-" + t, signed=True),
+    ):
+        with pytest.raises(UnitError, match="longer than 32 characters") as caught:
+            convert(text)
+        assert caught.value.code == "number_too_long"
+        assert len(str(caught.value)) < 200  # the message quotes the start, not 4,300 digits
+
+
+def test_the_longest_accepted_number_string_still_converts() -> None:
+    text = "0" * (units.MAX_NUMBER_CHARS - 5) + "12.34"
+    assert len(text) == units.MAX_NUMBER_CHARS
+    assert units.count_to_e2(text) == 1234
+
+
+def test_sizes_are_bounded_to_the_int64_columns_whatever_the_wire_format() -> None:
+    biggest = units.MAX_SIZE_E2
+    assert units.count_to_e2(units.e2_to_count(biggest)) == biggest
+    assert units.count_to_e2(units.e2_to_count(-biggest), signed=True) == -biggest
+    with pytest.raises(UnitError, match="too large") as caught:
+        units.count_to_e2(units.e2_to_count(biggest + 1))
+    assert caught.value.code == "number_out_of_range"
+    assert units.contracts_to_e2(biggest // 100) == biggest // 100 * 100
+    for contracts in (biggest // 100 + 1, -(10**4000)):
+        with pytest.raises(UnitError, match="too large"):
+            units.contracts_to_e2(contracts, signed=True)
+    # msgspec decodes integers of ~4,000 digits; the message must not try to print them.
+    with pytest.raises(UnitError, match="bits"):
+        units.contracts_to_e2(10**4200)
+    with pytest.raises(UnitError, match="bits"):
+        units.cents_to_e4(-(10**4200))

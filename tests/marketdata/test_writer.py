@@ -139,7 +139,7 @@ def test_each_row_type_lists_its_models_columns_in_field_order() -> None:
         model = apps.get_model(spec.model_label)
         assert model._meta.db_table == spec.db_table
         fields = tuple(f.attname for f in model._meta.concrete_fields)
-        assert fields == ("id", *spec.columns), spec.key
+        assert fields == (("id",) if spec.auto_pk else ()) + spec.columns, spec.key
         assert len(spec.pg_types) == len(spec.columns)
 
 
@@ -362,7 +362,8 @@ def test_rows_of_every_table_are_stored_with_their_values(
     assert stored(RecordingEvent, EVENT) == [tuple(r) for r in rows[EVENT]]
     stats = writer.stats()
     assert stats.method == method
-    assert stats.rows_written_by_table == {DELTA: 3, SNAPSHOT: 2, TRADE: 1, EVENT: 2}
+    written = {table: n for table, n in stats.rows_written_by_table.items() if n}
+    assert written == {DELTA: 3, SNAPSHOT: 2, TRADE: 1, EVENT: 2}
 
 
 @pytest.mark.postgres

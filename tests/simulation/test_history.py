@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -14,6 +15,7 @@ from apps.marketdata.kalshi.client import ClientConfig, KalshiClient
 from apps.marketdata.models import (
     OrderbookDelta,
     OrderbookSnapshot,
+    PublicTrade,
     RecordingConnection,
     RecordingEvent,
 )
@@ -193,3 +195,63 @@ def test_the_cache_returns_identical_arrays(tmp_path, settings) -> None:
         assert np.array_equal(getattr(history, name), getattr(again, name)), name
     assert again.quality_report() == history.quality_report()
     assert timedelta(seconds=history.step_ns / NS) == timedelta(seconds=1)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_connection_without_a_close_record_is_untrusted_from_its_last_row_on() -> None:
+    """A recorder killed with kill -9 wrote no disconnect marker and no close record: its
+    books are untrusted from its last stored row (any table) to a later connection's
+    snapshot, not carried through the downtime."""
+    base = 1_800_000_000 * NS
+    killed, later = uuid.uuid4(), uuid.uuid4()
+
+    def t(s: float) -> datetime:
+        return dt(base + int(s * NS))
+
+    RecordingConnection.objects.create(
+        id=killed, exchange="local", ws_url="ws://x", opened_at=t(0), pid=1
+    )
+    RecordingConnection.objects.create(
+        id=later, exchange="local", ws_url="ws://x", opened_at=t(4.9), pid=2
+    )
+
+    def snapshot(conn, market, s, seq, price):
+        return OrderbookSnapshot(
+            connection_id=conn, market_ticker=market, sid=1, seq=seq, yes_levels=[[price, 100]],
+            no_levels=[], received_at=t(s), source="ws", as_of_sid=1, as_of_seq=seq,
+        )  # fmt: skip
+
+    def delta(conn, market, s, seq, price):
+        return OrderbookDelta(
+            connection_id=conn, market_ticker=market, sid=1, seq=seq, side="yes",
+            price_e4=price, delta_e2=5, received_at=t(s),
+        )  # fmt: skip
+
+    OrderbookSnapshot.objects.bulk_create(
+        [snapshot(killed, "A", 0, 1, 4000), snapshot(killed, "B", 0, 2, 6000),
+         snapshot(later, "A", 5.0, 1, 4100), snapshot(later, "B", 5.2, 2, 6100),
+         snapshot(killed, "C", 0.1, 3, 5000)]
+    )  # fmt: skip
+    OrderbookDelta.objects.bulk_create(
+        [delta(killed, "A", 0.7, 3, 4000), delta(killed, "B", 1.0, 4, 6000),
+         delta(killed, "A", 2.0, 5, 4000), delta(later, "A", 6.0, 3, 4100)]
+    )  # fmt: skip
+    # The killed connection's last stored row is a trade (market B's book was quiet).
+    PublicTrade.objects.create(
+        connection_id=killed, market_ticker="B", sid=2, seq=1, trade_id="x", yes_price_e4=6000,
+        no_price_e4=4000, count_e2=100, taker_side="yes", received_at=t(2.2),
+    )  # fmt: skip
+    RecordingEvent.objects.create(connection_id=later, kind="disconnect", at=t(6.6))
+
+    history = load(["A", "B"], t(0), t(8), step_s=0.5, use_cache=False, progress=False)
+    # Ticks 0.0, 0.5, ..., 7.5: the killed connection is trusted to 2.2 s, the later one from
+    # its snapshots (5.0 s for A, 5.2 s for B) to its own disconnect marker at 6.6 s.
+    up = [True] * 5
+    assert history.trusted[:, 0].tolist() == up + [False] * 5 + [True] * 4 + [False] * 2
+    assert history.trusted[:, 1].tolist() == up + [False] * 6 + [True] * 3 + [False] * 2
+    assert history.yes_sz[4, 0, 0] == 110 and history.yes_sz[12, 0, 0] == 105
+    quality = history.quality_report()
+    assert quality["A"]["resets"] == 2 and quality["B"]["resets"] == 2
+    # A quiet market (a snapshot, no delta in the window) of the killed connection too.
+    quiet = load(["C"], t(0), t(8), step_s=0.5, use_cache=False, progress=False)
+    assert quiet.trusted[:, 0].tolist() == [False] + [True] * 4 + [False] * 11

@@ -63,3 +63,11 @@ def recorded_markets(db) -> list[str]:
 
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def _promotion_gate_statistics_off(settings) -> None:  # type: ignore[no-untyped-def]
+    """These tests train tiny models on seconds of synthetic data, which cannot show an edge;
+    they exercise promotion mechanics, so the statistical gate is off here. The gate's own
+    tests (test_promotion_gate.py) turn it on explicitly."""
+    settings.RL_PROMOTION_REQUIRE_EDGE = False

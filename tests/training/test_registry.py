@@ -38,8 +38,13 @@ def test_a_run_leaves_a_verified_artifact_episodes_and_metrics(recorded_markets)
     assert episodes.count() == 2
     assert all(len(e.equity_curve) == e.steps + 1 for e in episodes)
     metrics = model.metrics
-    assert set(metrics["baselines"]) == {"no_trading", "buy_favourite"}
+    assert set(metrics["baselines"]) == {"no_trading", "hold_favourite", "momentum"}
     assert metrics["baselines"]["no_trading"]["mean_return"] == 0.0
+    # Every figure comes with its interval, and the gate's comparison is recorded.
+    low, high = metrics["evaluation"]["pnl_per_hour_dollars_ci"]
+    assert low <= metrics["evaluation"]["pnl_per_hour_dollars"] <= high
+    assert metrics["versus_no_trading"]["metric"] == "pnl_per_hour_dollars"
+    assert metrics["beats_no_trading"] == (metrics["versus_no_trading"]["ci"][0] > 0)
     assert metrics["training"]["timesteps"] >= 512
     assert model.progress["fraction"] == 1.0
 

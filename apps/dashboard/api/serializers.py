@@ -26,6 +26,15 @@ def ticker_field(**kwargs: Any) -> serializers.RegexField:
     return serializers.RegexField(TICKER_REGEX, max_length=128, **kwargs)
 
 
+# Primary keys are bigint: a larger id is a 400, not an overflow in the database driver
+# (SQLite's raises OverflowError on anything beyond 64 bits).
+MAX_ID = 2**63 - 1
+
+
+def id_field(**kwargs: Any) -> serializers.IntegerField:
+    return serializers.IntegerField(min_value=1, max_value=MAX_ID, required=False, **kwargs)
+
+
 class FiniteFloatField(serializers.FloatField):
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("allow_null", True)
@@ -50,17 +59,31 @@ class ErrorSerializer(serializers.Serializer):
 # -- health and status -------------------------------------------------------------------------
 
 
+class ExpectedWorkerSerializer(serializers.Serializer):
+    worker = serializers.CharField(help_text="an RL_HEALTH_EXPECT entry: kind or kind:label")
+    alive = serializers.IntegerField(help_text="live workers matching it (0 = unhealthy)")
+
+
 class HealthSerializer(serializers.Serializer):
     healthy = serializers.BooleanField()
-    workers = serializers.IntegerField(help_text="running workers with a heartbeat row")
+    workers = serializers.IntegerField(help_text="running workers (alive or silent)")
+    dead = serializers.IntegerField(
+        help_text="workers silent beyond RL_WORKER_DEAD_AFTER_S (not unhealthy by themselves)"
+    )
+    expected = ExpectedWorkerSerializer(many=True, help_text="RL_HEALTH_EXPECT, entry by entry")
     problems = serializers.ListField(child=serializers.CharField())
 
 
 class WorkerSerializer(serializers.Serializer):
     name = serializers.CharField()
     kind = serializers.CharField(help_text="ingest, paper, ...")
+    label = serializers.CharField(allow_blank=True, help_text="the paper trader's model name")
     host = serializers.CharField()
     pid = serializers.IntegerField()
+    state = serializers.ChoiceField(
+        choices=selectors.WORKER_STATES,
+        help_text="alive; silent (late: unhealthy); dead (silent beyond RL_WORKER_DEAD_AFTER_S)",
+    )
     started_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
     heartbeat_age_s = FiniteFloatField()
@@ -260,7 +283,7 @@ class EpisodeDetailSerializer(EpisodeSerializer):
 
 
 class EpisodesQuerySerializer(serializers.Serializer):
-    model = serializers.IntegerField(min_value=1, required=False, help_text="model id")
+    model = id_field(help_text="model id")
     mode = serializers.ChoiceField(choices=EpisodeMode.choices, required=False)
 
 
@@ -294,7 +317,7 @@ class ActionSerializer(serializers.ModelSerializer):
 
 
 class ActionsQuerySerializer(serializers.Serializer):
-    episode = serializers.IntegerField(min_value=1, required=False, help_text="episode id")
+    episode = id_field(help_text="episode id")
     market = ticker_field(required=False, help_text="market ticker")
     since = serializers.DateTimeField(required=False, help_text="decision time >= since")
     until = serializers.DateTimeField(

@@ -1,7 +1,8 @@
 """The read-only REST API. Views parse the query, call one selector and serialize.
 
-Everything needs a staff user (session or basic auth, see ``REST_FRAMEWORK`` in settings)
-except :class:`HealthView`, which load balancers call without credentials.
+Everything needs a staff user (a session; HTTP Basic only with RL_API_BASIC_AUTH: see
+apps/dashboard/api/authentication.py) except :class:`HealthView`, which load balancers call
+without credentials.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def parse_query(serializer_class: type[serializers.Serializer], request: Request
 
 
 class HealthView(APIView):
-    """Public: healthy unless a running worker reports a problem or went silent."""
+    """Public: healthy unless a running worker reports a problem or went silent, or a worker
+    that must run (RL_HEALTH_EXPECT) has no live instance. Dead workers alone do not count."""
 
     authentication_classes: list = []
     permission_classes = [AllowAny]
@@ -54,18 +56,26 @@ class HealthView(APIView):
         try:
             body = selectors.health()
         except DatabaseError as exc:
-            body = {"healthy": False, "workers": 0, "problems": [f"database: {type(exc).__name__}"]}
+            body = {
+                "healthy": False,
+                "workers": 0,
+                "dead": 0,
+                "expected": [],
+                "problems": [f"database: {type(exc).__name__}"],
+            }
         code = status.HTTP_200_OK if body["healthy"] else status.HTTP_503_SERVICE_UNAVAILABLE
         return Response(s.HealthSerializer(body).data, status=code)
 
 
 class StatusView(APIView):
-    """Health plus every running worker's last heartbeat and counters (recorders: messages,
-    gaps, reconnects, writer queue and rows; paper traders: what they report)."""
+    """Health plus the last heartbeat, state (alive, silent, dead) and counters of every worker
+    that did not stop cleanly (recorders: messages, gaps, reconnects, writer queue and rows;
+    paper traders: what they report)."""
 
     @extend_schema(responses=s.StatusSerializer, tags=["status"])
     def get(self, request: Request) -> Response:
-        body = {"health": selectors.health(), "workers": selectors.workers_status()}
+        workers = selectors.workers_status()
+        body = {"health": selectors.health(workers), "workers": workers}
         return Response(s.StatusSerializer(body).data)
 
 

@@ -12,6 +12,8 @@ import signal
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from apps.simulation.planted import PlantedConfig
+
 from .config import ApiKey, ConfigError, ExchangeConfig, FaultConfig
 from .keys import ensure_dev_keys
 from .replay import JsonlReplaySource
@@ -30,10 +32,17 @@ def build_source(
     speed: float,
     tickers: Sequence[str] | None,
     recorded_use_yes_price: bool,
+    planted: PlantedConfig | None = None,
 ) -> MarketDataSource:
-    """The synthetic generator unless a replay was asked for (never both)."""
-    if replay_jsonl and replay_db:
-        raise ConfigError("choose one replay source: a JSONL file or the database, not both")
+    """The synthetic generator unless a replay or a planted world was asked for (one only)."""
+    if sum(bool(x) for x in (replay_jsonl, replay_db, planted)) > 1:
+        raise ConfigError(
+            "choose one source: a JSONL replay, the database replay or a planted world"
+        )
+    if planted is not None:
+        from .planted import PlantedSource
+
+        return PlantedSource(planted, rate=rate, max_messages=max_messages)
     if replay_jsonl:
         return JsonlReplaySource(
             replay_jsonl, speed=speed, recorded_use_yes_price=recorded_use_yes_price

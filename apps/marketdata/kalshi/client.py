@@ -13,7 +13,17 @@ One :class:`KalshiClient` owns one logical feed (a list of markets). It keeps on
 * A crossed book after a delta triggers the same resync for that market.
 * An unsolicited subscription error (codes 10, 17, 25) kills that sid: the client
   resubscribes its markets on a new sid.
-* Malformed frames are counted, logged (rate limited, raw excerpt only) and skipped.
+* A sid exists for the client only once a ``subscribed`` (or merging ``ok``) answered one of
+  its own ``subscribe`` commands; a market belongs to the sid that answered the command that
+  asked for it. A data frame on any other sid (never acknowledged, another channel's, or not
+  the one carrying its market) is rejected: it can neither reassign a market's sid nor touch
+  a book, and its seq is not tracked (so garbage sids cannot grow the tracker either).
+* One frame never ends the recorder: any exception while decoding or handling it (sink
+  callbacks included) makes it a counted malformed frame (``stats.malformed``, per reason in
+  ``stats.malformed_reasons``), kept in a bounded :class:`RejectedFrameStore` (on disk under
+  ``config.rejected_frames_dir`` when set), logged at most every few seconds, and skipped. A
+  frame that failed *after* it was decoded may have been half handled, so its market's book
+  is untrusted and resynced, and the marker says so.
 * A dropped or silent socket (no pong within ``ping_timeout_s``) reconnects with exponential
   backoff and full jitter, then resubscribes everything on a new connection id.
 
@@ -30,7 +40,8 @@ import uuid
 from collections import deque
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
@@ -48,8 +59,10 @@ from apps.marketdata.kalshi.messages import (
     Trade,
     Unsubscribed,
 )
+from apps.marketdata.kalshi.rejects import RejectedFrameStore
 from apps.marketdata.kalshi.seq import SeqStatus, SeqTracker
 from apps.marketdata.kalshi.signer import WS_PATH, KalshiSigner
+from apps.marketdata.kalshi.urls import redact_url, scrub
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +81,34 @@ EVENT_DISCONNECT = "disconnect"
 # Snapshot sources (rl_orderbook_snapshots.source).
 SOURCE_WS = "ws"
 SOURCE_RESYNC = "resync"
+
+# The channel a data frame must arrive on.
+_CHANNEL_OF: dict[type, str] = {
+    OrderbookDelta: ORDERBOOK,
+    OrderbookSnapshot: ORDERBOOK,
+    Trade: TRADE,
+}
+_FRAME_NAME: dict[type, str] = {
+    OrderbookDelta: "orderbook_delta",
+    OrderbookSnapshot: "orderbook_snapshot",
+    Trade: "trade",
+}
+# Malformed-frame counters are keyed by ProtocolError.code, a small fixed set; the cap only
+# guards against a future code path that would make keys from data.
+_MAX_REASON_KEYS = 64
+
+
+class HandshakeRejected(ConnectionError):
+    """The exchange refused the signed handshake (HTTP 401/403) ``attempts`` times in a row."""
+
+    def __init__(self, status: int, url: str, attempts: int) -> None:
+        self.status = status
+        self.url = url  # already redacted
+        self.attempts = attempts
+        super().__init__(
+            f"the exchange at {url} refused the signed WebSocket handshake with HTTP {status} "
+            f"{attempts} times in a row"
+        )
 
 
 class FeedSink(Protocol):
@@ -116,7 +157,13 @@ class ClientConfig:
     reconnect_reset_after_s: float = 30.0
     pending_delta_limit: int = 10_000
     max_reconnects: int | None = None  # None = forever
+    # A handshake refused with 401/403 this many times in a row ends run(): a wrong key does
+    # not get better by retrying, and retrying forever hides the problem.
+    max_auth_failures: int = 3
     latency_sample_every: int = 0  # 0 = off; N = time recv->book-applied for every Nth frame
+    # Where rejected frames are kept (rotating JSONL, see kalshi/rejects.py); None = memory only.
+    rejected_frames_dir: Path | None = None
+    rejected_frames_file_max_bytes: int = 16 * 2**20  # x4 files at most
 
 
 @dataclass
@@ -131,6 +178,9 @@ class ClientStats:
     trades: int = 0
     acks: int = 0
     malformed: int = 0
+    malformed_reasons: dict[str, int] = field(default_factory=dict)  # ProtocolError.code -> n
+    last_malformed_reason: str = ""
+    handler_errors: int = 0  # frames that decoded but raised while being handled
     gaps: int = 0
     missed_seqs: int = 0
     stale: int = 0
@@ -149,7 +199,15 @@ class ClientStats:
 
     def as_dict(self) -> dict[str, object]:
         data = {k: v for k, v in self.__dict__.items() if k != "latency_ns"}
+        data["malformed_reasons"] = dict(self.malformed_reasons)
         return data
+
+    def malformed_summary(self) -> str:
+        """``"3 (number_too_long 1, too_deep 2)"``: the count and its reasons, for one line."""
+        if not self.malformed_reasons:
+            return str(self.malformed)
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(self.malformed_reasons.items()))
+        return f"{self.malformed} ({reasons})"
 
 
 @dataclass
@@ -169,14 +227,14 @@ class _RateLimitedLog:
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
-    def warning(self, key: str, message: str, *args: object) -> None:
+    def warning(self, key: str, message: str, *args: object, **kwargs: Any) -> None:
         now = time.monotonic()
         if now - self._last.get(key, 0.0) >= self.interval_s:
             suppressed = self._suppressed.pop(key, 0)
             self._last[key] = now
             if suppressed:
                 message += f" ({suppressed} similar suppressed)"
-            log.warning(message, *args)
+            log.warning(message, *args, **kwargs)
         else:
             self._suppressed[key] = self._suppressed.get(key, 0) + 1
 
@@ -211,6 +269,12 @@ class KalshiClient:
         self._stopping = asyncio.Event()
         self._warn = _RateLimitedLog()
         self._tasks: set[asyncio.Future] = set()
+        self._auth_failures = 0
+        # What logs, progress lines and the connection row show: never embedded credentials.
+        self.display_url = redact_url(config.ws_url)
+        self.rejected = RejectedFrameStore(
+            config.rejected_frames_dir, file_max_bytes=config.rejected_frames_file_max_bytes
+        )
 
     # -- public control -----------------------------------------------------------------
 
@@ -234,14 +298,30 @@ class KalshiClient:
 
     async def run(self) -> None:
         """Connect, follow the markets, reconnect on failure; returns after :meth:`stop`."""
+        try:
+            await self._run()
+        finally:
+            self.rejected.close()  # reopened on the next rejected frame, if any
+
+    async def _run(self) -> None:
         attempt = 0
         while not self._stopping.is_set():
             started = time.monotonic()
             reason = "closed"
             try:
                 await self._session()
+            except websockets.InvalidStatus as exc:
+                status = exc.response.status_code
+                reason = f"HTTP {status} at the handshake"
+                if status in (401, 403):
+                    self._auth_failures += 1
+                    if self._auth_failures >= self.config.max_auth_failures:
+                        log.error("%s: giving up", reason)
+                        raise HandshakeRejected(
+                            status, self.display_url, self._auth_failures
+                        ) from None
             except (OSError, websockets.WebSocketException, TimeoutError) as exc:
-                reason = f"{type(exc).__name__}: {exc}"[:200]
+                reason = scrub(f"{type(exc).__name__}: {exc}", self.config.ws_url)[:200]
             if self._stopping.is_set():
                 break
             self.stats.reconnects += 1
@@ -250,7 +330,7 @@ class KalshiClient:
             attempt += 1
             if self.config.max_reconnects is not None and attempt > self.config.max_reconnects:
                 log.error("giving up after %d reconnect attempts: %s", attempt - 1, reason)
-                raise ConnectionError(f"could not stay connected to {self.config.ws_url}: {reason}")
+                raise ConnectionError(f"could not stay connected to {self.display_url}: {reason}")
             delay = self.backoff_delay(attempt)
             log.warning("feed disconnected (%s); reconnecting in %.2fs", reason, delay)
             try:
@@ -286,7 +366,7 @@ class KalshiClient:
                 await self._subscribe(self.config.channels, self.config.markets)
                 await self._read_loop(ws)
             except (OSError, websockets.WebSocketException, TimeoutError) as exc:
-                reason = f"{type(exc).__name__}: {exc}"[:200]
+                reason = scrub(f"{type(exc).__name__}: {exc}", self.config.ws_url)[:200]
                 raise
             finally:
                 closer.cancel()
@@ -312,10 +392,11 @@ class KalshiClient:
             self.books[market].clear()
         self.stats.connections += 1
         self.stats.connected = True
-        self.sink.on_connect(self.connection_id, self.config.ws_url, list(self.config.markets))
+        self._auth_failures = 0
+        self.sink.on_connect(self.connection_id, self.display_url, list(self.config.markets))
         log.info(
             "connected to %s as connection %s (%d markets)",
-            self.config.ws_url,
+            self.display_url,
             self.connection_id,
             len(self._markets),
         )
@@ -342,51 +423,121 @@ class KalshiClient:
                 latency.append(time.time_ns() - received_ns)
 
     def handle_frame(self, raw: str | bytes, received_ns: int) -> None:
-        """Decode, sequence-check, apply and hand on one frame (the hot path; never awaits)."""
+        """Decode, sequence-check, apply and hand on one frame (the hot path; never awaits).
+
+        Never raises (short of BaseExceptions such as cancellation): whatever goes wrong
+        with one frame is counted, kept and skipped, see :meth:`_reject`.
+        """
         stats = self.stats
         stats.messages += 1
         stats.last_message_at = received_ns / 1e9
+        msg = None
         try:
             msg = self._decoder.decode(raw)
+            kind = type(msg)
+            sid = msg.sid
+            if sid is not None:
+                channel = self._sid_channel.get(sid)
+                wanted = _CHANNEL_OF.get(kind)
+                if wanted is not None and channel != wanted:
+                    raise self._foreign_sid(kind, sid, channel, wanted)
+                seq = msg.seq
+                # Only acknowledged sids are sequence-checked: numbers on a sid we never
+                # subscribed mean nothing, and tracking them would let a peer grow the tracker.
+                if seq is not None and channel is not None:
+                    check = self._seq.observe(sid, seq)
+                    if check.status is SeqStatus.STALE:
+                        stats.stale += 1
+                        return
+                    if check.status is SeqStatus.GAP:
+                        self._on_gap(sid, check.expected, seq)
+            if kind is OrderbookDelta:
+                self._on_delta(msg, received_ns)
+            elif kind is Trade:
+                stats.trades += 1
+                self.sink.on_trade(self.connection_id, msg, received_ns)
+            elif kind is OrderbookSnapshot:
+                self._on_snapshot(msg, received_ns)
+            elif kind is Subscribed:
+                stats.acks += 1
+                self._on_subscribed(msg)
+            elif kind is ErrorMessage:
+                self._on_error(msg)
+            elif kind is Ok or kind is Unsubscribed:
+                stats.acks += 1
+                if kind is Ok:
+                    self._on_ok(msg)
+                else:
+                    self._seq.forget(msg.sid)
+                    self._sid_channel.pop(msg.sid, None)
         except ProtocolError as exc:
+            self._reject(raw, exc.code, exc.reason, received_ns)
+        except Exception as exc:  # one frame must never end the recorder
+            self._handler_failed(raw, msg, exc, received_ns)
+
+    def _foreign_sid(self, kind: type, sid: int, channel: str | None, wanted: str) -> ProtocolError:
+        name = _FRAME_NAME[kind]
+        if channel is None:
+            return ProtocolError(
+                f"{name} frame on sid {sid}, which no subscription of this connection acknowledged",
+                code="unacknowledged_sid",
+            )
+        return ProtocolError(
+            f"{name} frame on sid {sid}, which carries {channel}, not {wanted}",
+            code="wrong_channel",
+        )
+
+    def _reject(self, raw: object, code: str, reason: str, received_ns: int) -> None:
+        """Count, keep and log (rate limited) one frame that will not be used."""
+        try:
+            stats = self.stats
             stats.malformed += 1
-            self._warn.warning("malformed", "skipped a malformed frame: %s", exc.reason)
-            return
-        seq = msg.seq
-        if seq is not None and msg.sid is not None:
-            check = self._seq.observe(msg.sid, seq)
-            if check.status is SeqStatus.STALE:
-                stats.stale += 1
-                return
-            if check.status is SeqStatus.GAP:
-                self._on_gap(msg.sid, check.expected, seq)
-        kind = type(msg)
-        if kind is OrderbookDelta:
-            self._on_delta(msg, received_ns)
-        elif kind is Trade:
-            stats.trades += 1
-            self.sink.on_trade(self.connection_id, msg, received_ns)
-        elif kind is OrderbookSnapshot:
-            self._on_snapshot(msg, received_ns)
-        elif kind is Subscribed:
-            stats.acks += 1
-            self._on_subscribed(msg)
-        elif kind is ErrorMessage:
-            self._on_error(msg)
-        elif kind is Ok or kind is Unsubscribed:
-            stats.acks += 1
-            if kind is Unsubscribed:
-                self._seq.forget(msg.sid)
-                self._sid_channel.pop(msg.sid, None)
+            reasons = stats.malformed_reasons
+            if code not in reasons and len(reasons) >= _MAX_REASON_KEYS:
+                code = "other"
+            reasons[code] = reasons.get(code, 0) + 1
+            stats.last_malformed_reason = reason
+            self.rejected.add(
+                raw,
+                code=code,
+                reason=reason,
+                connection_id=self.connection_id,
+                received_ns=received_ns,
+            )
+            self._warn.warning("malformed", "skipped a malformed frame (%s): %s", code, reason)
+        except Exception:  # counting must not fail either; keep the loop alive regardless
+            log.debug("could not record a rejected frame", exc_info=True)
+
+    def _handler_failed(self, raw: object, msg: object, exc: Exception, received_ns: int) -> None:
+        """A frame raised something other than ProtocolError: a bug or a failing sink."""
+        self.stats.handler_errors += 1
+        where = type(msg).__name__ if msg is not None else "the frame"
+        reason = f"{type(exc).__name__} while handling {where}: {_describe(exc)}"
+        self._reject(raw, "handler_error", reason[:400], received_ns)
+        self._warn.warning(
+            "handler", "a frame raised while being handled: %s", reason[:400], exc_info=exc
+        )
+        # The frame may have been half handled (stored but not applied, or the reverse): do
+        # not trust its market's book, and leave a marker so history does not either.
+        market = getattr(msg, "market_ticker", None)
+        if market in self._markets:
+            try:
+                self._untrust(market, EVENT_RESYNC, detail=f"frame not handled: {reason}"[:200])
+            except Exception as again:
+                self._warn.warning(
+                    "handler-untrust", "could not untrust %s: %s", market, _describe(again)
+                )
 
     # -- data frames --------------------------------------------------------------------
 
     def _on_delta(self, msg: OrderbookDelta, received_ns: int) -> None:
+        state = self._markets.get(msg.market_ticker)
+        if state is not None and state.sid is not None and state.sid != msg.sid:
+            raise _not_its_sid("orderbook_delta", msg.market_ticker, msg.sid, state.sid)
         self.stats.deltas += 1
         if msg.sending_ts_ms is not None:
             self.stats.last_exchange_lag_ms = received_ns / 1e6 - msg.sending_ts_ms
         self.sink.on_delta(self.connection_id, msg, received_ns)
-        state = self._markets.get(msg.market_ticker)
         if state is None:
             return  # a market we did not ask for: stored, not followed
         if not state.trusted:
@@ -413,8 +564,12 @@ class KalshiClient:
             self._untrust(msg.market_ticker, EVENT_CROSSED, detail=repr(book)[:200])
 
     def _on_snapshot(self, msg: OrderbookSnapshot, received_ns: int) -> None:
-        self.stats.snapshots += 1
         state = self._markets.get(msg.market_ticker)
+        if state is not None and state.sid is not None and state.sid != msg.sid:
+            # Never move a market to another sid on a snapshot's word: its sid is the one
+            # that acknowledged our subscribe, and gaps/resyncs are keyed on it.
+            raise _not_its_sid("orderbook_snapshot", msg.market_ticker, msg.sid, state.sid)
+        self.stats.snapshots += 1
         source = SOURCE_RESYNC if state is not None and state.awaiting_resync else SOURCE_WS
         self.sink.on_snapshot(self.connection_id, msg, received_ns, source)
         if state is None:
@@ -426,6 +581,8 @@ class KalshiClient:
             self.stats.book_errors += 1
             self._warn.warning("snapshot", "unusable snapshot: %s", exc)
             return
+        # Only reached with state.sid None (an ack that named no markets) or equal: the sid
+        # was checked to be an acknowledged orderbook sid before this call.
         state.sid = msg.sid
         state.trusted = True
         state.awaiting_resync = False
@@ -441,12 +598,40 @@ class KalshiClient:
     # -- control frames -----------------------------------------------------------------
 
     def _on_subscribed(self, msg: Subscribed) -> None:
-        self._sid_channel[msg.sid] = msg.channel
-        if msg.channel == ORDERBOOK:
-            pending = self._pending_cmds.get(msg.id)
-            for market in pending[1] if pending else []:
-                if market in self._markets:
-                    self._markets[market].sid = msg.sid
+        self._acknowledge(msg.id, msg.channel, msg.sid)
+
+    def _on_ok(self, msg: Ok) -> None:
+        # A subscribe for a channel already open is merged into its sid and answered by an
+        # ``ok`` (observed, protocol notes §3): that too acknowledges the sid.
+        if msg.sid is not None and msg.id is not None and msg.id in self._pending_cmds:
+            self._acknowledge(msg.id, None, msg.sid)
+
+    def _acknowledge(self, cmd_id: int | None, channel: str | None, sid: int) -> None:
+        """Adopt ``sid`` only as the answer to one of our own pending subscribe commands."""
+        if cmd_id is None:
+            # No id echoed: accept it for the oldest pending command of that channel.
+            cmd_id = next((i for i, (ch, _) in self._pending_cmds.items() if ch == channel), None)
+        pending = self._pending_cmds.get(cmd_id) if cmd_id is not None else None
+        if pending is None or (channel is not None and channel != pending[0]):
+            raise ProtocolError(
+                f"subscription ack for sid {sid} ({channel or 'ok'!r}) answers no pending "
+                f"subscribe command (id {cmd_id})",
+                code="unexpected_ack",
+            )
+        in_use = self._sid_channel.get(sid)
+        if in_use is not None and in_use != pending[0]:
+            raise ProtocolError(
+                f"subscription ack gives sid {sid} to {pending[0]}, but it carries {in_use}",
+                code="unexpected_ack",
+            )
+        del self._pending_cmds[cmd_id]
+        channel, markets = pending
+        self._sid_channel[sid] = channel
+        if channel == ORDERBOOK:
+            for market in markets:
+                state = self._markets.get(market)
+                if state is not None:
+                    state.sid = sid
 
     def _on_gap(self, sid: int, expected: int | None, got: int) -> None:
         self.stats.gaps += 1
@@ -475,12 +660,13 @@ class KalshiClient:
         self._warn.warning("error", "exchange error %s: %s", msg.code, msg.message)
         if self.connection_id is None:
             return
+        # Free text from the peer goes into text columns: PostgreSQL refuses U+0000 in them.
         self.sink.on_event(
             self.connection_id,
             EVENT_SUB_ERROR,
-            market_ticker=msg.market_ticker or "",
+            market_ticker=(msg.market_ticker or "").replace("\x00", "")[:128],
             sid=msg.sid,
-            detail=f"code {msg.code}: {msg.message}"[:200],
+            detail=f"code {msg.code}: {msg.message}".replace("\x00", "\\x00")[:200],
         )
         if msg.code in FATAL_SUB_ERRORS and msg.sid is not None:
             # The subscription is dead: resubscribe its markets on a new sid.
@@ -555,3 +741,18 @@ class KalshiClient:
             await self._ws.send(text)
         except websockets.ConnectionClosed:
             pass  # the read loop sees the close and reconnects
+
+
+def _not_its_sid(name: str, market: str, sid: int, own_sid: int) -> ProtocolError:
+    return ProtocolError(
+        f"{name} frame of {market!r} on sid {sid}, but it is subscribed on sid {own_sid}",
+        code="wrong_sid",
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    """``str(exc)`` cut short, and safe even when ``__str__`` itself fails."""
+    try:
+        return str(exc)[:300].replace("\x00", "\\x00")  # it may end up in a text column
+    except Exception:
+        return f"<unprintable {type(exc).__name__}>"

@@ -15,12 +15,35 @@ are not integers, prices above $1 or with more than 4 decimals and sizes with mo
 decimals are rejected. A frame whose ``type`` is unknown is not an error: it comes back as
 :class:`UnknownMessage` so that its ``seq`` still counts.
 
+Bounds. Whatever a frame holds, :meth:`FrameDecoder.decode` either returns a message or
+raises :class:`ProtocolError` (never ``ValueError``, ``RecursionError`` or anything else), and
+what it accepts is bounded explicitly, each bound with its own message and ``code``:
+
+* prices and sizes: at most :data:`~.units.MAX_NUMBER_CHARS` characters, sizes within int64
+  (``number_too_long`` / ``number_out_of_range``, see :mod:`.units`);
+* times (``ts_ms``, ``sending_ts_ms``, ``ts`` in seconds or RFC 3339): from 2000-01-01 to
+  2100-01-01 UTC, i.e. Unix ms in [:data:`MIN_TS_MS`, :data:`MAX_TS_MS`)
+  (``timestamp_out_of_range``); a feed of this century cannot send anything else, and every
+  accepted value converts to a ``datetime`` (year 10,000 made the writer raise);
+* nesting: a frame that is not one of the modelled types may nest at most
+  :data:`MAX_NESTING` levels (``too_deep``); the modelled types are bounded by their schema,
+  and anything nested deeply enough to exhaust the parser's stack is rejected the same way;
+* lengths: a snapshot side has at most 9,999 levels (one per price, so more would repeat a
+  price), tickers at most 128 characters and trade ids 64 (the widths of the columns),
+  ``ts`` strings 64, ack market lists :data:`MAX_LIST_ITEMS` (``too_long``);
+* integers (sid, seq, ids): non-negative int64, as before (``invalid_field``);
+* text that is stored (tickers, trade ids) holds no U+0000, which PostgreSQL text refuses
+  (``bad_text``).
+
 No Django here. The decode path for deltas is kept short on purpose: it runs for every
-message the recorder receives (see ``benchmarks/bench_book.py``).
+message the recorder receives (see ``benchmarks/bench_book.py``); the bounds on it are
+msgspec constraints checked in C, one ``in`` test on the ticker, and a length check on unit
+cache misses only.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Final, Literal
 
@@ -59,18 +82,35 @@ Side = Literal["yes", "no"]
 Level = tuple[int, int]  # (price_e4, size_e2)
 
 RAW_EXCERPT_BYTES: Final = 2048  # how much of a bad frame a ProtocolError keeps
+MAX_REASON_CHARS: Final = 400  # a reason quotes values; never let it grow with the frame
+
+# Accepted time window (see the module docstring): [2000-01-01, 2100-01-01) UTC.
+MIN_TS_MS: Final = 946_684_800_000
+MAX_TS_MS: Final = 4_102_444_800_000  # exclusive
+MAX_NESTING: Final = 32
+MAX_LIST_ITEMS: Final = 100_000
+MAX_TICKER_CHARS: Final = 128  # rl_* market_ticker columns
+MAX_TRADE_ID_CHARS: Final = 64  # rl_public_trades.trade_id
 
 
 class ProtocolError(ValueError):
     """A frame that is not valid Kalshi protocol.
 
-    ``reason`` is a sentence saying what is wrong; ``raw`` is the offending frame, cut to
-    its first :data:`RAW_EXCERPT_BYTES` bytes/characters so logs stay bounded.
+    ``reason`` is a sentence saying what is wrong (at most :data:`MAX_REASON_CHARS`);
+    ``code`` names the kind of problem from a small fixed set (``not_json``, ``not_utf8``,
+    ``too_deep``, ``invalid_field``, ``timestamp_out_of_range``, ``number_too_long``, ...) so
+    callers can count them; ``raw`` is the offending frame, cut to its first
+    :data:`RAW_EXCERPT_BYTES` bytes/characters so logs stay bounded.
     """
 
-    def __init__(self, reason: str, raw: bytes | str | None = None) -> None:
+    def __init__(
+        self, reason: str, raw: bytes | str | None = None, *, code: str = "invalid"
+    ) -> None:
+        if len(reason) > MAX_REASON_CHARS:
+            reason = reason[: MAX_REASON_CHARS - 3] + "..."
         super().__init__(reason)
         self.reason = reason
+        self.code = code
         self.raw = _excerpt(raw)
 
 
@@ -238,8 +278,17 @@ Message = (
 # Upper bound: these end up in PostgreSQL bigint columns.
 _INT64_MAX: Final = 2**63 - 1
 _Sid = Annotated[int, msgspec.Meta(ge=1, le=_INT64_MAX)]
-_Count = Annotated[int, msgspec.Meta(ge=0, le=_INT64_MAX)]  # seq, ids, timestamps
-_Ticker = Annotated[str, msgspec.Meta(min_length=1)]
+_Count = Annotated[int, msgspec.Meta(ge=0, le=_INT64_MAX)]  # seq, ids
+_TsMs = Annotated[int, msgspec.Meta(ge=MIN_TS_MS, lt=MAX_TS_MS)]
+_TsS = Annotated[int, msgspec.Meta(ge=MIN_TS_MS // 1000, lt=MAX_TS_MS // 1000)]
+_TsText = Annotated[str, msgspec.Meta(max_length=64)]
+_Ticker = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TICKER_CHARS)]
+_TradeId = Annotated[str, msgspec.Meta(max_length=MAX_TRADE_ID_CHARS)]
+# One level per price: a side can list at most PRICE_SCALE - 1 distinct prices.
+_MAX_LEVELS: Final = PRICE_SCALE - 1
+_FpLevels = Annotated[list[tuple[str, str]], msgspec.Meta(max_length=_MAX_LEVELS)]
+_DollarLevels = Annotated[list[tuple[str, int]], msgspec.Meta(max_length=_MAX_LEVELS)]
+_CentLevels = Annotated[list[tuple[int, int]], msgspec.Meta(max_length=_MAX_LEVELS)]
 
 
 class _Wire(msgspec.Struct, tag_field="type", gc=False):
@@ -249,19 +298,19 @@ class _Wire(msgspec.Struct, tag_field="type", gc=False):
 class _SnapshotBody(msgspec.Struct, gc=False):
     market_ticker: _Ticker
     market_id: str | None = None
-    yes_dollars_fp: list[tuple[str, str]] | None = None
-    no_dollars_fp: list[tuple[str, str]] | None = None
-    yes_dollars: list[tuple[str, int]] | None = None
-    no_dollars: list[tuple[str, int]] | None = None
-    yes: list[tuple[int, int]] | None = None
-    no: list[tuple[int, int]] | None = None
+    yes_dollars_fp: _FpLevels | None = None
+    no_dollars_fp: _FpLevels | None = None
+    yes_dollars: _DollarLevels | None = None
+    no_dollars: _DollarLevels | None = None
+    yes: _CentLevels | None = None
+    no: _CentLevels | None = None
 
 
 class _SnapshotFrame(_Wire, tag="orderbook_snapshot"):
     sid: _Sid
     seq: _Count
     msg: _SnapshotBody
-    sending_ts_ms: _Count | None = None
+    sending_ts_ms: _TsMs | None = None
     id: _Count | None = None
 
 
@@ -273,8 +322,8 @@ class _DeltaBody(msgspec.Struct, gc=False):
     delta_fp: str | None = None
     price: int | None = None
     delta: int | None = None
-    ts_ms: _Count | None = None
-    ts: str | None = None
+    ts_ms: _TsMs | None = None
+    ts: _TsText | None = None
     client_order_id: str | None = None
 
 
@@ -282,7 +331,7 @@ class _DeltaFrame(_Wire, tag="orderbook_delta"):
     sid: _Sid
     seq: _Count
     msg: _DeltaBody
-    sending_ts_ms: _Count | None = None
+    sending_ts_ms: _TsMs | None = None
 
 
 class _SubscribedBody(msgspec.Struct, gc=False):
@@ -302,7 +351,7 @@ class _UnsubscribedFrame(_Wire, tag="unsubscribed"):
 
 
 class _OkMarkets(msgspec.Struct, gc=False):
-    market_tickers: list[_Ticker] | None = None
+    market_tickers: Annotated[list[_Ticker], msgspec.Meta(max_length=MAX_LIST_ITEMS)] | None = None
 
 
 class _SubscriptionItem(msgspec.Struct, gc=False):
@@ -311,11 +360,15 @@ class _SubscriptionItem(msgspec.Struct, gc=False):
 
 
 class _OkFrame(_Wire, tag="ok"):
-    msg: _OkMarkets | list[_SubscriptionItem] | None = None
+    msg: (
+        _OkMarkets
+        | Annotated[list[_SubscriptionItem], msgspec.Meta(max_length=MAX_LIST_ITEMS)]
+        | None
+    ) = None
     sid: _Sid | None = None
     seq: _Count | None = None
     id: _Count | None = None
-    sending_ts_ms: _Count | None = None
+    sending_ts_ms: _TsMs | None = None
 
 
 class _ErrorBody(msgspec.Struct, gc=False):
@@ -333,7 +386,7 @@ class _ErrorFrame(_Wire, tag="error"):
 
 
 class _TradeBody(msgspec.Struct, gc=False):
-    trade_id: str
+    trade_id: _TradeId
     market_ticker: _Ticker
     taker_side: Side
     yes_price_dollars: str | None = None
@@ -342,15 +395,15 @@ class _TradeBody(msgspec.Struct, gc=False):
     no_price: int | None = None
     count_fp: str | None = None
     count: int | None = None
-    ts: _Count | None = None
-    ts_ms: _Count | None = None
+    ts: _TsS | None = None
+    ts_ms: _TsMs | None = None
 
 
 class _TradeFrame(_Wire, tag="trade"):
     sid: _Sid
     msg: _TradeBody
     seq: _Count | None = None
-    sending_ts_ms: _Count | None = None
+    sending_ts_ms: _TsMs | None = None
 
 
 class _TickerBody(msgspec.Struct, gc=False):
@@ -366,14 +419,14 @@ class _TickerBody(msgspec.Struct, gc=False):
     volume: int | None = None
     open_interest_fp: str | None = None
     open_interest: int | None = None
-    ts: _Count | None = None
-    ts_ms: _Count | None = None
+    ts: _TsS | None = None
+    ts_ms: _TsMs | None = None
 
 
 class _TickerFrame(_Wire, tag="ticker"):
     sid: _Sid
     msg: _TickerBody
-    sending_ts_ms: _Count | None = None
+    sending_ts_ms: _TsMs | None = None
 
 
 class _TypeOnly(msgspec.Struct, gc=False):
@@ -405,10 +458,21 @@ _KNOWN_TYPES: Final = frozenset(
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS: Final = timedelta(milliseconds=1)
+_WINDOW: Final = "2000-01-01..2100-01-01 UTC"
+_TS_FIELDS: Final = frozenset({"ts", "ts_ms", "sending_ts_ms"})
+# msgspec's message for a violated numeric or length bound, e.g.
+# "Expected `int` >= 946684800000 - at `$.msg.ts_ms`" or "Expected `array` of length <= 9999".
+_BOUND_ERROR = re.compile(
+    r"Expected `(?P<type>\w+)` (?:of length )?(?:>=|<=|<|>) ?-?\d+ - at `(?P<path>[^`]*)`"
+)
 
 
 class _Reject(Exception):
     """Raised by the converters; decode() adds the frame type and the raw frame."""
+
+    def __init__(self, message: str, *, code: str = "bad_value") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 # --------------------------------------------------------------------------------------------
@@ -423,6 +487,11 @@ def _book_price(price_e4: int, side: str, *, yes_scale: bool) -> int:
     if not 0 < price_e4 < PRICE_SCALE:
         raise _Reject(_outside_book(side, price_e4))
     return price_e4
+
+
+def _nul(field: str) -> _Reject:
+    # PostgreSQL text cannot hold U+0000: an identifier that would be stored must not either.
+    return _Reject(f"{field} contains a NUL character", code="bad_text")
 
 
 def _outside_book(side: str, price_e4: int) -> str:
@@ -471,7 +540,13 @@ def _rfc3339_to_ms(text: str) -> int:
         raise _Reject(f"ts {original!r} is not an RFC 3339 timestamp") from None
     if moment.tzinfo is None:
         raise _Reject(f"ts {original!r} has no UTC offset")
-    return (moment - _EPOCH) // _ONE_MS
+    ts_ms = (moment - _EPOCH) // _ONE_MS
+    if not MIN_TS_MS <= ts_ms < MAX_TS_MS:
+        raise _Reject(
+            f"ts {original!r} is outside the accepted window {_WINDOW}",
+            code="timestamp_out_of_range",
+        )
+    return ts_ms
 
 
 def _optional_price(dollars: str | None, cents: int | None) -> int | None:
@@ -544,13 +619,13 @@ class FrameDecoder:
                 elif m.price is not None:
                     price_e4 = cents_to_e4(m.price)
                 else:
-                    raise _Reject("it has neither price_dollars nor price")
+                    raise _Reject("it has neither price_dollars nor price", code="missing_field")
                 if m.delta_fp is not None:
                     delta_e2 = count_to_e2(m.delta_fp, signed=True)
                 elif m.delta is not None:
                     delta_e2 = contracts_to_e2(m.delta, signed=True)
                 else:
-                    raise _Reject("it has neither delta_fp nor delta")
+                    raise _Reject("it has neither delta_fp nor delta", code="missing_field")
                 side = m.side
                 if side == "no" and self.use_yes_price:
                     price_e4 = complement_e4(price_e4)
@@ -559,6 +634,8 @@ class FrameDecoder:
                 ts_ms = m.ts_ms
                 if ts_ms is None and m.ts is not None:
                     ts_ms = _rfc3339_to_ms(m.ts)
+                if "\x00" in m.market_ticker:
+                    raise _nul("market_ticker")
                 return OrderbookDelta(
                     frame.sid,
                     frame.seq,
@@ -574,11 +651,13 @@ class FrameDecoder:
             return self._handlers[type(frame)](frame)
         except (_Reject, UnitError) as exc:
             raise ProtocolError(
-                f"{frame.__struct_config__.tag} frame rejected: {exc}", raw
+                f"{frame.__struct_config__.tag} frame rejected: {exc}", raw, code=exc.code
             ) from None
 
     def _snapshot(self, frame: _SnapshotFrame) -> OrderbookSnapshot:
         body = frame.msg
+        if "\x00" in body.market_ticker:
+            raise _nul("market_ticker")
         return OrderbookSnapshot(
             frame.sid,
             frame.seq,
@@ -593,36 +672,117 @@ class FrameDecoder:
     def _fallback(self, raw: bytes | str, exc: BaseException) -> UnknownMessage:
         """The typed decode failed: an unknown ``type`` is fine, anything else is an error."""
         if isinstance(exc, UnicodeError):
-            raise ProtocolError(f"the frame is not valid UTF-8 ({exc.reason})", raw) from None
+            raise ProtocolError(
+                f"the frame is not valid UTF-8 ({exc.reason})", raw, code="not_utf8"
+            ) from None
         if isinstance(exc, RecursionError):
-            raise ProtocolError("the frame nests JSON too deeply", raw) from None
+            raise _too_deep(raw) from None
         if isinstance(exc, TypeError):
             raise ProtocolError(
-                f"a frame must be bytes or str, not {type(raw).__name__}", raw
+                f"a frame must be bytes or str, not {type(raw).__name__}", raw, code="not_a_frame"
             ) from None
         # ValidationError subclasses DecodeError: only the latter means "not JSON".
         if not isinstance(exc, msgspec.ValidationError):
-            raise ProtocolError(f"the frame is not valid JSON ({exc})", raw) from None
+            raise ProtocolError(
+                f"the frame is not valid JSON ({exc})", raw, code="not_json"
+            ) from None
+        # Everything below parses the frame again with schemas that skip unknown keys: bound
+        # the nesting first, so that no skip can recurse deeply (explicit, not the stack's
+        # limit), then still treat a RecursionError as the same rejection.
+        if _nests_deeper_than(raw, MAX_NESTING):
+            raise _too_deep(raw) from None
         try:
             kind = self._type_only.decode(raw).type
+        except RecursionError:
+            raise _too_deep(raw) from None
         except msgspec.MsgspecError as type_exc:
-            raise ProtocolError(f"the frame is not a Kalshi message ({type_exc})", raw) from None
+            raise ProtocolError(
+                f"the frame is not a Kalshi message ({type_exc})", raw, code="not_a_message"
+            ) from None
         if kind in _KNOWN_TYPES:
-            raise ProtocolError(f"{kind} frame rejected: {exc}", raw) from None
+            raise _field_error(kind, exc, raw) from None
         try:
             envelope = self._envelope.decode(raw)
+        except RecursionError:
+            raise _too_deep(raw) from None
         except msgspec.MsgspecError as envelope_exc:
-            raise ProtocolError(f"{kind} frame rejected: {envelope_exc}", raw) from None
+            raise _field_error(kind, envelope_exc, raw) from None
         if type(raw) is not str:
             _require_utf8(raw)
         return UnknownMessage(envelope.type, envelope.sid, envelope.seq)
+
+
+def _too_deep(raw: bytes | str) -> ProtocolError:
+    return ProtocolError(
+        f"the frame nests JSON more than {MAX_NESTING} levels deep", raw, code="too_deep"
+    )
+
+
+def _field_error(kind: str, exc: BaseException, raw: bytes | str) -> ProtocolError:
+    """A schema violation, said plainly when it is one of the explicit bounds."""
+    text = str(exc)
+    bound = _BOUND_ERROR.search(text)
+    if bound is not None:
+        path = bound.group("path")
+        field = path.rsplit(".", 1)[-1]
+        if field in _TS_FIELDS and bound.group("type") == "int":
+            return ProtocolError(
+                f"{kind} frame rejected: {path[2:]} is outside the accepted window {_WINDOW} "
+                f"(Unix ms {MIN_TS_MS}..{MAX_TS_MS}, seconds for a trade's ts)",
+                raw,
+                code="timestamp_out_of_range",
+            )
+        if "of length" in text:
+            return ProtocolError(f"{kind} frame rejected: {text}", raw, code="too_long")
+    return ProtocolError(f"{kind} frame rejected: {text}", raw, code="invalid_field")
+
+
+# Every byte except those that matter for nesting: brackets, and the quotes and backslashes
+# that delimit strings.
+_NOT_STRUCTURE = bytes(range(256)).translate(None, b'[]{}"\\')
+_BRACKETS_ONLY = bytes.maketrans(b"{}", b"[]")
+
+
+def _nests_deeper_than(raw: bytes | str, limit: int) -> bool:
+    """Whether the JSON text ``raw`` nests arrays/objects more than ``limit`` levels.
+
+    C-speed string operations only (no per-byte Python loop): frames reach this check on the
+    rare generic path, but a hostile peer can make them megabytes long. Strings are removed
+    first (so brackets inside them do not count), then innermost ``[]`` pairs are removed
+    once per level. Unbalanced text is left to the parser to reject.
+    """
+    data = raw.encode("utf-8", "surrogatepass") if type(raw) is str else bytes(raw)
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return False  # the common case: few brackets at all
+    # Escapes: two backslashes are one escaped backslash (pairs match left to right, as the
+    # parser reads them); after those, a backslash escapes the next byte, and only an escaped
+    # quote matters here.
+    data = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    data = data.translate(None, _NOT_STRUCTURE).replace(b"\\", b"")
+    # Quotes now alternate open/close: even pieces are outside strings.
+    data = b"".join(data.split(b'"')[::2]).translate(_BRACKETS_ONLY)
+    # Each pass removes every innermost "[]", lowering the height of a balanced text by one;
+    # a run of n "[" left after k passes proves a depth of at least n + k. The run test is
+    # what keeps a deep spine (megabytes of "[") from costing one full pass per level.
+    for done in range(limit):
+        if not data:
+            return False
+        if data.find(b"[" * (limit - done + 1)) != -1:
+            return True
+        shorter = data.replace(b"[]", b"")
+        if len(shorter) == len(data):
+            return False  # unbalanced: not JSON, the parser says so
+        data = shorter
+    return b"[]" in data
 
 
 def _require_utf8(raw: bytes | bytearray | memoryview) -> None:
     try:
         bytes(raw).decode()
     except UnicodeDecodeError as exc:
-        raise ProtocolError(f"the frame is not valid UTF-8 ({exc.reason})", raw) from None
+        raise ProtocolError(
+            f"the frame is not valid UTF-8 ({exc.reason})", raw, code="not_utf8"
+        ) from None
 
 
 def _subscribed(frame: _SubscribedFrame) -> Subscribed:
@@ -651,13 +811,17 @@ def _error(frame: _ErrorFrame) -> ErrorMessage:
 
 def _trade(frame: _TradeFrame) -> Trade:
     body = frame.msg
+    if "\x00" in body.market_ticker:
+        raise _nul("market_ticker")
+    if "\x00" in body.trade_id:
+        raise _nul("trade_id")
     yes_price_e4 = _optional_price(body.yes_price_dollars, body.yes_price)
     no_price_e4 = _optional_price(body.no_price_dollars, body.no_price)
     count_e2 = _optional_size(body.count_fp, body.count)
     if yes_price_e4 is None or no_price_e4 is None:
-        raise _Reject("it lacks the yes or no price")
+        raise _Reject("it lacks the yes or no price", code="missing_field")
     if count_e2 is None:
-        raise _Reject("it has neither count_fp nor count")
+        raise _Reject("it has neither count_fp nor count", code="missing_field")
     return Trade(
         frame.sid,
         frame.seq,

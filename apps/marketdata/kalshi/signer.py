@@ -24,7 +24,30 @@ _PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.DI
 
 
 class SignerError(ValueError):
-    """The private key is missing, unreadable or not an RSA key."""
+    """The key id is unusable, or the private key is missing, unreadable or not an RSA key."""
+
+
+# Kalshi's key ids are UUIDs; allow any visible ASCII token up to this length, nothing else.
+KEY_ID_MAX_LEN = 200
+
+
+def check_key_id(key_id: str) -> str:
+    """``key_id`` if it can be sent as a header value, else :class:`SignerError`.
+
+    A key id with CR/LF or other control characters would be echoed into log lines and could
+    split an HTTP header, so it is refused where it is configured. The message never repeats
+    the value.
+    """
+    if not key_id:
+        raise SignerError("the Kalshi API key id is empty")
+    if len(key_id) > KEY_ID_MAX_LEN:
+        raise SignerError(f"the Kalshi API key id is longer than {KEY_ID_MAX_LEN} characters")
+    if not all("!" <= ch <= "~" for ch in key_id):
+        raise SignerError(
+            "the Kalshi API key id may hold only visible ASCII characters "
+            "(no spaces, line breaks or control characters)"
+        )
+    return key_id
 
 
 def string_to_sign(timestamp_ms: int | str, method: str, path: str) -> str:
@@ -77,10 +100,12 @@ class KalshiSigner:
     key_id: str
     private_key: rsa.RSAPrivateKey = field(repr=False)
 
+    def __post_init__(self) -> None:
+        check_key_id(self.key_id)
+
     @classmethod
     def from_pem(cls, *, key_id: str, pem: bytes | str) -> KalshiSigner:
-        if not key_id:
-            raise SignerError("the Kalshi API key id is empty")
+        check_key_id(key_id)
         return cls(key_id=key_id, private_key=load_private_key(pem))
 
     @classmethod

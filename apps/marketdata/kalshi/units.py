@@ -8,6 +8,14 @@ Everywhere in the product:
 Kalshi sends prices as dollar strings with up to 4 decimals (``"0.0650"``, ``"0.960"``) and
 sizes as strings with 2 decimals (``"2.95"``, ``"-139.00"``); the legacy formats send integer
 cents and integer contracts. Floats are never used for either.
+
+Bounds (every value outside them raises :class:`UnitError`, never a bare ``ValueError``):
+
+* a price or size string has at most :data:`MAX_NUMBER_CHARS` characters, checked before any
+  digit is converted (``int()`` of a 4,300-digit string raises its own ``ValueError``, and
+  converting a long one costs quadratic time);
+* a size is at most :data:`MAX_SIZE_E2` in absolute value (the int64 ``size_e2`` columns),
+  whether it came as a fixed-point string or as legacy integer contracts.
 """
 
 from __future__ import annotations
@@ -16,6 +24,9 @@ PRICE_SCALE = 10_000  # price_e4 units per dollar
 SIZE_SCALE = 100  # size_e2 units per contract
 CENT_E4 = 100  # one cent in price_e4 units
 MAX_PRICE_E4 = PRICE_SCALE
+MAX_SIZE_E2 = 2**63 - 1  # sizes are stored in bigint columns
+# "-92233720368547758.07" is 21 characters; a few more leave room for leading zeros and "+".
+MAX_NUMBER_CHARS = 32
 
 # Parsed strings repeat constantly (a market has few distinct price levels), so a small
 # bounded cache turns most conversions into one dict lookup.
@@ -26,7 +37,22 @@ _signed_size_cache: dict[str, int] = {}
 
 
 class UnitError(ValueError):
-    """A price or size string that is not an exact decimal in the allowed range."""
+    """A price or size string that is not an exact decimal in the allowed range.
+
+    ``code`` names the kind of problem in a few words (a bounded set: it keys the recorder's
+    counters of malformed frames).
+    """
+
+    def __init__(self, message: str, *, code: str = "bad_number") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _show(text: str) -> str:
+    """The value for an error message: repr of the first characters and the full length."""
+    if len(text) <= MAX_NUMBER_CHARS:
+        return repr(text)
+    return f"{text[:MAX_NUMBER_CHARS]!r}... ({len(text)} characters)"
 
 
 def _digits(text: str) -> bool:
@@ -35,7 +61,20 @@ def _digits(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
+def _show_int(value: object) -> str:
+    # msgspec decodes integers of up to ~4,300 digits: never put one of those in a message
+    # (and repr() of a longer one would raise ValueError itself).
+    if type(value) is int and not -(10**MAX_NUMBER_CHARS) < value < 10**MAX_NUMBER_CHARS:
+        return f"{'-' if value < 0 else ''}<an integer of {value.bit_length()} bits>"
+    return repr(value)
+
+
 def _fixed(text: str, places: int, *, signed: bool, what: str) -> int:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise UnitError(
+            f"{what} {_show(text)} is longer than {MAX_NUMBER_CHARS} characters",
+            code="number_too_long",
+        )
     body = text
     negative = False
     if signed and body[:1] in ("-", "+"):
@@ -43,10 +82,12 @@ def _fixed(text: str, places: int, *, signed: bool, what: str) -> int:
         body = body[1:]
     whole, dot, frac = body.partition(".")
     if not _digits(whole) or (dot and not _digits(frac)):
-        raise UnitError(f"{what} {text!r} is not a plain decimal number")
+        raise UnitError(f"{what} {_show(text)} is not a plain decimal number")
     if len(frac) > places:
-        raise UnitError(f"{what} {text!r} has more than {places} decimals")
+        raise UnitError(f"{what} {_show(text)} has more than {places} decimals")
     value = int(whole) * 10**places + (int(frac) * 10 ** (places - len(frac)) if frac else 0)
+    if value > MAX_SIZE_E2:
+        raise UnitError(f"{what} {_show(text)} is too large", code="number_out_of_range")
     return -value if negative else value
 
 
@@ -59,7 +100,7 @@ def dollars_to_e4(text: str) -> int:
         return cached
     value = _fixed(text, 4, signed=False, what="price")
     if value > MAX_PRICE_E4:
-        raise UnitError(f"price {text!r} is above $1.00")
+        raise UnitError(f"price {_show(text)} is above $1.00", code="number_out_of_range")
     if len(_price_cache) < _CACHE_LIMIT:
         _price_cache[text] = value
     return value
@@ -79,17 +120,26 @@ def count_to_e2(text: str, *, signed: bool = False) -> int:
     return value
 
 
+_MAX_CONTRACTS = MAX_SIZE_E2 // SIZE_SCALE
+
+
 def cents_to_e4(cents: int) -> int:
     """Legacy integer cents (1..99, 0 and 100 tolerated) -> price_e4."""
     if type(cents) is not int or not 0 <= cents <= 100:
-        raise UnitError(f"legacy price {cents!r} is not an integer number of cents in [0, 100]")
+        raise UnitError(
+            f"legacy price {_show_int(cents)} is not an integer number of cents in [0, 100]"
+        )
     return cents * CENT_E4
 
 
 def contracts_to_e2(contracts: int, *, signed: bool = False) -> int:
-    """Legacy integer contracts -> size_e2."""
+    """Legacy integer contracts -> size_e2 (at most :data:`MAX_SIZE_E2` in absolute value)."""
     if type(contracts) is not int or (not signed and contracts < 0):
-        raise UnitError(f"legacy size {contracts!r} is not a valid integer contract count")
+        raise UnitError(f"legacy size {_show_int(contracts)} is not a valid integer contract count")
+    if not -_MAX_CONTRACTS <= contracts <= _MAX_CONTRACTS:
+        raise UnitError(
+            f"legacy size {_show_int(contracts)} is too large", code="number_out_of_range"
+        )
     return contracts * SIZE_SCALE
 
 

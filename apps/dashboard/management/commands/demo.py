@@ -15,6 +15,22 @@ from apps.marketdata.selectors import rebuild_latest_book
 from apps.trading.services import run_paper_trading
 
 
+def _number(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def format_metrics(m: dict) -> str:
+    """One line of the held-out metrics (see apps/simulation/metrics.py for definitions)."""
+    low, high = m.get("pnl_per_hour_dollars_ci") or [None, None]
+    return (
+        f"P&L {_number(m.get('pnl_per_hour_dollars'), '+,.2f')} $/h "
+        f"[{_number(low, '+,.2f')}, {_number(high, '+,.2f')}]  "
+        f"Sharpe/sqrt(h) {_number(m.get('sharpe_per_hour'), '+.2f')}  "
+        f"win rate {_number(m.get('win_rate'), '.0%')} of {m.get('round_trips', 0)} trips  "
+        f"max drawdown {m.get('max_drawdown', 0.0):.2%}  fees ${m.get('fees_dollars', 0.0):,.2f}"
+    )
+
+
 class Command(BaseCommand):
     help = "Run the whole product offline against the bundled local exchange."
 
@@ -62,7 +78,7 @@ class Command(BaseCommand):
             say(f"  data quality: {gaps} gaps, {untrusted} untrusted market-ticks")
             self.section("4. training PPO as a Celery task, held-out evaluation, promotion")
             try:
-                model = demo.train_and_promote(
+                trained = demo.train_model(
                     name=opts["model_name"],
                     markets=markets,
                     start=start,
@@ -73,7 +89,16 @@ class Command(BaseCommand):
                 )
             except RuntimeError as exc:
                 raise CommandError(str(exc)) from None
-            self.report_model(model)
+            self.report_model(trained)
+            model, refusal = demo.promote_or_explain(trained)
+            if refusal:
+                say(f"  promotion REFUSED by the gate: {refusal}")
+                say(
+                    "  the demo forces it with an override recorded in the admin "
+                    "(by admin, reason given) only to show paper trading"
+                )
+            else:
+                say(f"  {model} promoted: it beat no trading on held-out time")
             self.section(f"5. paper trading {model} for {opts['paper_seconds']:.0f}s")
             paper = run_paper_trading(
                 model_name=model.name,
@@ -119,14 +144,18 @@ class Command(BaseCommand):
 
     def report_model(self, model) -> None:  # type: ignore[no-untyped-def]
         say = self.stdout.write
-        say(f"  {model} promoted; artifact {model.artifact_path}")
+        say(f"  {model}; artifact {model.artifact_path}")
         say(f"  sha256 {model.artifact_sha256}")
+        say("  held-out, per hour of market time, [95% interval]:")
         rows = [("agent", model.metrics["evaluation"]), *model.metrics["baselines"].items()]
         for label, m in rows:
-            sharpe = "n/a" if m["sharpe"] is None else f"{m['sharpe']:+.2f}"
+            say(f"  {label:14s} {format_metrics(m)}")
+        versus = model.metrics.get("versus_no_trading") or {}
+        if versus.get("difference") is not None:
+            low, high = versus["ci"]
             say(
-                f"  {label:14s} held-out return {m['mean_return']:+.4%}  sharpe {sharpe:>6s}  "
-                f"max drawdown {m['max_drawdown']:.4%}  fees ${m['fees_paid_e4'] / 1e4:.2f}"
+                f"  agent - no trading: {versus['difference']:+,.2f} $/h "
+                f"[{low:+,.2f}, {high:+,.2f}]"
             )
 
     def section(self, title: str) -> None:

@@ -13,6 +13,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from apps.marketdata.exchange.config import ConfigError, FaultConfig
 from apps.marketdata.exchange.markets import MarketError
 from apps.marketdata.exchange.runner import build_source, run_local_exchange
+from apps.simulation.planted import EDGES, PlantedConfig
 
 
 class Command(BaseCommand):
@@ -52,6 +53,20 @@ class Command(BaseCommand):
             "--recorded-use-yes-price",
             action="store_true",
             help="the JSONL capture was subscribed with use_yes_price=true",
+        )
+        planted = parser.add_argument_group(
+            "planted edge (two markets whose makers follow a known process; see "
+            "apps/simulation/planted.py)"
+        )
+        planted.add_argument(
+            "--planted",
+            choices=EDGES,
+            help="serve the planted world: lead_lag (the follower lags the leader) or none",
+        )
+        planted.add_argument("--planted-lag", type=float, default=3.0, help="follower lag, s")
+        planted.add_argument("--planted-jump", type=int, default=8, help="jump size, cents")
+        planted.add_argument(
+            "--planted-gap", type=float, default=12.0, help="mean seconds between jumps"
         )
         parser.add_argument(
             "--duration", type=float, default=0.0, help="seconds to run; 0 = until Ctrl-C"
@@ -98,6 +113,15 @@ class Command(BaseCommand):
                 speed=options["speed"],
                 tickers=[t for t in (options["tickers"] or "").split(",") if t] or None,
                 recorded_use_yes_price=options["recorded_use_yes_price"],
+                planted=PlantedConfig(
+                    edge=options["planted"],
+                    seed=options["seed"],
+                    lag_s=options["planted_lag"],
+                    jump_cents=options["planted_jump"],
+                    mean_gap_s=options["planted_gap"],
+                )
+                if options["planted"]
+                else None,
             )
             faults = FaultConfig(
                 drop_after_messages=options["drop_after"],
@@ -124,7 +148,7 @@ class Command(BaseCommand):
                 progress_interval_s=options["progress_interval"],
                 report=self._report,
             )
-        except (ConfigError, MarketError) as exc:
+        except (ConfigError, MarketError, ValueError) as exc:
             raise CommandError(str(exc)) from None
 
     def _report(self, line: str) -> None:
