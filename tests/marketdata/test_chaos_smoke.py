@@ -7,7 +7,8 @@ never stored):
 * B: a gap marker on the sid, then a resync snapshot: inside an untrusted window;
 * C: the connection's data ends before the loss and a disconnect marker sits at its last
   stored row (what a recorder must leave after kill -9): inside;
-* D: the same tail loss without a marker (today's kill -9): outside, the book stays trusted;
+* D: the same tail loss without a marker (a kill -9 no restarted recorder has swept yet): the
+  loader itself ends a connection without a close record at its last stored row: inside;
 * E: as C, from a recorder that fell a second behind reading its socket after seq 2: its
   marker comes a second after the lost frames were sent, yet at its last stored row, and the
   loader's book (primed, seq 2 applied) was never trusted past what was received: inside.
@@ -98,6 +99,10 @@ def test_checker_counts_losses_inside_and_outside_untrusted_windows() -> None:
         as_of_sid=1, as_of_seq=7,
     )  # fmt: skip
     truth_b.append((1, "snapshot", 1, 7, "MKT-B", "", 2, 1500, "", t0 + 600 * MS - 20_000, "valid"))
+    # A goes on recording (a clean stop much later): nothing around its lost delta untrusts it.
+    RecordingEvent.objects.create(
+        connection_id=conn_a, kind="disconnect", detail="stopped", at=_at(t0 + 5_000 * MS)
+    )
     # C: closed at its last stored row (seq 3, 200 ms), as a restarted recorder must do.
     RecordingEvent.objects.create(
         connection_id=conn_c, kind="disconnect", detail="no close record", at=_at(t0 + 200 * MS)
@@ -145,11 +150,12 @@ def test_checker_counts_losses_inside_and_outside_untrusted_windows() -> None:
     markets = ["MKT-A", "MKT-B", "MKT-C", "MKT-D", "MKT-E"]
     coverage = chaos_check.classify_losses(result.lost, markets=markets, slack_s=0.25)
     outside = sorted((f.market, f.seq) for f in coverage.outside_frames)
-    assert outside == [("MKT-A", 4), ("MKT-D", 4), ("MKT-D", 5), ("MKT-D", 6)]
-    assert coverage.inside == 7 and coverage.outside == 4
-    assert coverage.outside_by_kind == {"delta": 4}
-    # B's gap and C's and E's disconnects each untrusted a trusted book once.
-    assert coverage.untrusted_windows == 3
+    assert outside == [("MKT-A", 4)]
+    assert coverage.inside == 10 and coverage.outside == 1
+    assert coverage.outside_by_kind == {"delta": 1}
+    # Each untrusted a trusted book once: B's gap, C's and E's disconnect markers, A's clean
+    # stop, and the ends of B's and D's data (connections without a close record).
+    assert coverage.untrusted_windows == 6
 
 
 def test_a_stored_row_that_differs_from_what_was_sent_is_a_wrapped_value() -> None:
