@@ -168,7 +168,7 @@ class RLModelAdmin(admin.ModelAdmin):
         value = (obj.metrics.get("evaluation") or {}).get("mean_return")
         return "" if value is None else f"{value:+.3%}"
 
-    @admin.display(description="held-out Sharpe")
+    @admin.display(description="held-out Sharpe per sqrt(h)")
     def held_out_sharpe(self, obj: RLModel) -> str:
         value = (obj.metrics.get("evaluation") or {}).get("sharpe")
         return "" if value is None else f"{value:.2f}"

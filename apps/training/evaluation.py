@@ -285,3 +285,19 @@ def compare(
         seed=seed,
     )
     return {"metric": metric, "difference": point, "ci": interval.as_list()}
+
+
+def _number(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def describe_metrics(m: dict[str, Any]) -> str:
+    """One line of the held-out metrics (see apps/simulation/metrics.py for definitions)."""
+    low, high = m.get("pnl_per_hour_dollars_ci") or [None, None]
+    return (
+        f"P&L {_number(m.get('pnl_per_hour_dollars'), '+,.2f')} $/h "
+        f"[{_number(low, '+,.2f')}, {_number(high, '+,.2f')}]  "
+        f"Sharpe/sqrt(h) {_number(m.get('sharpe_per_hour'), '+.2f')}  "
+        f"win rate {_number(m.get('win_rate'), '.0%')} of {m.get('round_trips', 0)} trips  "
+        f"max drawdown {m.get('max_drawdown', 0.0):.2%}  fees ${m.get('fees_dollars', 0.0):,.2f}"
+    )

@@ -4,6 +4,8 @@ with a reason that is recorded."""
 
 from __future__ import annotations
 
+import io
+
 import pytest
 from django.contrib.auth import get_user_model
 from django.urls import reverse
@@ -117,3 +119,16 @@ def test_the_admin_shows_why_and_forces_only_with_a_reason(
     assert model.status == ModelStatus.ACTIVE
     assert model.promotion_override["by"] == "ops"
     assert "forced by ops: paper trading only" in client.get(changelist).content.decode()
+
+
+def test_manage_py_train_reports_intervals_baselines_and_the_gate(recorded_markets, gate_on):
+    from apps.training.management.commands.train import Command
+
+    model = trained(recorded_markets)
+    out = io.StringIO()
+    Command(stdout=out).report(model)
+    text = out.getvalue()
+    for label in ("agent", "no_trading", "hold_favourite", "momentum"):
+        assert f"  {label:14s} P&L " in text, text
+    assert "$/h [" in text and "Sharpe/sqrt(h)" in text
+    assert f"promotion gate: {selectors.promotion_check(model)}" in text

@@ -13,22 +13,7 @@ from apps.marketdata.ingest import IngestError
 from apps.marketdata.kalshi.units import e2_to_count, e4_to_dollars
 from apps.marketdata.selectors import rebuild_latest_book
 from apps.trading.services import run_paper_trading
-
-
-def _number(value: float | None, spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)
-
-
-def format_metrics(m: dict) -> str:
-    """One line of the held-out metrics (see apps/simulation/metrics.py for definitions)."""
-    low, high = m.get("pnl_per_hour_dollars_ci") or [None, None]
-    return (
-        f"P&L {_number(m.get('pnl_per_hour_dollars'), '+,.2f')} $/h "
-        f"[{_number(low, '+,.2f')}, {_number(high, '+,.2f')}]  "
-        f"Sharpe/sqrt(h) {_number(m.get('sharpe_per_hour'), '+.2f')}  "
-        f"win rate {_number(m.get('win_rate'), '.0%')} of {m.get('round_trips', 0)} trips  "
-        f"max drawdown {m.get('max_drawdown', 0.0):.2%}  fees ${m.get('fees_dollars', 0.0):,.2f}"
-    )
+from apps.training.evaluation import describe_metrics
 
 
 class Command(BaseCommand):
@@ -149,7 +134,7 @@ class Command(BaseCommand):
         say("  held-out, per hour of market time, [95% interval]:")
         rows = [("agent", model.metrics["evaluation"]), *model.metrics["baselines"].items()]
         for label, m in rows:
-            say(f"  {label:14s} {format_metrics(m)}")
+            say(f"  {label:14s} {describe_metrics(m)}")
         versus = model.metrics.get("versus_no_trading") or {}
         if versus.get("difference") is not None:
             low, high = versus["ci"]

@@ -11,6 +11,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
 from apps.training import selectors, services
+from apps.training.evaluation import describe_metrics
 from apps.training.models import ModelStatus, RLModel
 from apps.training.spec import RunSpec, SpecError, parse_json
 
@@ -146,10 +147,8 @@ class Command(BaseCommand):
     def report(self, model: RLModel) -> None:
         ev = model.metrics["evaluation"]
         self.stdout.write(self.style.SUCCESS(f"{model} trained; artifact {model.artifact_path}"))
+        self.stdout.write("  held-out, per hour of market time, [95% interval]:")
         rows = [("agent", ev), *model.metrics["baselines"].items()]
         for label, m in rows:
-            sharpe = "n/a" if m["sharpe"] is None else f"{m['sharpe']:.2f}"
-            self.stdout.write(
-                f"  {label:14s} return {m['mean_return']:+.4%}  sharpe {sharpe:>6s}  "
-                f"max drawdown {m['max_drawdown']:.4%}  fees ${m['fees_paid_e4'] / 1e4:.2f}"
-            )
+            self.stdout.write(f"  {label:14s} {describe_metrics(m)}")
+        self.stdout.write(f"  promotion gate: {selectors.promotion_check(model)}")
