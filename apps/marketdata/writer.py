@@ -63,6 +63,7 @@ import uuid
 from collections.abc import Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
@@ -80,6 +81,8 @@ __all__ = [
     "CopyMethod",
     "DeltaRow",
     "EventRow",
+    "IntegerColumn",
+    "IntegerOutOfRange",
     "RecordWriter",
     "SnapshotRow",
     "SpillStore",
@@ -188,7 +191,7 @@ TABLES: Final[dict[str, TableSpec]] = {
         "rl_orderbook_deltas",
         "marketdata.OrderbookDelta",
         DeltaRow,
-        "uuid varchar int4 int8 varchar int4 int8 timestamptz timestamptz".split(),
+        "uuid varchar int8 int8 varchar int4 int8 timestamptz timestamptz".split(),
         time_index=8,
         exchange_ts_index=7,
         unique_message=True,
@@ -198,7 +201,7 @@ TABLES: Final[dict[str, TableSpec]] = {
         "rl_orderbook_snapshots",
         "marketdata.OrderbookSnapshot",
         SnapshotRow,
-        "uuid varchar int4 int8 jsonb jsonb timestamptz timestamptz varchar int4 int8".split(),
+        "uuid varchar int8 int8 jsonb jsonb timestamptz timestamptz varchar int8 int8".split(),
         time_index=7,
         exchange_ts_index=6,
         unique_message=True,
@@ -208,7 +211,7 @@ TABLES: Final[dict[str, TableSpec]] = {
         "rl_public_trades",
         "marketdata.PublicTrade",
         TradeRow,
-        "uuid varchar int4 int8 varchar int4 int4 int8 varchar timestamptz timestamptz".split(),
+        "uuid varchar int8 int8 varchar int4 int4 int8 varchar timestamptz timestamptz".split(),
         time_index=10,
         exchange_ts_index=9,
         unique_message=True,
@@ -218,7 +221,7 @@ TABLES: Final[dict[str, TableSpec]] = {
         "rl_recording_events",
         "marketdata.RecordingEvent",
         EventRow,
-        "uuid varchar varchar int4 int8 int8 varchar timestamptz".split(),
+        "uuid varchar varchar int8 int8 int8 varchar timestamptz".split(),
         time_index=7,
         exchange_ts_index=None,
         unique_message=False,
@@ -694,7 +697,13 @@ class SpillStore:
                 record["row"] = row
             if raw:
                 record["raw"] = raw.decode("utf-8", "replace")
-            self._rejected_file.write(_ENCODER.encode(record) + b"\n")
+            try:
+                line = _ENCODER.encode(record)
+            except (ValueError, TypeError, OverflowError, msgspec.EncodeError):
+                # JSON cannot hold it (an integer of thousands of digits): keep a description.
+                record["row"] = [_describe_int(v) for v in row or ()]
+                line = _ENCODER.encode(record)
+            self._rejected_file.write(line + b"\n")
             self._rejected_file.flush()
             self.rejected_rows += 1
 
@@ -752,14 +761,119 @@ def _decode_lines(table: str, lines: list[bytes]) -> tuple[list[tuple], list[byt
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class IntegerColumn:
+    """An integer column of a table: its index in the row and the range the column holds."""
+
+    index: int
+    name: str
+    low: int
+    high: int
+
+
+class IntegerOutOfRange(ValueError):
+    """Rows holding an integer that does not fit its column: ``bad`` maps table -> {row index
+    in the batch: reason}. Raised before anything is written, so nothing is ever wrapped."""
+
+    def __init__(self, bad: dict[str, dict[int, str]]) -> None:
+        self.bad = bad
+        first = next(iter(next(iter(bad.values())).values()))
+        super().__init__(first)
+
+
+def integer_columns(spec: TableSpec, *, using: str = "default") -> tuple[IntegerColumn, ...]:
+    """The integer columns of ``spec`` with their ranges, from the model's fields as the
+    database ``using`` stores them (``integer_field_range``), not from a hand-written list."""
+    from django.apps import apps
+    from django.db import connections, models
+
+    ops = connections[using].ops
+    fields = apps.get_model(spec.model_label)._meta.concrete_fields[1:]  # after "id"
+    columns = []
+    for index, model_field in enumerate(fields):
+        if isinstance(model_field, models.IntegerField):
+            low, high = ops.integer_field_range(model_field.get_internal_type())
+            columns.append(
+                IntegerColumn(
+                    index,
+                    model_field.column,
+                    _INT64_MIN if low is None else low,
+                    _INT64_MAX if high is None else high,
+                )
+            )
+    return tuple(columns)
+
+
+_INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = 2**63 - 1
+# The binary COPY type that carries each PostgreSQL integer column type exactly.
+_PG_COPY_INT_TYPES: Final = {"smallint": "int2", "integer": "int4", "bigint": "int8"}
+
+
+def _describe_int(value: object) -> str:
+    """A value for an error line (an int of thousands of digits cannot even be printed)."""
+    if isinstance(value, int) and abs(value) >= 10**30:
+        return f"an integer of {value.bit_length()} bits"
+    try:
+        text = repr(value)
+    except ValueError:  # a container of such integers
+        return f"a {type(value).__name__} too large to print"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _bad_integers(
+    spec: TableSpec, columns: Sequence[IntegerColumn], rows: Sequence[tuple]
+) -> dict[int, str]:
+    """Rows (by index) with an integer outside its column's range, and why.
+
+    One ``min``/``max`` per column over the batch in the common case (all in range); only a
+    column that fails it is looked at row by row. ``None`` is left to the database's NOT
+    NULL, and a value that is not an integer at all to the driver (it raises, never wraps).
+    """
+    bad: dict[int, str] = {}
+    for column in columns:
+        values = list(map(itemgetter(column.index), rows))
+        try:
+            if column.low <= min(values) and max(values) <= column.high:
+                continue
+        except TypeError:
+            pass  # a None in a nullable column, or not a number: look row by row
+        for k, value in enumerate(values):
+            if isinstance(value, int) and not column.low <= value <= column.high:
+                bad.setdefault(
+                    k,
+                    f"{spec.db_table}.{column.name} = {_describe_int(value)} does not fit the "
+                    f"column ({column.low}..{column.high}): refused, never stored as another value",
+                )
+    return bad
+
+
 class BatchWriteMethod:
-    """How a batch reaches the database. Subclasses implement :meth:`write`."""
+    """How a batch reaches the database. Subclasses implement :meth:`write`.
+
+    Every method refuses a batch holding an integer that does not fit its column
+    (:class:`IntegerOutOfRange`, before writing anything): binary ``COPY`` would otherwise
+    store 2^32 + 11 in an ``int4`` column as 11.
+    """
 
     name = ""
 
     def __init__(self, *, using: str, batch_rows: int) -> None:
         self.using = using
         self.batch_rows = batch_rows
+        self.integer_columns = {
+            key: integer_columns(spec, using=using) for key, spec in TABLES.items()
+        }
+
+    def check_integers(self, batch: Mapping[str, Sequence[tuple]]) -> None:
+        """Raise :class:`IntegerOutOfRange` naming every row with an out-of-range integer."""
+        bad = {}
+        for key, rows in batch.items():
+            found = _bad_integers(TABLES[key], self.integer_columns[key], rows)
+            if found:
+                bad[key] = found
+        if bad:
+            raise IntegerOutOfRange(bad)
 
     def write(self, batch: Mapping[str, Sequence[tuple]], *, expect_conflicts: bool) -> None:
         """Store every row of ``batch`` (table key -> rows) in ONE transaction, idempotently.
@@ -802,6 +916,22 @@ def _check_column_order(model: Any, spec: TableSpec) -> None:
         )
 
 
+def _check_copy_types(model: Any, spec: TableSpec, using: str) -> None:
+    """The binary COPY type of each integer column must be the column's own width: a
+    narrower one wraps values round, a wider one makes PostgreSQL refuse every row."""
+    from django.db import connections
+
+    connection = connections[using]
+    for column in integer_columns(spec, using=using):
+        db_type = model._meta.get_field(spec.columns[column.index]).db_type(connection)
+        wanted = _PG_COPY_INT_TYPES.get(db_type)
+        if wanted != spec.pg_types[column.index]:
+            raise RuntimeError(
+                f"{spec.model_label}.{column.name} is {db_type} but the writer's COPY type is "
+                f"{spec.pg_types[column.index]!r} (want {wanted!r}); update pg_types in writer.py"
+            )
+
+
 class BulkCreateMethod(BatchWriteMethod):
     """Django ``bulk_create(ignore_conflicts=True)``: portable (SQLite too), the slower one."""
 
@@ -818,6 +948,7 @@ class BulkCreateMethod(BatchWriteMethod):
     def write(self, batch: Mapping[str, Sequence[tuple]], *, expect_conflicts: bool) -> None:
         from django.db import transaction
 
+        self.check_integers(batch)
         with transaction.atomic(using=self.using):
             for key, rows in batch.items():
                 if key == EVENT:
@@ -844,6 +975,7 @@ class CopyMethod(BatchWriteMethod):
         self._sql: dict[str, dict[str, Any]] = {}
         for key, spec in TABLES.items():
             _check_column_order(apps.get_model(spec.model_label), spec)
+            _check_copy_types(apps.get_model(spec.model_label), spec, using)
             if key == EVENT:
                 continue
             cols = sql.SQL(", ").join(map(sql.Identifier, spec.columns))
@@ -867,6 +999,7 @@ class CopyMethod(BatchWriteMethod):
         from django.db import IntegrityError, connections, transaction
 
         conn = connections[self.using]
+        self.check_integers(batch)
         with transaction.atomic(using=self.using):
             for key, rows in batch.items():
                 if key == EVENT:
@@ -1361,6 +1494,18 @@ class RecordWriter:
         try:
             self._method.write(batch, expect_conflicts=expect_conflicts)
             return rejected
+        except IntegerOutOfRange as exc:
+            # The method named the rows that cannot be stored as they are: keep them aside
+            # and write the others (no bisecting needed for these).
+            batch = self._reject_out_of_range(batch, exc.bad, rejected)
+            if not batch:
+                return rejected
+            try:
+                self._method.write(batch, expect_conflicts=expect_conflicts)
+                return rejected
+            except Exception as again:
+                if not _is_data_error(again):
+                    raise _Outage(again, batch) from again
         except Exception as exc:
             if not _is_data_error(exc):
                 raise _Outage(exc, batch) from exc
@@ -1377,22 +1522,44 @@ class RecordWriter:
                         unresolved.setdefault(t, []).extend(r)
                     raise _Outage(exc, unresolved) from exc
                 if len(rows) == 1:
-                    reason = _safe_error(exc)
-                    self._spill.reject(table, rows[0], reason)
-                    rejected[table] += 1
-                    self._log(
-                        "rejected",
-                        logging.ERROR,
-                        "writer.row_rejected table=%s error=%s rejected_dir=%s",
-                        table,
-                        reason,
-                        self._spill.base_dir / "rejected",
-                    )
+                    self._reject_row(table, rows[0], _safe_error(exc), rejected)
                     continue
                 half = len(rows) // 2
                 stack.append((table, rows[half:]))
                 stack.append((table, rows[:half]))
         return rejected
+
+    def _reject_out_of_range(
+        self,
+        batch: dict[str, list[tuple]],
+        bad: Mapping[str, Mapping[int, str]],
+        rejected: collections.Counter[str],
+    ) -> dict[str, list[tuple]]:
+        """Keep the named rows in the rejected file; the rest of the batch, to write."""
+        rest: dict[str, list[tuple]] = {}
+        for table, rows in batch.items():
+            reasons = bad.get(table, {})
+            for k, row in enumerate(rows):
+                reason = reasons.get(k)
+                if reason is None:
+                    rest.setdefault(table, []).append(row)
+                else:
+                    self._reject_row(table, row, reason, rejected)
+        return rest
+
+    def _reject_row(
+        self, table: str, row: tuple, reason: str, rejected: collections.Counter[str]
+    ) -> None:
+        self._spill.reject(table, row, reason)
+        rejected[table] += 1
+        self._log(
+            "rejected",
+            logging.ERROR,
+            "writer.row_rejected table=%s error=%s rejected_dir=%s",
+            table,
+            reason,
+            self._spill.base_dir / "rejected",
+        )
 
     def _spill_batch(self, batch: Mapping[str, Sequence[tuple]]) -> None:
         for table, rows in batch.items():
