@@ -2,7 +2,7 @@
 
 The socket's task calls :meth:`RecordWriter.enqueue` (O(1): a bound check and a deque append,
 never a database call); one worker thread drains the queue in batches and writes each batch
-in one transaction. Nothing accepted is ever dropped:
+in one transaction. Nothing accepted is ever dropped, and nothing is lost silently:
 
 * **Idempotent writes.** Deltas, snapshots and trades are unique on (connection, sid, seq),
   so every write ignores conflicts and a retried or replayed batch never duplicates a row.
@@ -21,7 +21,21 @@ in one transaction. Nothing accepted is ever dropped:
   segment is deleted only after all its rows are committed, so a crash mid-replay repeats
   rows (ignored as conflicts) and loses none. Segments left by a crashed writer are adopted
   and replayed on start.
-* **Bad rows** that the database refuses (a check constraint, a value too long) are isolated
+* **A full or failing spill disk.** The spill holds at most ``RL_WRITER_SPILL_MAX_BYTES``
+  and leaves ``RL_WRITER_SPILL_MIN_FREE_BYTES`` free; past either, or when a write fails
+  (ENOSPC, EIO), it refuses rows instead of raising. The worker then keeps the batch it holds
+  and stops taking more, so the queue fills to its bound; only then does ``enqueue`` drop
+  rows. Dropped rows are counted (``rows_lost``), reported by :meth:`RecordWriter.problems`
+  (the recorder's ``/rl/health``), and remembered per market (first and last receive time,
+  count); before the next row is accepted, one ``gap`` marker per market goes into the queue
+  at its first lost row, so history untrusts each such market from there to its next
+  snapshot. A spill directory that cannot be used at start-up is one clear
+  ``ImproperlyConfigured`` line.
+* **Integer widths.** Every write method refuses a row with an integer outside its column's
+  range (taken from the model fields) before writing: binary ``COPY`` would store 2^32 + 11
+  in an ``int4`` as 11.
+* **Bad rows** that the database refuses (a check constraint, a value too long, an integer
+  too wide for its column) are isolated
   by bisecting the batch and appended, with the error, to ``<spill dir>/rejected/*.jsonl``:
   one bad row never blocks the others, and is never silently lost.
 
@@ -29,9 +43,9 @@ Row types are plain tuples in the fixed column order of :data:`TABLES` (the ``*R
 tuples below document and construct them). Timestamps are timezone-aware ``datetime`` values
 (UTC), prices ``*_e4`` and sizes ``*_e2`` integers, ``connection_id`` a ``uuid.UUID``.
 
-Spill durability: the worker hands each spilled batch to the OS before it takes the next
-one, and rows that ``enqueue`` spills itself reach the OS within 50 ms, so a killed process
-loses none of the spill; files are ``fsync``-ed at most every
+Spill durability: every append (a batch, or one row that ``enqueue`` spills itself) is
+handed to the OS by one ``os.write`` before it returns, so a killed process loses none of
+the spill; files are ``fsync``-ed at most every
 ``RL_WRITER_SPILL_FSYNC_INTERVAL_S`` and when a segment is sealed, so a power cut can cost at
 most that much of it. Rows still in the in-memory queue are lost only to SIGKILL; SIGTERM and
 SIGINT go through :meth:`RecordWriter.close`, which writes or spills everything.
@@ -85,6 +99,7 @@ __all__ = [
     "IntegerOutOfRange",
     "RecordWriter",
     "SnapshotRow",
+    "SpillRefused",
     "SpillStore",
     "TableSpec",
     "TradeRow",
@@ -262,6 +277,8 @@ SETTING_NAMES: Final = {
     "spill_dir": "RL_WRITER_SPILL_DIR",
     "spill_fsync_interval_s": "RL_WRITER_SPILL_FSYNC_INTERVAL_S",
     "spill_segment_max_bytes": "RL_WRITER_SPILL_SEGMENT_MAX_BYTES",
+    "spill_max_bytes": "RL_WRITER_SPILL_MAX_BYTES",
+    "spill_min_free_bytes": "RL_WRITER_SPILL_MIN_FREE_BYTES",
     "retry_initial_s": "RL_WRITER_RETRY_INITIAL_S",
     "retry_max_s": "RL_WRITER_RETRY_MAX_S",
     "db_timeout_s": "RL_WRITER_DB_TIMEOUT_S",
@@ -280,6 +297,10 @@ class WriterConfig:
     ``connect_timeout`` / ``tcp_user_timeout``), so a dead network is noticed, not waited on.
     ``db_overrides`` replaces keys of the writer's own copy of ``DATABASES[using]`` (for
     example ``HOST``/``PORT`` of a pooler); other connections are unaffected.
+
+    The spill takes at most ``spill_max_bytes`` waiting for the database (a delta row is
+    about 200 bytes of JSON, so the default 16 GiB holds about 4.5 hours at 5k msg/s) and
+    stops while the disk has less than ``spill_min_free_bytes`` free (0: no free-space check).
     """
 
     method: str = "copy"
@@ -289,6 +310,8 @@ class WriterConfig:
     spill_dir: Path = Path("var/spill")
     spill_fsync_interval_s: float = 1.0
     spill_segment_max_bytes: int = 64 * 1024 * 1024
+    spill_max_bytes: int = 16 * 1024**3
+    spill_min_free_bytes: int = 256 * 1024**2
     retry_initial_s: float = 0.25
     retry_max_s: float = 5.0
     db_timeout_s: float = 5.0
@@ -300,9 +323,13 @@ class WriterConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"writer method {self.method!r} is not one of {', '.join(METHODS)}")
-        for name in ("batch_rows", "queue_max_rows", "spill_segment_max_bytes"):
+        for name in ("batch_rows", "queue_max_rows", "spill_segment_max_bytes", "spill_max_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"writer {name} must be >= 1, got {getattr(self, name)}")
+        if self.spill_min_free_bytes < 0:
+            raise ValueError(
+                f"writer spill_min_free_bytes must be >= 0, got {self.spill_min_free_bytes}"
+            )
         for name in ("flush_interval_s", "retry_initial_s", "retry_max_s", "db_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"writer {name} must be > 0 seconds, got {getattr(self, name)}")
@@ -336,6 +363,13 @@ class WriterStats:
     ``commit_lag_s`` is commit time minus the oldest ``received_at`` of a live batch and
     ``exchange_lag_s`` the same from the exchange's timestamp. Times ``*_unix_s`` are Unix
     seconds.
+
+    Loss (only when the database, the spill and the queue are all full at once):
+    ``rows_lost`` rows were neither stored nor kept on disk; ``loss_open_markets`` markets
+    have lost rows not yet covered by a ``gap`` marker, and ``gap_markers`` markers were
+    queued for them. ``spill_full`` says rows need the spill now (the database is down) and
+    it refuses them; ``spill_refused`` says why it last refused (its cap, the free-space
+    guard or a write error); ``held_rows`` are rows the worker keeps in memory meanwhile.
     """
 
     method: str
@@ -363,6 +397,15 @@ class WriterStats:
     max_commit_lag_s: float | None
     last_exchange_lag_s: float | None
     max_exchange_lag_s: float | None
+    rows_lost: int
+    last_loss_unix_s: float | None
+    last_loss_reason: str
+    loss_open_markets: int
+    gap_markers: int
+    spill_full: bool
+    spill_refused: str
+    spill_max_bytes: int
+    held_rows: int
 
 
 class WriterClosed(RuntimeError):
@@ -414,6 +457,13 @@ class _RateLimitedLog:
 _ENCODER = msgspec.json.Encoder()
 _DECODERS = {key: msgspec.json.Decoder(spec.row_type) for key, spec in TABLES.items()}
 _SEGMENT_RE = re.compile(r"^(\d{8})\.([a-z]+)\.jsonl$")
+_UNENCODABLE = (ValueError, TypeError, OverflowError, msgspec.EncodeError)
+_FREE_SPACE_CHECK_S: Final = 0.25  # statvfs at most this often...
+_FREE_SPACE_CHECK_BYTES: Final = 4 * 1024 * 1024  # ...or after this much was written
+
+
+class SpillRefused(Exception):
+    """The spill cannot take rows now: its cap, the free-space guard, or the disk failed."""
 
 
 @dataclass
@@ -439,6 +489,12 @@ class SpillStore:
     ``rejected/<writer>.jsonl`` for rows the database refused or lines that could not be
     read back, each with the reason. ``append`` is thread-safe; reading, sealing and
     ``sync`` belong to the writer's thread.
+
+    ``append`` raises :class:`SpillRefused` instead of writing when the rows waiting on disk
+    would pass ``max_bytes``, when the disk would keep less than ``min_free_bytes`` free, or
+    when the directory or a write fails (ENOSPC, EIO, a read-only disk): a refused append
+    leaves no torn line behind, and the store takes rows again as soon as there is room.
+    Each append is one ``os.write`` per batch, so the rows are with the OS when it returns.
     """
 
     def __init__(
@@ -447,20 +503,28 @@ class SpillStore:
         *,
         segment_max_bytes: int = 64 * 1024 * 1024,
         fsync_interval_s: float = 1.0,
+        max_bytes: int = 16 * 1024**3,
+        min_free_bytes: int = 0,
     ) -> None:
         self.base_dir = Path(base_dir)
         self.segment_max_bytes = segment_max_bytes
         self.fsync_interval_s = fsync_interval_s
+        self.max_bytes = max_bytes
+        self.min_free_bytes = min_free_bytes
+        self.refusing = ""  # why the last append was refused; "" once one succeeds
+        self.refused_appends = 0
+        self._free_checked_at = -math.inf
+        self._free_at_check: int | None = None
+        self._written_since_check = 0
         self._lock = threading.Lock()
         self._dir: Path | None = None
         self._lock_fd: int | None = None
         self._next_segment = 1
-        self._active: dict[str, tuple[Path, Any, int]] = {}  # table -> (path, file, bytes)
+        self._active: dict[str, tuple[Path, int, int]] = {}  # table -> (path, fd, bytes)
         self._sealed: list[Path] = []
         self._reader: tuple[Path, Any] | None = None
         self._chunk: SpillChunk | None = None
         self._dirty_since: float | None = None
-        self._last_os_write = 0.0
         self._rejected_file: Any = None
         self.pending_rows = 0
         self.pending_bytes = 0
@@ -551,25 +615,44 @@ class SpillStore:
     # -- appending (any thread) -------------------------------------------------------------
 
     def append(self, table: str, rows: Sequence[tuple]) -> int:
-        """Append rows of one table; returns the bytes written. Thread-safe."""
+        """Append rows of one table; returns the bytes written. Thread-safe.
+
+        Raises :class:`SpillRefused` (nothing written) when the spill cannot take them. A row
+        JSON cannot hold (an integer of thousands of digits) goes to the rejected file.
+        """
         if not rows:
             return 0
-        data = _ENCODER.encode_lines(rows)
+        try:
+            data = _ENCODER.encode_lines(rows)
+        except _UNENCODABLE:
+            rows, data = self._encodable(table, rows)
+            if not rows:
+                return 0
         with self._lock:
-            self._open_locked()
+            try:
+                self._open_locked()
+            except OSError as exc:
+                raise self._refuse(f"spill directory unusable: {_safe_error(exc)}") from exc
+            reason = self._no_room(len(data))
+            if reason:
+                raise self._refuse(reason)
             active = self._active.get(table)
             if active is None:
                 path = self._new_segment_path(table)
-                active = (path, open(path, "ab", buffering=256 * 1024), 0)
-            path, fh, size = active
-            fh.write(data)
-            now = time.monotonic()
-            if now - self._last_os_write >= 0.05:
-                # Hand rows to the OS often even if the writer's thread is hung (the case in
-                # which enqueue spills): a killed process then loses at most ~50 ms of rows.
-                fh.flush()
-                self._last_os_write = now
-            self._active[table] = (path, fh, size + len(data))
+                try:
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                except OSError as exc:
+                    raise self._refuse(f"spill file unusable: {_safe_error(exc)}") from exc
+                active = (path, fd, 0)
+            path, fd, size = active
+            try:
+                _write_all(fd, data)
+            except OSError as exc:
+                self._drop_torn_segment(table, path, fd, size)
+                raise self._refuse(f"spill write failed: {_safe_error(exc)}") from exc
+            self._active[table] = (path, fd, size + len(data))
+            self._written_since_check += len(data)
+            self.refusing = ""
             self.pending_rows += len(rows)
             self.pending_bytes += len(data)
             self.spilled_rows += len(rows)
@@ -578,14 +661,73 @@ class SpillStore:
                 self._dirty_since = time.monotonic()
         return len(data)
 
+    def _encodable(self, table: str, rows: Sequence[tuple]) -> tuple[list[tuple], bytes]:
+        good = []
+        for row in rows:
+            try:
+                _ENCODER.encode(row)
+            except _UNENCODABLE as exc:
+                self.reject(table, row, f"row cannot be written to the spill: {_safe_error(exc)}")
+            else:
+                good.append(row)
+        return good, _ENCODER.encode_lines(good) if good else b""
+
+    def _refuse(self, reason: str) -> SpillRefused:
+        self.refusing = reason
+        self.refused_appends += 1
+        return SpillRefused(reason)
+
+    def _no_room(self, nbytes: int) -> str:
+        """Why ``nbytes`` more cannot be spilled now ("" if they can). Under the lock."""
+        if self.pending_bytes + nbytes > self.max_bytes:
+            return (
+                f"spill full: {self.pending_bytes} bytes wait for the database, cap "
+                f"{self.max_bytes} (RL_WRITER_SPILL_MAX_BYTES)"
+            )
+        if self.min_free_bytes <= 0:
+            return ""
+        now = time.monotonic()
+        if (
+            now - self._free_checked_at >= _FREE_SPACE_CHECK_S
+            or self._written_since_check >= _FREE_SPACE_CHECK_BYTES
+        ):
+            try:
+                st = os.statvfs(self._dir or self.base_dir)
+                self._free_at_check = st.f_bavail * st.f_frsize
+            except OSError:
+                self._free_at_check = None  # cannot tell: let the write itself decide
+            self._free_checked_at = now
+            self._written_since_check = 0
+        if self._free_at_check is None:
+            return ""
+        free = self._free_at_check - self._written_since_check
+        if free - nbytes < self.min_free_bytes:
+            return (
+                f"disk nearly full: {max(free, 0)} bytes free under {self.base_dir}, keeping "
+                f"{self.min_free_bytes} (RL_WRITER_SPILL_MIN_FREE_BYTES)"
+            )
+        return ""
+
+    def _drop_torn_segment(self, table: str, path: Path, fd: int, size: int) -> None:
+        """After a failed write: cut the segment back to its last whole line and seal it
+        (or remove it if empty), so no torn line stays in the middle of a file."""
+        self._active.pop(table, None)
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, size)
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        if size:
+            self._sealed.append(path)
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+
     # -- the writer's thread ----------------------------------------------------------------
 
     def sync(self, *, force: bool = False) -> None:
         """Hand buffered lines to the OS; fsync when due (or ``force``); seal big segments."""
         with self._lock:
-            files = [fh for _, fh, _ in self._active.values()]
-            for fh in files:
-                fh.flush()
+            fds = [fd for _, fd, _ in self._active.values()]
             dirty_since = self._dirty_since
             due = dirty_since is not None and (
                 force or time.monotonic() - dirty_since >= self.fsync_interval_s
@@ -595,11 +737,11 @@ class SpillStore:
             too_big = [t for t, (_, _, size) in self._active.items()
                        if size >= self.segment_max_bytes]  # fmt: skip
         if due:
-            for fh in files:
+            for fd in fds:
                 # Outside the lock, so enqueue never waits on the disk. A file sealed meanwhile
                 # by another thread was fsync-ed by the sealing.
-                with contextlib.suppress(ValueError, OSError):
-                    os.fsync(fh.fileno())
+                with contextlib.suppress(OSError):
+                    os.fsync(fd)
         for table in too_big:
             self._seal(table)
 
@@ -608,11 +750,14 @@ class SpillStore:
             active = self._active.pop(table, None)
             if active is None:
                 return
-            path, fh, _ = active
-            fh.flush()
+            path, fd, _ = active
             self._sealed.append(path)
-        os.fsync(fh.fileno())
-        fh.close()
+        try:
+            os.fsync(fd)
+        except OSError as exc:  # the rows are with the OS; only a power cut could cost them
+            logger.warning("writer.spill_fsync_failed path=%s error=%s", path, _safe_error(exc))
+        finally:
+            os.close(fd)
 
     def seal_all(self) -> None:
         """Seal every active segment so that its rows can be replayed."""
@@ -679,8 +824,31 @@ class SpillStore:
             with self._lock:
                 self._sealed.remove(path)
 
-    def reject(self, table: str, row: tuple | None, reason: str, *, raw: bytes = b"") -> None:
-        """Keep a row the database refused (or an unreadable line) with its reason."""
+    def reject(self, table: str, row: tuple | None, reason: str, *, raw: bytes = b"") -> bool:
+        """Keep a row the database refused (or an unreadable line) with its reason.
+
+        Counted in ``rejected_rows`` either way; False when the rejected file could not be
+        written (the disk failed): the caller then treats the row as lost.
+        """
+        try:
+            self._reject(table, row, reason, raw=raw)
+        except OSError as exc:
+            with self._lock:
+                self.rejected_rows += 1
+                if self._rejected_file is not None:  # reopened next time
+                    with contextlib.suppress(OSError):
+                        self._rejected_file.close()
+                    self._rejected_file = None
+            logger.error(
+                "writer.rejected_file_failed table=%s reason=%s error=%s",
+                table,
+                reason,
+                _safe_error(exc),
+            )
+            return False
+        return True
+
+    def _reject(self, table: str, row: tuple | None, reason: str, *, raw: bytes = b"") -> None:
         with self._lock:
             self._open_locked()
             if self._rejected_file is None:
@@ -716,7 +884,8 @@ class SpillStore:
                 self._reader = None
             self._chunk = None
             if self._rejected_file is not None:
-                self._rejected_file.close()
+                with contextlib.suppress(OSError):
+                    self._rejected_file.close()
                 self._rejected_file = None
             if self._dir is None:
                 return
@@ -729,6 +898,12 @@ class SpillStore:
                 folder.rmdir()
             if fd is not None:
                 os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _age_s(path: Path) -> float:
@@ -1099,6 +1274,8 @@ class RecordWriter:
             config.spill_dir,
             segment_max_bytes=config.spill_segment_max_bytes,
             fsync_interval_s=config.spill_fsync_interval_s,
+            max_bytes=config.spill_max_bytes,
+            min_free_bytes=config.spill_min_free_bytes,
         )
         self._wake = threading.Event()
         self._progress = threading.Condition()
@@ -1132,6 +1309,20 @@ class RecordWriter:
         self._failed_attempt_started_at = -math.inf
         self._method: BatchWriteMethod | None = None
         self._spill_pending_at_close = 0
+        # Rows of a batch that neither the database nor the spill took: kept (in order) and
+        # offered again before the worker takes more from the queue, which then fills.
+        self._held: dict[str, list[tuple]] = {}
+        self._held_retry_at = 0.0
+        # Rows lost because the queue, the database and the spill were all full: one record
+        # per (connection, market), [first received, last received, rows, reason], turned
+        # into a "gap" marker as soon as rows are accepted again (see _end_loss_episode).
+        self._loss_lock = threading.Lock()
+        self._loss: dict[tuple[Any, str], list[Any]] = {}
+        self._loss_keys = {key: _loss_key_columns(spec) for key, spec in TABLES.items()}
+        self._rows_lost = 0
+        self._gap_markers = 0
+        self._last_loss_unix_s: float | None = None
+        self._last_loss_reason = ""
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -1139,7 +1330,16 @@ class RecordWriter:
         """Open the spill directory (adopting a crashed writer's rows) and start the thread."""
         if self._thread is not None:
             raise RuntimeError("this writer was already started; make a new one")
-        self._spill.open()
+        try:
+            self._spill.open()
+        except OSError as exc:
+            from django.core.exceptions import ImproperlyConfigured
+
+            # One clear line for the operator (the command prints it), not a traceback.
+            raise ImproperlyConfigured(
+                f"the writer's spill directory {self.config.spill_dir} is not usable "
+                f"({_safe_error(exc)}): set RL_WRITER_SPILL_DIR to a writable directory"
+            ) from None
         self._closed = False
         self._heartbeat = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="rl-writer", daemon=False)
@@ -1174,6 +1374,8 @@ class RecordWriter:
         if len(queue) >= self._max_rows:
             self._overflow(table, row)
             return
+        if self._loss:
+            self._end_loss_episode()
         queue.append((table, row))
         if len(queue) == self._batch_rows:
             self._wake.set()
@@ -1197,11 +1399,13 @@ class RecordWriter:
             self._markers_queued += 1
         self._queue.append(marker)
         self._wake.set()
-        wait_s = None if deadline == math.inf else max(0.0, deadline - time.monotonic())
-        if not marker.done.wait(wait_s):
-            return False
+        while not marker.done.wait(min(max(0.0, deadline - time.monotonic()), 0.25)):
+            if time.monotonic() >= deadline:
+                return False
+            if self._held and self._failed_attempt_started_at > called_at and not self._db_up:
+                return False  # the worker holds rows that neither the database nor disk take
         with self._progress:
-            while self._spill.pending_rows > 0:
+            while self._spill.pending_rows > 0 or self._held:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not thread.is_alive():
                     return False
@@ -1259,7 +1463,11 @@ class RecordWriter:
             stuck=self.is_stuck(),
             queue_depth=depth,
             queue_max_rows=self._max_rows,
-            enqueued_rows=self._popped_rows + depth + self._overflow_rows - self._markers_queued,
+            enqueued_rows=self._popped_rows
+            + depth
+            + self._overflow_rows
+            - self._markers_queued
+            - self._gap_markers,
             overflow_rows=self._overflow_rows,
             rows_written=sum(written.values()),
             rows_written_by_table=written,
@@ -1278,11 +1486,43 @@ class RecordWriter:
             max_commit_lag_s=self._max_commit_lag_s,
             last_exchange_lag_s=self._last_exchange_lag_s,
             max_exchange_lag_s=self._max_exchange_lag_s,
+            rows_lost=self._rows_lost,
+            last_loss_unix_s=self._last_loss_unix_s,
+            last_loss_reason=self._last_loss_reason,
+            loss_open_markets=len(self._loss),
+            gap_markers=self._gap_markers,
+            spill_full=bool(self._spill.refusing) and (not self._db_up or bool(self._held)),
+            spill_refused=self._spill.refusing,
+            spill_max_bytes=self._spill.max_bytes,
+            held_rows=self._held_rows(),
         )
 
     def stats_dict(self) -> dict[str, Any]:
         """:meth:`stats` as a JSON-ready dict (for ``/rl/status`` and progress lines)."""
         return dataclasses.asdict(self.stats())
+
+    def _held_rows(self) -> int:
+        with contextlib.suppress(RuntimeError):  # the worker changed it meanwhile
+            return sum(len(rows) for rows in tuple(self._held.values()))
+        return 0
+
+    def problems(self) -> list[str]:
+        """What makes this writer unhealthy now (for the recorder's ``/rl/health`` report):
+        rows being lost (and for ``LOSS_REPORT_S`` after the last one), or a spill that
+        refuses rows while the database is down, so that rows are lost once the queue fills.
+        """
+        last = self._last_loss_unix_s
+        if self._loss or (last is not None and time.time() - last < LOSS_REPORT_S):
+            return [
+                f"writer lost {self._rows_lost} rows: the database, the spill and the queue "
+                f"were all full ({self._last_loss_reason}); gap markers cover them"
+            ]
+        if self._spill.refusing and not self._db_up:
+            return [
+                f"writer cannot spill while the database is down ({self._spill.refusing}): "
+                "rows are lost once its queue is full"
+            ]
+        return []
 
     def is_stuck(self) -> bool:
         """True when the thread died, or work is waiting and the thread has not turned over
@@ -1300,9 +1540,15 @@ class RecordWriter:
     # -- enqueue overflow -------------------------------------------------------------------
 
     def _overflow(self, table: str, row: tuple) -> None:
-        self._spill.append(table, (row,))
+        try:
+            self._spill.append(table, (row,))
+        except SpillRefused as exc:
+            self._lose(table, (row,), str(exc))
+            return
         with self._overflow_lock:
             self._overflow_rows += 1
+        if self._loss:
+            self._end_loss_episode()
         self._log(
             "overflow",
             logging.WARNING,
@@ -1370,7 +1616,18 @@ class RecordWriter:
                 self._stopping = True
             queue = self._queue
             worked = False
-            if queue and (
+            past_deadline = self._stopping and now >= self._stop_deadline
+            if self._loss and len(queue) < self._max_rows and not past_deadline:
+                self._end_loss_episode()  # the queue takes rows again: mark what was lost
+            if self._held:
+                if past_deadline:
+                    self._spill_leftovers()
+                    worked = True
+                elif now >= self._held_retry_at:
+                    held, self._held = self._held, {}
+                    self._dispatch(held)  # written, spilled, or held again
+                    worked = not self._held
+            elif queue and (
                 len(queue) >= self._batch_rows
                 or now >= next_due
                 or self._markers_queued
@@ -1391,14 +1648,17 @@ class RecordWriter:
             self._spill.sync()
             with self._progress:
                 self._progress.notify_all()
-            if self._stopping and not queue:
+            if self._stopping and not queue and not self._held:
                 if self._spill.pending_rows == 0 or time.monotonic() >= self._stop_deadline:
                     return
                 if self._method is None:
                     return
             if worked:
                 continue
-            wait_s = max(0.0, next_due - time.monotonic()) if queue else interval
+            if self._held:
+                wait_s = max(0.0, self._held_retry_at - time.monotonic())
+            else:
+                wait_s = max(0.0, next_due - time.monotonic()) if queue else interval
             if self._spill.pending_rows and not self._db_up:
                 wait_s = min(wait_s, max(0.0, self._retry_at - time.monotonic()))
             if self._stopping:
@@ -1432,14 +1692,141 @@ class RecordWriter:
         return batch, markers
 
     def _spill_leftovers(self) -> None:
-        """Move everything still queued to the spill file (shutdown past its deadline)."""
+        """Move everything still queued to the spill file (shutdown past its deadline).
+
+        What the spill refuses now is lost for good: counted, and logged with its markets
+        and times, since no marker can be written for it either.
+        """
+        held, self._held = self._held, {}
+        self._spill_or_lose(held)
         while self._queue:
             batch, markers = self._pop_batch()
-            for table, rows in batch.items():
-                self._spill.append(table, rows)
+            self._spill_or_lose(batch)
             for marker in markers:
                 marker.done.set()
-        self._spill.sync(force=True)
+        with contextlib.suppress(OSError):
+            self._spill.sync(force=True)
+        with self._loss_lock:
+            records, self._loss = self._loss, {}
+        for (conn, market), (first, last, rows, reason) in list(records.items())[:100]:
+            logger.error(
+                "writer.lost_unmarked connection=%s market=%s rows=%d first=%s last=%s reason=%s",
+                conn,
+                market or "*",
+                rows,
+                first.isoformat(),
+                last.isoformat(),
+                reason,
+            )
+
+    def _spill_or_lose(self, batch: Mapping[str, Sequence[tuple]]) -> None:
+        for table, rows in batch.items():
+            try:
+                self._spill.append(table, rows)
+            except SpillRefused as exc:
+                self._lose(table, rows, f"{exc} (at shutdown)")
+
+    def _spill_or_hold(self, batch: Mapping[str, Sequence[tuple]]) -> None:
+        """Spill a batch the database did not take; what the spill refuses is held."""
+        for table, rows in batch.items():
+            try:
+                self._spill.append(table, rows)
+            except SpillRefused as exc:
+                self._held.setdefault(table, []).extend(rows)
+                self._log(
+                    "spill_refused",
+                    logging.ERROR,
+                    "writer.spill_refused table=%s held_rows=%d queue_depth=%d reason=%s",
+                    table,
+                    len(self._held[table]),
+                    len(self._queue),
+                    exc,
+                )
+        if self._held:
+            self._held_retry_at = max(
+                self._retry_at, time.monotonic() + self.config.retry_initial_s
+            )
+
+    # -- loss bookkeeping (only when the queue, the database and the spill are all full) ----
+
+    def _lose(self, table: str, rows: Sequence[tuple], reason: str) -> None:
+        """Count rows that cannot be kept and remember, per market, which times they cover."""
+        conn_index, market_index = self._loss_keys[table]
+        time_index = TABLES[table].time_index
+        now = datetime.now(UTC)
+        with self._loss_lock:
+            loss = self._loss
+            for row in rows:
+                at = row[time_index]
+                if not isinstance(at, datetime) or at.tzinfo is None:
+                    at = now
+                conn = row[conn_index] if conn_index is not None else None
+                market = row[market_index] if market_index is not None else ""
+                if not isinstance(market, str) or len(market) > _MARKET_MAX_CHARS:
+                    market = ""  # no usable market: the marker then covers the connection
+                record = loss.get((conn, market))
+                if record is None:
+                    if len(loss) >= LOSS_RECORDS_MAX:
+                        market = ""  # bounded: fold into one record for the connection
+                    record = loss.setdefault((conn, market), [at, at, 0, reason])
+                record[0] = min(record[0], at)
+                record[1] = max(record[1], at)
+                record[2] += 1
+                record[3] = reason
+            self._rows_lost += len(rows)
+            self._last_loss_unix_s = time.time()
+            self._last_loss_reason = reason
+        self._log(
+            "lost",
+            logging.ERROR,
+            "writer.rows_lost table=%s rows=%d rows_lost=%d open_markets=%d reason=%s",
+            table,
+            len(rows),
+            self._rows_lost,
+            len(self._loss),
+            reason,
+        )
+
+    def _end_loss_episode(self) -> None:
+        """Rows are accepted again: queue one ``gap`` marker per market that lost rows, at its
+        first lost row, so history untrusts the market from there to its next snapshot.
+
+        Called before the first row accepted after a loss, so every snapshot stored later was
+        received after all the rows lost so far: none can make history trust a book across
+        them. The markers go through the queue like any row (and are counted lost again,
+        keeping their time, if they cannot be kept either).
+        """
+        with self._loss_lock:
+            if not self._loss:
+                return
+            records, self._loss = self._loss, {}
+            markers = [
+                EventRow(
+                    conn,
+                    "gap",
+                    market,
+                    None,
+                    None,
+                    None,
+                    (
+                        f"writer dropped {rows} rows received {first.isoformat()} to "
+                        f"{last.isoformat()}: {reason}"
+                    )[:_DETAIL_MAX_CHARS],
+                    first,
+                )
+                for (conn, market), (first, last, rows, reason) in records.items()
+                if conn is not None
+            ]
+            for marker in markers:
+                self._queue.append((EVENT, marker))
+            self._gap_markers += len(markers)
+        unmarked = sum(r[2] for (conn, _), r in records.items() if conn is None)
+        logger.warning(
+            "writer.loss_marked gap_markers=%d rows_lost=%d unmarked_rows=%d",
+            len(markers),
+            self._rows_lost,
+            unmarked,
+        )
 
     def _db_usable(self) -> bool:
         return self._method is not None and time.monotonic() >= self._retry_at
@@ -1447,14 +1834,14 @@ class RecordWriter:
     def _dispatch(self, batch: dict[str, list[tuple]]) -> None:
         """Write a live batch, or spill it while the database is failing."""
         if not self._db_usable():
-            self._spill_batch(batch)
+            self._spill_or_hold(batch)
             return
         attempt_started = time.monotonic()
         try:
             rejected = self._write_isolating_bad_rows(batch, expect_conflicts=False)
         except _Outage as outage:
             self._on_outage(outage.cause, attempt_started)
-            self._spill_batch(outage.unresolved)
+            self._spill_or_hold(outage.unresolved)
             return
         self._on_commit(batch, rejected, live=True)
 
@@ -1550,7 +1937,8 @@ class RecordWriter:
     def _reject_row(
         self, table: str, row: tuple, reason: str, rejected: collections.Counter[str]
     ) -> None:
-        self._spill.reject(table, row, reason)
+        if not self._spill.reject(table, row, reason):
+            self._lose(table, (row,), f"rejected ({reason}) and the rejected file failed")
         rejected[table] += 1
         self._log(
             "rejected",
@@ -1560,10 +1948,6 @@ class RecordWriter:
             reason,
             self._spill.base_dir / "rejected",
         )
-
-    def _spill_batch(self, batch: Mapping[str, Sequence[tuple]]) -> None:
-        for table, rows in batch.items():
-            self._spill.append(table, rows)
 
     def _on_commit(
         self,
@@ -1633,6 +2017,21 @@ class RecordWriter:
 
         with contextlib.suppress(Exception):
             connections[self.config.using].close()
+
+
+LOSS_RECORDS_MAX: Final = 10_000  # loss records kept (one per connection and market)
+LOSS_REPORT_S: Final = 300.0  # problems() reports a loss for this long after the last one
+_MARKET_MAX_CHARS: Final = 128  # RecordingEvent.market_ticker
+_DETAIL_MAX_CHARS: Final = 500  # RecordingEvent.detail
+
+
+def _loss_key_columns(spec: TableSpec) -> tuple[int | None, int | None]:
+    """Where a row of ``spec`` names its connection and market (None: it does not)."""
+    columns = spec.columns
+    return (
+        columns.index("connection_id") if "connection_id" in columns else None,
+        columns.index("market_ticker") if "market_ticker" in columns else None,
+    )
 
 
 def _row_shape_error(table: str, row: object) -> str:
