@@ -35,9 +35,10 @@ in one transaction. Nothing accepted is ever dropped, and nothing is lost silent
   range (taken from the model fields) before writing: binary ``COPY`` would store 2^32 + 11
   in an ``int4`` as 11.
 * **Bad rows** that the database refuses (a check constraint, a value too long, an integer
-  too wide for its column) are isolated
-  by bisecting the batch and appended, with the error, to ``<spill dir>/rejected/*.jsonl``:
-  one bad row never blocks the others, and is never silently lost.
+  too wide for its column) are isolated by bisecting the batch (named directly, for an
+  integer) and appended, with the error, to ``<spill dir>/rejected/*.jsonl``: one bad row
+  never blocks the others, and is never silently lost. Since the row is still missing from
+  its table, its market gets a ``gap`` marker too (see below).
 
 Row types are plain tuples in the fixed column order of :data:`TABLES` (the ``*Row`` named
 tuples below document and construct them). Timestamps are timezone-aware ``datetime`` values
@@ -74,7 +75,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence, Sized
+from collections.abc import Callable, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from operator import itemgetter
@@ -512,6 +513,8 @@ class SpillStore:
         self.max_bytes = max_bytes
         self.min_free_bytes = min_free_bytes
         self.refusing = ""  # why the last append was refused; "" once one succeeds
+        # Called (table, row, reason) after a row is kept in the rejected file.
+        self.on_reject: Callable[[str, tuple, str], None] | None = None
         self.refused_appends = 0
         self._free_checked_at = -math.inf
         self._free_at_check: int | None = None
@@ -832,6 +835,8 @@ class SpillStore:
         """
         try:
             self._reject(table, row, reason, raw=raw)
+            if row is not None and self.on_reject is not None:
+                self.on_reject(table, row, reason)
         except OSError as exc:
             with self._lock:
                 self.rejected_rows += 1
@@ -1323,6 +1328,7 @@ class RecordWriter:
         self._gap_markers = 0
         self._last_loss_unix_s: float | None = None
         self._last_loss_reason = ""
+        self._spill.on_reject = self._on_rejected
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -1512,7 +1518,7 @@ class RecordWriter:
         refuses rows while the database is down, so that rows are lost once the queue fills.
         """
         last = self._last_loss_unix_s
-        if self._loss or (last is not None and time.time() - last < LOSS_REPORT_S):
+        if last is not None and (self._loss or time.time() - last < LOSS_REPORT_S):
             return [
                 f"writer lost {self._rows_lost} rows: the database, the spill and the queue "
                 f"were all full ({self._last_loss_reason}); gap markers cover them"
@@ -1749,8 +1755,19 @@ class RecordWriter:
 
     # -- loss bookkeeping (only when the queue, the database and the spill are all full) ----
 
-    def _lose(self, table: str, rows: Sequence[tuple], reason: str) -> None:
-        """Count rows that cannot be kept and remember, per market, which times they cover."""
+    def _on_rejected(self, table: str, row: tuple, reason: str) -> None:
+        """A row kept in the rejected file is still missing from its table: history must not
+        trust its market's book across it either (the recorder's own book had it, so the
+        next snapshot is good). Not counted as lost: it is on disk, with its reason."""
+        if table == EVENT and row[1] == "gap" and str(row[6]).startswith("writer "):
+            return  # our own marker: marking it again could never end
+        self._lose(table, (row,), f"rejected: {reason}", counted=False)
+
+    def _lose(
+        self, table: str, rows: Sequence[tuple], reason: str, *, counted: bool = True
+    ) -> None:
+        """Count rows that cannot be kept and remember, per market, which times they cover
+        (``counted`` False: only remember them, for a row kept in the rejected file)."""
         conn_index, market_index = self._loss_keys[table]
         time_index = TABLES[table].time_index
         now = datetime.now(UTC)
@@ -1773,6 +1790,8 @@ class RecordWriter:
                 record[1] = max(record[1], at)
                 record[2] += 1
                 record[3] = reason
+            if not counted:
+                return
             self._rows_lost += len(rows)
             self._last_loss_unix_s = time.time()
             self._last_loss_reason = reason

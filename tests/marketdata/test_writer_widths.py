@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from apps.marketdata.models import OrderbookDelta, PublicTrade
+from apps.marketdata.models import OrderbookDelta, PublicTrade, RecordingEvent
 from apps.marketdata.writer import (
     DELTA,
     SNAPSHOT,
@@ -28,7 +28,7 @@ from apps.marketdata.writer import (
     integer_columns,
 )
 from tests.marketdata import test_writer
-from tests.marketdata.test_writer import METHODS, T0, TICKER, deltas
+from tests.marketdata.test_writer import METHODS, T0, TICKER, deltas, wait_until
 
 # The writer tests' fixtures: a started writer on the test database, its spill directory and
 # a recording connection.
@@ -126,9 +126,15 @@ def test_a_value_beyond_its_column_is_rejected_never_wrapped(
     expected = [(1, r.seq, r.price_e4) for i, r in enumerate(rows) if i not in (10, 20, 30)]
     assert stored_deltas(conn_id) == expected
     assert list(PublicTrade.objects.values_list("seq", "yes_price_e4")) == [(8, INT4_MAX)]
+    # Missing from their tables all the same: history untrusts the market from the first.
+    assert wait_until(lambda: RecordingEvent.objects.filter(kind="gap").exists(), timeout_s=5)
+    (marker,) = RecordingEvent.objects.filter(kind="gap")
+    assert (marker.market_ticker, marker.at) == (TICKER, T0)
+    assert marker.detail.startswith("writer dropped 5 rows received")
+    assert writer.flush(timeout_s=10)
     stats = writer.stats()
     assert stats.rejected_rows == 5
-    assert stats.rows_written == 97 + 1
+    assert stats.rows_written == 97 + 1 + 1  # deltas, the trade, the marker
     reasons = sorted(line["reason"] for line in rejected_lines(spill_dir))
     assert len(reasons) == 5
     assert all("does not fit the column" in r for r in reasons)
