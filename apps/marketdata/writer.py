@@ -38,7 +38,7 @@ in one transaction. Nothing accepted is ever dropped, and nothing is lost silent
   too wide for its column) are isolated by bisecting the batch (named directly, for an
   integer) and appended, with the error, to ``<spill dir>/rejected/*.jsonl``: one bad row
   never blocks the others, and is never silently lost. Since the row is still missing from
-  its table, its market gets a ``gap`` marker too (see below).
+  its table, its market gets a ``gap`` marker too (as above).
 
 Row types are plain tuples in the fixed column order of :data:`TABLES` (the ``*Row`` named
 tuples below document and construct them). Timestamps are timezone-aware ``datetime`` values
@@ -300,7 +300,7 @@ class WriterConfig:
     example ``HOST``/``PORT`` of a pooler); other connections are unaffected.
 
     The spill takes at most ``spill_max_bytes`` waiting for the database (a delta row is
-    about 200 bytes of JSON, so the default 16 GiB holds about 4.5 hours at 5k msg/s) and
+    about 160 bytes of JSON, so the default 16 GiB holds about 6 hours at 5k msg/s) and
     stops while the disk has less than ``spill_min_free_bytes`` free (0: no free-space check).
     """
 

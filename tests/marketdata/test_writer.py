@@ -168,6 +168,7 @@ def test_enqueue_before_start_raises_writer_closed(spill_dir: Path) -> None:
 def test_the_config_reads_rl_writer_settings_and_keyword_overrides_win(settings, tmp_path) -> None:
     settings.RL_WRITER_METHOD = "bulk_create"
     settings.RL_WRITER_BATCH_ROWS = 123
+    settings.RL_WRITER_SPILL_MAX_BYTES = 5_000_000
     settings.VAR_DIR = tmp_path
     config = WriterConfig.from_settings(flush_interval_s=0.5, queue_max_rows=None)
     assert config.method == "bulk_create"
@@ -175,6 +176,8 @@ def test_the_config_reads_rl_writer_settings_and_keyword_overrides_win(settings,
     assert config.flush_interval_s == 0.5
     assert config.queue_max_rows == 200_000
     assert config.spill_dir == tmp_path / "spill"
+    assert config.spill_max_bytes == 5_000_000
+    assert config.spill_min_free_bytes == 256 * 1024**2
 
 
 @pytest.mark.parametrize(
@@ -183,6 +186,8 @@ def test_the_config_reads_rl_writer_settings_and_keyword_overrides_win(settings,
         ({"method": "insert"}, "writer method 'insert' is not one of copy, bulk_create"),
         ({"batch_rows": 0}, "batch_rows must be >= 1"),
         ({"flush_interval_s": 0}, "flush_interval_s must be > 0 seconds"),
+        ({"spill_max_bytes": 0}, "spill_max_bytes must be >= 1"),
+        ({"spill_min_free_bytes": -1}, "spill_min_free_bytes must be >= 0"),
         (
             {"queue_max_rows": 10, "batch_rows": 100},
             "queue_max_rows \\(10\\) must be >= batch_rows",
