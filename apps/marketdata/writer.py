@@ -1370,6 +1370,8 @@ class RecordWriter:
     def enqueue(self, table: str, row: tuple) -> None:
         """Accept one row for ``table`` (DELTA, SNAPSHOT, TRADE or EVENT). O(1), never blocks
         on the database; past the queue bound the row is appended to the spill file instead.
+        If the spill refuses it too (full, or the disk failed), the row is lost: counted in
+        ``rows_lost`` and covered by a ``gap`` marker for its market, never raised.
         """
         width = self._widths.get(table)
         if width is None or len(row) != width:
