@@ -15,6 +15,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from apps.marketdata.models import OrderbookDelta, PublicTrade, RecordingEvent
 from apps.marketdata.writer import (
@@ -23,8 +25,10 @@ from apps.marketdata.writer import (
     TABLES,
     TRADE,
     CopyMethod,
+    IntegerColumn,
     SnapshotRow,
     TradeRow,
+    _bad_integers,
     integer_columns,
 )
 from tests.marketdata import test_writer
@@ -143,3 +147,32 @@ def test_a_value_beyond_its_column_is_rejected_never_wrapped(
     assert any("rl_orderbook_deltas.delta_e2 = an integer of 16610 bits" in r for r in reasons)
     assert any(f"rl_public_trades.yes_price_e4 = {2**31}" in r for r in reasons)
     assert any(f"rl_orderbook_snapshots.as_of_sid = {-(2**64)}" in r for r in reasons)
+
+
+# Integers near every width's edges, and far beyond them.
+EDGES = [0, 2**15, 2**31, 2**32, 2**63, 2**64]
+NEAR_EDGES = st.builds(
+    lambda edge, offset, sign: sign * (edge + offset),
+    st.sampled_from(EDGES),
+    st.integers(-2, 2),
+    st.sampled_from([1, -1]),
+)
+INTS = st.one_of(NEAR_EDGES, st.integers(), st.integers(-(10**40), 10**40), st.none())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(INTS, INTS), min_size=1, max_size=30))
+def test_exactly_the_rows_with_a_value_outside_its_column_are_named(rows: list) -> None:
+    spec = TABLES[DELTA]
+    columns = [
+        IntegerColumn(0, "sid", -(2**63), INT8_MAX),
+        IntegerColumn(1, "p", -(2**31), INT4_MAX),
+    ]
+    bad = _bad_integers(spec, columns, rows)
+
+    def fits(value: int | None, column: IntegerColumn) -> bool:
+        return value is None or column.low <= value <= column.high
+
+    expected = {k for k, row in enumerate(rows) if not all(map(fits, row, columns))}
+    assert set(bad) == expected
+    assert all("does not fit the column" in reason for reason in bad.values())
