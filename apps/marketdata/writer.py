@@ -906,7 +906,10 @@ class SpillStore:
 
 
 def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
+    written = os.write(fd, data)
+    if written == len(data):
+        return  # the usual case, with no allocation (enqueue's path: see RecordWriter docs)
+    view = memoryview(data)[written:]
     while view:
         view = view[os.write(fd, view) :]
 
