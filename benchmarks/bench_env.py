@@ -259,7 +259,7 @@ def write_recording(
                 [
                     "uuid",
                     "text",
-                    "int4",
+                    "int8",
                     "int8",
                     "text",
                     "int4",

@@ -177,6 +177,9 @@ RL_WRITER_FLUSH_INTERVAL_S = env_float("RL_WRITER_FLUSH_INTERVAL_S", 0.25, minim
 RL_WRITER_QUEUE_MAX_ROWS = env_int("RL_WRITER_QUEUE_MAX_ROWS", 200_000, minimum=1)
 RL_WRITER_SPILL_DIR = Path(env_str("RL_WRITER_SPILL_DIR", str(VAR_DIR / "spill")))
 RL_WRITER_STUCK_AFTER_S = env_float("RL_WRITER_STUCK_AFTER_S", 30.0, minimum=1.0)
+# The spill's cap (about 6 hours of a 5k msg/s outage) and the free disk it always leaves.
+RL_WRITER_SPILL_MAX_BYTES = env_int("RL_WRITER_SPILL_MAX_BYTES", 16 * 1024**3, minimum=1)
+RL_WRITER_SPILL_MIN_FREE_BYTES = env_int("RL_WRITER_SPILL_MIN_FREE_BYTES", 256 * 1024**2, minimum=0)
 RL_FEED_SILENT_S = env_float("RL_FEED_SILENT_S", 30.0, minimum=1.0)
 RL_HEARTBEAT_STALE_S = env_float("RL_HEARTBEAT_STALE_S", 15.0, minimum=1.0)
 # Worker health (/rl/health, /rl/status, admin): a worker whose heartbeat is older than

@@ -410,6 +410,7 @@ def _problems(client: KalshiClient, writer: RecordWriter, started: float) -> lis
         problems.append(f"no frame from the exchange for {silent_s:.0f}s")
     if writer.is_stuck():
         problems.append("writer is stuck: queue not draining")
+    problems.extend(writer.problems())  # rows being lost, or about to be
     return problems
 
 

@@ -7,7 +7,9 @@ prices, whatever ``use_yes_price`` mode the connection used.
 
 A message is identified by (connection, sid, seq): Kalshi's seq counts per subscription id and
 sids restart on every WebSocket connection. The unique constraints make every retried batch
-write idempotent.
+write idempotent. ``sid`` and ``seq`` are ``bigint`` because the protocol decoder accepts
+values up to 2^63 - 1; the writer refuses (never wraps) any integer that does not fit its
+column's width, whatever the column.
 
 The foreign keys to RecordingConnection are not enforced by the database on purpose: the
 connection row is written beside the data, not before it, so that a recorder never has to wait
@@ -80,14 +82,14 @@ class OrderbookSnapshot(models.Model):
     id = models.BigAutoField(primary_key=True)
     connection = connection_field(related_name="snapshots")
     market_ticker = models.CharField(max_length=128)
-    sid = models.IntegerField()
+    sid = models.BigIntegerField()
     seq = models.BigIntegerField()
     yes_levels = models.JSONField(default=list, help_text="[[price_e4, size_e2], ...] ascending")
     no_levels = models.JSONField(default=list, help_text="[[price_e4, size_e2], ...] ascending")
     exchange_ts = models.DateTimeField(null=True, blank=True)
     received_at = models.DateTimeField()
     source = models.CharField(max_length=8, choices=SnapshotSource.choices)
-    as_of_sid = models.IntegerField(
+    as_of_sid = models.BigIntegerField(
         null=True, blank=True, help_text="orderbook sid whose frames this book reflects"
     )
     as_of_seq = models.BigIntegerField(
@@ -124,7 +126,7 @@ class OrderbookDelta(models.Model):
     id = models.BigAutoField(primary_key=True)
     connection = connection_field(related_name="deltas")
     market_ticker = models.CharField(max_length=128)
-    sid = models.IntegerField()
+    sid = models.BigIntegerField()
     seq = models.BigIntegerField()
     side = models.CharField(max_length=3, choices=BookSide.choices)
     price_e4 = models.IntegerField(help_text="NO-side prices are NO-bid prices")
@@ -160,7 +162,7 @@ class PublicTrade(models.Model):
     id = models.BigAutoField(primary_key=True)
     connection = connection_field(related_name="trades")
     market_ticker = models.CharField(max_length=128)
-    sid = models.IntegerField()
+    sid = models.BigIntegerField()
     seq = models.BigIntegerField()
     trade_id = models.CharField(max_length=64)
     yes_price_e4 = models.IntegerField()
@@ -208,7 +210,7 @@ class RecordingEvent(models.Model):
     )
     kind = models.CharField(max_length=16, choices=RecordingEventKind.choices)
     market_ticker = models.CharField(max_length=128, blank=True, default="")
-    sid = models.IntegerField(null=True, blank=True)
+    sid = models.BigIntegerField(null=True, blank=True)
     expected_seq = models.BigIntegerField(null=True, blank=True)
     got_seq = models.BigIntegerField(null=True, blank=True)
     detail = models.CharField(max_length=500, blank=True, default="")

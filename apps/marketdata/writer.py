@@ -2,7 +2,7 @@
 
 The socket's task calls :meth:`RecordWriter.enqueue` (O(1): a bound check and a deque append,
 never a database call); one worker thread drains the queue in batches and writes each batch
-in one transaction. Nothing accepted is ever dropped:
+in one transaction. Nothing accepted is ever dropped, and nothing is lost silently:
 
 * **Idempotent writes.** Deltas, snapshots and trades are unique on (connection, sid, seq),
   so every write ignores conflicts and a retried or replayed batch never duplicates a row.
@@ -24,17 +24,32 @@ in one transaction. Nothing accepted is ever dropped:
   segment is deleted only after all its rows are committed, so a crash mid-replay repeats
   rows (ignored as conflicts) and loses none. Segments left by a crashed writer are adopted
   and replayed on start.
-* **Bad rows** that the database refuses (a check constraint, a value too long) are isolated
-  by bisecting the batch and appended, with the error, to ``<spill dir>/rejected/*.jsonl``:
-  one bad row never blocks the others, and is never silently lost.
+* **A full or failing spill disk.** The spill holds at most ``RL_WRITER_SPILL_MAX_BYTES``
+  and leaves ``RL_WRITER_SPILL_MIN_FREE_BYTES`` free; past either, or when a write fails
+  (ENOSPC, EIO), it refuses rows instead of raising. The worker then keeps the batch it holds
+  and stops taking more, so the queue fills to its bound; only then does ``enqueue`` drop
+  rows. Dropped rows are counted (``rows_lost``), reported by :meth:`RecordWriter.problems`
+  (the recorder's ``/rl/health``), and remembered per market (first and last receive time,
+  count); before the next row is accepted, one ``gap`` marker per market goes into the queue
+  at its first lost row, so history untrusts each such market from there to its next
+  snapshot. A spill directory that cannot be used at start-up is one clear
+  ``ImproperlyConfigured`` line.
+* **Integer widths.** Every write method refuses a row with an integer outside its column's
+  range (taken from the model fields) before writing: binary ``COPY`` would store 2^32 + 11
+  in an ``int4`` as 11.
+* **Bad rows** that the database refuses (a check constraint, a value too long, an integer
+  too wide for its column) are isolated by bisecting the batch (named directly, for an
+  integer) and appended, with the error, to ``<spill dir>/rejected/*.jsonl``: one bad row
+  never blocks the others, and is never silently lost. Since the row is still missing from
+  its table, its market gets a ``gap`` marker too (as above).
 
 Row types are plain tuples in the fixed column order of :data:`TABLES` (the ``*Row`` named
 tuples below document and construct them). Timestamps are timezone-aware ``datetime`` values
 (UTC), prices ``*_e4`` and sizes ``*_e2`` integers, ``connection_id`` a ``uuid.UUID``.
 
-Spill durability: the worker hands each spilled batch to the OS before it takes the next
-one, and rows that ``enqueue`` spills itself reach the OS within 50 ms, so a killed process
-loses none of the spill; files are ``fsync``-ed at most every
+Spill durability: every append (a batch, or one row that ``enqueue`` spills itself) is
+handed to the OS by one ``os.write`` before it returns, so a killed process loses none of
+the spill; files are ``fsync``-ed at most every
 ``RL_WRITER_SPILL_FSYNC_INTERVAL_S`` and when a segment is sealed, so a power cut can cost at
 most that much of it. Rows still in the in-memory queue are lost only to SIGKILL; SIGTERM and
 SIGINT go through :meth:`RecordWriter.close`, which writes or spills everything.
@@ -63,9 +78,10 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence, Sized
+from collections.abc import Callable, Mapping, Sequence, Sized
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
@@ -87,8 +103,11 @@ __all__ = [
     "CopyMethod",
     "DeltaRow",
     "EventRow",
+    "IntegerColumn",
+    "IntegerOutOfRange",
     "RecordWriter",
     "SnapshotRow",
+    "SpillRefused",
     "SpillStore",
     "TableSpec",
     "TradeRow",
@@ -244,7 +263,7 @@ TABLES: Final[dict[str, TableSpec]] = {
         "rl_orderbook_deltas",
         "marketdata.OrderbookDelta",
         DeltaRow,
-        "uuid varchar int4 int8 varchar int4 int8 timestamptz timestamptz".split(),
+        "uuid varchar int8 int8 varchar int4 int8 timestamptz timestamptz".split(),
         time_index=8,
         exchange_ts_index=7,
         unique_message=True,
@@ -254,7 +273,7 @@ TABLES: Final[dict[str, TableSpec]] = {
         "rl_orderbook_snapshots",
         "marketdata.OrderbookSnapshot",
         SnapshotRow,
-        "uuid varchar int4 int8 jsonb jsonb timestamptz timestamptz varchar int4 int8".split(),
+        "uuid varchar int8 int8 jsonb jsonb timestamptz timestamptz varchar int8 int8".split(),
         time_index=7,
         exchange_ts_index=6,
         unique_message=True,
@@ -264,7 +283,7 @@ TABLES: Final[dict[str, TableSpec]] = {
         "rl_public_trades",
         "marketdata.PublicTrade",
         TradeRow,
-        "uuid varchar int4 int8 varchar int4 int4 int8 varchar timestamptz timestamptz".split(),
+        "uuid varchar int8 int8 varchar int4 int4 int8 varchar timestamptz timestamptz".split(),
         time_index=10,
         exchange_ts_index=9,
         unique_message=True,
@@ -274,7 +293,7 @@ TABLES: Final[dict[str, TableSpec]] = {
         "rl_recording_events",
         "marketdata.RecordingEvent",
         EventRow,
-        "uuid varchar varchar int4 int8 int8 varchar timestamptz".split(),
+        "uuid varchar varchar int8 int8 int8 varchar timestamptz".split(),
         time_index=7,
         exchange_ts_index=None,
         unique_message=False,
@@ -366,6 +385,8 @@ SETTING_NAMES: Final = {
     "spill_dir": "RL_WRITER_SPILL_DIR",
     "spill_fsync_interval_s": "RL_WRITER_SPILL_FSYNC_INTERVAL_S",
     "spill_segment_max_bytes": "RL_WRITER_SPILL_SEGMENT_MAX_BYTES",
+    "spill_max_bytes": "RL_WRITER_SPILL_MAX_BYTES",
+    "spill_min_free_bytes": "RL_WRITER_SPILL_MIN_FREE_BYTES",
     "retry_initial_s": "RL_WRITER_RETRY_INITIAL_S",
     "retry_max_s": "RL_WRITER_RETRY_MAX_S",
     "db_timeout_s": "RL_WRITER_DB_TIMEOUT_S",
@@ -384,6 +405,10 @@ class WriterConfig:
     ``connect_timeout`` / ``tcp_user_timeout``), so a dead network is noticed, not waited on.
     ``db_overrides`` replaces keys of the writer's own copy of ``DATABASES[using]`` (for
     example ``HOST``/``PORT`` of a pooler); other connections are unaffected.
+
+    The spill takes at most ``spill_max_bytes`` waiting for the database (a delta row is
+    about 160 bytes of JSON, so the default 16 GiB holds about 6 hours at 5k msg/s) and
+    stops while the disk has less than ``spill_min_free_bytes`` free (0: no free-space check).
     """
 
     method: str = "copy"
@@ -393,6 +418,8 @@ class WriterConfig:
     spill_dir: Path = Path("var/spill")
     spill_fsync_interval_s: float = 1.0
     spill_segment_max_bytes: int = 64 * 1024 * 1024
+    spill_max_bytes: int = 16 * 1024**3
+    spill_min_free_bytes: int = 256 * 1024**2
     retry_initial_s: float = 0.25
     retry_max_s: float = 5.0
     db_timeout_s: float = 5.0
@@ -404,9 +431,13 @@ class WriterConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"writer method {self.method!r} is not one of {', '.join(METHODS)}")
-        for name in ("batch_rows", "queue_max_rows", "spill_segment_max_bytes"):
+        for name in ("batch_rows", "queue_max_rows", "spill_segment_max_bytes", "spill_max_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"writer {name} must be >= 1, got {getattr(self, name)}")
+        if self.spill_min_free_bytes < 0:
+            raise ValueError(
+                f"writer spill_min_free_bytes must be >= 0, got {self.spill_min_free_bytes}"
+            )
         for name in ("flush_interval_s", "retry_initial_s", "retry_max_s", "db_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"writer {name} must be > 0 seconds, got {getattr(self, name)}")
@@ -441,6 +472,13 @@ class WriterStats:
     ``exchange_lag_s`` the same from the exchange's timestamp. Times ``*_unix_s`` are Unix
     seconds. ``rows_written`` counts market data and markers; metadata writes (connection
     records, heartbeats) are only in ``rows_written_by_table``.
+
+    Loss (only when the database, the spill and the queue are all full at once):
+    ``rows_lost`` rows were neither stored nor kept on disk; ``loss_open_markets`` markets
+    have lost rows not yet covered by a ``gap`` marker, and ``gap_markers`` markers were
+    queued for them. ``spill_full`` says rows need the spill now (the database is down) and
+    it refuses them; ``spill_refused`` says why it last refused (its cap, the free-space
+    guard or a write error); ``held_rows`` are rows the worker keeps in memory meanwhile.
     """
 
     method: str
@@ -468,6 +506,15 @@ class WriterStats:
     max_commit_lag_s: float | None
     last_exchange_lag_s: float | None
     max_exchange_lag_s: float | None
+    rows_lost: int
+    last_loss_unix_s: float | None
+    last_loss_reason: str
+    loss_open_markets: int
+    gap_markers: int
+    spill_full: bool
+    spill_refused: str
+    spill_max_bytes: int
+    held_rows: int
 
 
 class WriterClosed(RuntimeError):
@@ -519,6 +566,13 @@ class _RateLimitedLog:
 _ENCODER = msgspec.json.Encoder()
 _DECODERS = {key: msgspec.json.Decoder(spec.row_type) for key, spec in TABLES.items()}
 _SEGMENT_RE = re.compile(r"^(\d{8})\.([a-z]+)\.jsonl$")
+_UNENCODABLE = (ValueError, TypeError, OverflowError, msgspec.EncodeError)
+_FREE_SPACE_CHECK_S: Final = 0.25  # statvfs at most this often...
+_FREE_SPACE_CHECK_BYTES: Final = 4 * 1024 * 1024  # ...or after this much was written
+
+
+class SpillRefused(Exception):
+    """The spill cannot take rows now: its cap, the free-space guard, or the disk failed."""
 
 
 @dataclass
@@ -544,6 +598,12 @@ class SpillStore:
     ``rejected/<writer>.jsonl`` for rows the database refused or lines that could not be
     read back, each with the reason. ``append`` is thread-safe; reading, sealing and
     ``sync`` belong to the writer's thread.
+
+    ``append`` raises :class:`SpillRefused` instead of writing when the rows waiting on disk
+    would pass ``max_bytes``, when the disk would keep less than ``min_free_bytes`` free, or
+    when the directory or a write fails (ENOSPC, EIO, a read-only disk): a refused append
+    leaves no torn line behind, and the store takes rows again as soon as there is room.
+    Each append is one ``os.write`` per batch, so the rows are with the OS when it returns.
     """
 
     def __init__(
@@ -552,20 +612,30 @@ class SpillStore:
         *,
         segment_max_bytes: int = 64 * 1024 * 1024,
         fsync_interval_s: float = 1.0,
+        max_bytes: int = 16 * 1024**3,
+        min_free_bytes: int = 0,
     ) -> None:
         self.base_dir = Path(base_dir)
         self.segment_max_bytes = segment_max_bytes
         self.fsync_interval_s = fsync_interval_s
+        self.max_bytes = max_bytes
+        self.min_free_bytes = min_free_bytes
+        self.refusing = ""  # why the last append was refused; "" once one succeeds
+        # Called (table, row, reason) after a row is kept in the rejected file.
+        self.on_reject: Callable[[str, tuple, str], None] | None = None
+        self.refused_appends = 0
+        self._free_checked_at = -math.inf
+        self._free_at_check: int | None = None
+        self._written_since_check = 0
         self._lock = threading.Lock()
         self._dir: Path | None = None
         self._lock_fd: int | None = None
         self._next_segment = 1
-        self._active: dict[str, tuple[Path, Any, int]] = {}  # table -> (path, file, bytes)
+        self._active: dict[str, tuple[Path, int, int]] = {}  # table -> (path, fd, bytes)
         self._sealed: list[Path] = []
         self._reader: tuple[Path, Any] | None = None
         self._chunk: SpillChunk | None = None
         self._dirty_since: float | None = None
-        self._last_os_write = 0.0
         self._rejected_file: Any = None
         self.pending_rows = 0
         self.pending_bytes = 0
@@ -656,25 +726,44 @@ class SpillStore:
     # -- appending (any thread) -------------------------------------------------------------
 
     def append(self, table: str, rows: Sequence[tuple]) -> int:
-        """Append rows of one table; returns the bytes written. Thread-safe."""
+        """Append rows of one table; returns the bytes written. Thread-safe.
+
+        Raises :class:`SpillRefused` (nothing written) when the spill cannot take them. A row
+        JSON cannot hold (an integer of thousands of digits) goes to the rejected file.
+        """
         if not rows:
             return 0
-        data = _ENCODER.encode_lines(rows)
+        try:
+            data = _ENCODER.encode_lines(rows)
+        except _UNENCODABLE:
+            rows, data = self._encodable(table, rows)
+            if not rows:
+                return 0
         with self._lock:
-            self._open_locked()
+            try:
+                self._open_locked()
+            except OSError as exc:
+                raise self._refuse(f"spill directory unusable: {_safe_error(exc)}") from exc
+            reason = self._no_room(len(data))
+            if reason:
+                raise self._refuse(reason)
             active = self._active.get(table)
             if active is None:
                 path = self._new_segment_path(table)
-                active = (path, open(path, "ab", buffering=256 * 1024), 0)
-            path, fh, size = active
-            fh.write(data)
-            now = time.monotonic()
-            if now - self._last_os_write >= 0.05:
-                # Hand rows to the OS often even if the writer's thread is hung (the case in
-                # which enqueue spills): a killed process then loses at most ~50 ms of rows.
-                fh.flush()
-                self._last_os_write = now
-            self._active[table] = (path, fh, size + len(data))
+                try:
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                except OSError as exc:
+                    raise self._refuse(f"spill file unusable: {_safe_error(exc)}") from exc
+                active = (path, fd, 0)
+            path, fd, size = active
+            try:
+                _write_all(fd, data)
+            except OSError as exc:
+                self._drop_torn_segment(table, path, fd, size)
+                raise self._refuse(f"spill write failed: {_safe_error(exc)}") from exc
+            self._active[table] = (path, fd, size + len(data))
+            self._written_since_check += len(data)
+            self.refusing = ""
             self.pending_rows += len(rows)
             self.pending_bytes += len(data)
             self.spilled_rows += len(rows)
@@ -683,14 +772,73 @@ class SpillStore:
                 self._dirty_since = time.monotonic()
         return len(data)
 
+    def _encodable(self, table: str, rows: Sequence[tuple]) -> tuple[list[tuple], bytes]:
+        good = []
+        for row in rows:
+            try:
+                _ENCODER.encode(row)
+            except _UNENCODABLE as exc:
+                self.reject(table, row, f"row cannot be written to the spill: {_safe_error(exc)}")
+            else:
+                good.append(row)
+        return good, _ENCODER.encode_lines(good) if good else b""
+
+    def _refuse(self, reason: str) -> SpillRefused:
+        self.refusing = reason
+        self.refused_appends += 1
+        return SpillRefused(reason)
+
+    def _no_room(self, nbytes: int) -> str:
+        """Why ``nbytes`` more cannot be spilled now ("" if they can). Under the lock."""
+        if self.pending_bytes + nbytes > self.max_bytes:
+            return (
+                f"spill full: {self.pending_bytes} bytes wait for the database, cap "
+                f"{self.max_bytes} (RL_WRITER_SPILL_MAX_BYTES)"
+            )
+        if self.min_free_bytes <= 0:
+            return ""
+        now = time.monotonic()
+        if (
+            now - self._free_checked_at >= _FREE_SPACE_CHECK_S
+            or self._written_since_check >= _FREE_SPACE_CHECK_BYTES
+        ):
+            try:
+                st = os.statvfs(self._dir or self.base_dir)
+                self._free_at_check = st.f_bavail * st.f_frsize
+            except OSError:
+                self._free_at_check = None  # cannot tell: let the write itself decide
+            self._free_checked_at = now
+            self._written_since_check = 0
+        if self._free_at_check is None:
+            return ""
+        free = self._free_at_check - self._written_since_check
+        if free - nbytes < self.min_free_bytes:
+            return (
+                f"disk nearly full: {max(free, 0)} bytes free under {self.base_dir}, keeping "
+                f"{self.min_free_bytes} (RL_WRITER_SPILL_MIN_FREE_BYTES)"
+            )
+        return ""
+
+    def _drop_torn_segment(self, table: str, path: Path, fd: int, size: int) -> None:
+        """After a failed write: cut the segment back to its last whole line and seal it
+        (or remove it if empty), so no torn line stays in the middle of a file."""
+        self._active.pop(table, None)
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, size)
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        if size:
+            self._sealed.append(path)
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+
     # -- the writer's thread ----------------------------------------------------------------
 
     def sync(self, *, force: bool = False) -> None:
         """Hand buffered lines to the OS; fsync when due (or ``force``); seal big segments."""
         with self._lock:
-            files = [fh for _, fh, _ in self._active.values()]
-            for fh in files:
-                fh.flush()
+            fds = [fd for _, fd, _ in self._active.values()]
             dirty_since = self._dirty_since
             due = dirty_since is not None and (
                 force or time.monotonic() - dirty_since >= self.fsync_interval_s
@@ -700,11 +848,11 @@ class SpillStore:
             too_big = [t for t, (_, _, size) in self._active.items()
                        if size >= self.segment_max_bytes]  # fmt: skip
         if due:
-            for fh in files:
+            for fd in fds:
                 # Outside the lock, so enqueue never waits on the disk. A file sealed meanwhile
                 # by another thread was fsync-ed by the sealing.
-                with contextlib.suppress(ValueError, OSError):
-                    os.fsync(fh.fileno())
+                with contextlib.suppress(OSError):
+                    os.fsync(fd)
         for table in too_big:
             self._seal(table)
 
@@ -713,11 +861,14 @@ class SpillStore:
             active = self._active.pop(table, None)
             if active is None:
                 return
-            path, fh, _ = active
-            fh.flush()
+            path, fd, _ = active
             self._sealed.append(path)
-        os.fsync(fh.fileno())
-        fh.close()
+        try:
+            os.fsync(fd)
+        except OSError as exc:  # the rows are with the OS; only a power cut could cost them
+            logger.warning("writer.spill_fsync_failed path=%s error=%s", path, _safe_error(exc))
+        finally:
+            os.close(fd)
 
     def seal_all(self) -> None:
         """Seal every active segment so that its rows can be replayed."""
@@ -784,8 +935,33 @@ class SpillStore:
             with self._lock:
                 self._sealed.remove(path)
 
-    def reject(self, table: str, row: tuple | None, reason: str, *, raw: bytes = b"") -> None:
-        """Keep a row the database refused (or an unreadable line) with its reason."""
+    def reject(self, table: str, row: tuple | None, reason: str, *, raw: bytes = b"") -> bool:
+        """Keep a row the database refused (or an unreadable line) with its reason.
+
+        Counted in ``rejected_rows`` either way; False when the rejected file could not be
+        written (the disk failed): the caller then treats the row as lost.
+        """
+        try:
+            self._reject(table, row, reason, raw=raw)
+            if row is not None and self.on_reject is not None:
+                self.on_reject(table, row, reason)
+        except OSError as exc:
+            with self._lock:
+                self.rejected_rows += 1
+                if self._rejected_file is not None:  # reopened next time
+                    with contextlib.suppress(OSError):
+                        self._rejected_file.close()
+                    self._rejected_file = None
+            logger.error(
+                "writer.rejected_file_failed table=%s reason=%s error=%s",
+                table,
+                reason,
+                _safe_error(exc),
+            )
+            return False
+        return True
+
+    def _reject(self, table: str, row: tuple | None, reason: str, *, raw: bytes = b"") -> None:
         with self._lock:
             self._open_locked()
             if self._rejected_file is None:
@@ -802,7 +978,13 @@ class SpillStore:
                 record["row"] = row
             if raw:
                 record["raw"] = raw.decode("utf-8", "replace")
-            self._rejected_file.write(_ENCODER.encode(record) + b"\n")
+            try:
+                line = _ENCODER.encode(record)
+            except (ValueError, TypeError, OverflowError, msgspec.EncodeError):
+                # JSON cannot hold it (an integer of thousands of digits): keep a description.
+                record["row"] = [_describe_int(v) for v in row or ()]
+                line = _ENCODER.encode(record)
+            self._rejected_file.write(line + b"\n")
             self._rejected_file.flush()
             self.rejected_rows += 1
 
@@ -815,7 +997,8 @@ class SpillStore:
                 self._reader = None
             self._chunk = None
             if self._rejected_file is not None:
-                self._rejected_file.close()
+                with contextlib.suppress(OSError):
+                    self._rejected_file.close()
                 self._rejected_file = None
             if self._dir is None:
                 return
@@ -828,6 +1011,15 @@ class SpillStore:
                 folder.rmdir()
             if fd is not None:
                 os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    written = os.write(fd, data)
+    if written == len(data):
+        return  # the usual case, with no allocation (enqueue's path: see RecordWriter docs)
+    view = memoryview(data)[written:]
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _age_s(path: Path) -> float:
@@ -860,14 +1052,121 @@ def _decode_lines(table: str, lines: list[bytes]) -> tuple[list[tuple], list[byt
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class IntegerColumn:
+    """An integer column of a table: its index in the row and the range the column holds."""
+
+    index: int
+    name: str
+    low: int
+    high: int
+
+
+class IntegerOutOfRange(ValueError):
+    """Rows holding an integer that does not fit its column: ``bad`` maps table -> {row index
+    in the batch: reason}. Raised before anything is written, so nothing is ever wrapped."""
+
+    def __init__(self, bad: dict[str, dict[int, str]]) -> None:
+        self.bad = bad
+        first = next(iter(next(iter(bad.values())).values()))
+        super().__init__(first)
+
+
+def integer_columns(spec: TableSpec, *, using: str = "default") -> tuple[IntegerColumn, ...]:
+    """The integer columns of ``spec`` with their ranges, from the model's fields as the
+    database ``using`` stores them (``integer_field_range``), not from a hand-written list."""
+    from django.apps import apps
+    from django.db import connections, models
+
+    ops = connections[using].ops
+    # By name, not position: a row may or may not carry the model's primary key (auto_pk).
+    by_name = {f.attname: f for f in apps.get_model(spec.model_label)._meta.concrete_fields}
+    columns = []
+    for index, name in enumerate(spec.columns):
+        model_field = by_name[name]
+        if isinstance(model_field, models.IntegerField):
+            low, high = ops.integer_field_range(model_field.get_internal_type())
+            columns.append(
+                IntegerColumn(
+                    index,
+                    model_field.column,
+                    _INT64_MIN if low is None else low,
+                    _INT64_MAX if high is None else high,
+                )
+            )
+    return tuple(columns)
+
+
+_INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = 2**63 - 1
+# The binary COPY type that carries each PostgreSQL integer column type exactly.
+_PG_COPY_INT_TYPES: Final = {"smallint": "int2", "integer": "int4", "bigint": "int8"}
+
+
+def _describe_int(value: object) -> str:
+    """A value for an error line (an int of thousands of digits cannot even be printed)."""
+    if isinstance(value, int) and abs(value) >= 10**30:
+        return f"an integer of {value.bit_length()} bits"
+    try:
+        text = repr(value)
+    except ValueError:  # a container of such integers
+        return f"a {type(value).__name__} too large to print"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _bad_integers(
+    spec: TableSpec, columns: Sequence[IntegerColumn], rows: Sequence[tuple]
+) -> dict[int, str]:
+    """Rows (by index) with an integer outside its column's range, and why.
+
+    One ``min``/``max`` per column over the batch in the common case (all in range); only a
+    column that fails it is looked at row by row. ``None`` is left to the database's NOT
+    NULL, and a value that is not an integer at all to the driver (it raises, never wraps).
+    """
+    bad: dict[int, str] = {}
+    for column in columns:
+        values = list(map(itemgetter(column.index), rows))
+        try:
+            if column.low <= min(values) and max(values) <= column.high:
+                continue
+        except TypeError:
+            pass  # a None in a nullable column, or not a number: look row by row
+        for k, value in enumerate(values):
+            if isinstance(value, int) and not column.low <= value <= column.high:
+                bad.setdefault(
+                    k,
+                    f"{spec.db_table}.{column.name} = {_describe_int(value)} does not fit the "
+                    f"column ({column.low}..{column.high}): refused, never stored as another value",
+                )
+    return bad
+
+
 class BatchWriteMethod:
-    """How a batch reaches the database. Subclasses implement :meth:`write`."""
+    """How a batch reaches the database. Subclasses implement :meth:`write`.
+
+    Every method refuses a batch holding an integer that does not fit its column
+    (:class:`IntegerOutOfRange`, before writing anything): binary ``COPY`` would otherwise
+    store 2^32 + 11 in an ``int4`` column as 11.
+    """
 
     name = ""
 
     def __init__(self, *, using: str, batch_rows: int) -> None:
         self.using = using
         self.batch_rows = batch_rows
+        self.integer_columns = {
+            key: integer_columns(spec, using=using) for key, spec in TABLES.items()
+        }
+
+    def check_integers(self, batch: Mapping[str, Sequence[tuple]]) -> None:
+        """Raise :class:`IntegerOutOfRange` naming every row with an out-of-range integer."""
+        bad = {}
+        for key, rows in batch.items():
+            found = _bad_integers(TABLES[key], self.integer_columns[key], rows)
+            if found:
+                bad[key] = found
+        if bad:
+            raise IntegerOutOfRange(bad)
 
     def write(self, batch: Mapping[str, Sequence[tuple]], *, expect_conflicts: bool) -> None:
         """Store every row of ``batch`` (table key -> rows) in ONE transaction, idempotently.
@@ -945,6 +1244,22 @@ def _drop_stale(model: Any, spec: TableSpec, rows: list[tuple], using: str) -> l
     ]
 
 
+def _check_copy_types(model: Any, spec: TableSpec, using: str) -> None:
+    """The binary COPY type of each integer column must be the column's own width: a
+    narrower one wraps values round, a wider one makes PostgreSQL refuse every row."""
+    from django.db import connections
+
+    connection = connections[using]
+    for column in integer_columns(spec, using=using):
+        db_type = model._meta.get_field(spec.columns[column.index]).db_type(connection)
+        wanted = _PG_COPY_INT_TYPES.get(db_type)
+        if wanted != spec.pg_types[column.index]:
+            raise RuntimeError(
+                f"{spec.model_label}.{column.name} is {db_type} but the writer's COPY type is "
+                f"{spec.pg_types[column.index]!r} (want {wanted!r}); update pg_types in writer.py"
+            )
+
+
 class BulkCreateMethod(BatchWriteMethod):
     """Django ``bulk_create(ignore_conflicts=True)``: portable (SQLite too), the slower one."""
 
@@ -961,6 +1276,7 @@ class BulkCreateMethod(BatchWriteMethod):
     def write(self, batch: Mapping[str, Sequence[tuple]], *, expect_conflicts: bool) -> None:
         from django.db import transaction
 
+        self.check_integers(batch)
         with transaction.atomic(using=self.using):
             for key, rows in batch.items():
                 if key == EVENT:
@@ -1004,6 +1320,7 @@ class CopyMethod(BatchWriteMethod):
         self._sql: dict[str, dict[str, Any]] = {}
         for key, spec in TABLES.items():
             _check_column_order(apps.get_model(spec.model_label), spec)
+            _check_copy_types(apps.get_model(spec.model_label), spec, using)
             if key == EVENT:
                 continue
             cols = sql.SQL(", ").join(map(sql.Identifier, spec.columns))
@@ -1044,6 +1361,7 @@ class CopyMethod(BatchWriteMethod):
         from django.db import IntegrityError, connections, transaction
 
         conn = connections[self.using]
+        self.check_integers(batch)
         with transaction.atomic(using=self.using):
             for key, rows in batch.items():
                 if key == EVENT:
@@ -1146,6 +1464,8 @@ class RecordWriter:
             config.spill_dir,
             segment_max_bytes=config.spill_segment_max_bytes,
             fsync_interval_s=config.spill_fsync_interval_s,
+            max_bytes=config.spill_max_bytes,
+            min_free_bytes=config.spill_min_free_bytes,
         )
         self._wake = threading.Event()
         self._progress = threading.Condition()
@@ -1179,6 +1499,21 @@ class RecordWriter:
         self._failed_attempt_started_at = -math.inf
         self._method: BatchWriteMethod | None = None
         self._spill_pending_at_close = 0
+        # Rows of a batch that neither the database nor the spill took: kept (in order) and
+        # offered again before the worker takes more from the queue, which then fills.
+        self._held: dict[str, list[tuple]] = {}
+        self._held_retry_at = 0.0
+        # Rows lost because the queue, the database and the spill were all full: one record
+        # per (connection, market), [first received, last received, rows, reason], turned
+        # into a "gap" marker as soon as rows are accepted again (see _end_loss_episode).
+        self._loss_lock = threading.Lock()
+        self._loss: dict[tuple[Any, str], list[Any]] = {}
+        self._loss_keys = {key: _loss_key_columns(spec) for key, spec in TABLES.items()}
+        self._rows_lost = 0
+        self._gap_markers = 0
+        self._last_loss_unix_s: float | None = None
+        self._last_loss_reason = ""
+        self._spill.on_reject = self._on_rejected
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -1186,7 +1521,16 @@ class RecordWriter:
         """Open the spill directory (adopting a crashed writer's rows) and start the thread."""
         if self._thread is not None:
             raise RuntimeError("this writer was already started; make a new one")
-        self._spill.open()
+        try:
+            self._spill.open()
+        except OSError as exc:
+            from django.core.exceptions import ImproperlyConfigured
+
+            # One clear line for the operator (the command prints it), not a traceback.
+            raise ImproperlyConfigured(
+                f"the writer's spill directory {self.config.spill_dir} is not usable "
+                f"({_safe_error(exc)}): set RL_WRITER_SPILL_DIR to a writable directory"
+            ) from None
         self._closed = False
         self._heartbeat = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="rl-writer", daemon=False)
@@ -1211,6 +1555,8 @@ class RecordWriter:
     def enqueue(self, table: str, row: tuple) -> None:
         """Accept one row for ``table`` (DELTA, SNAPSHOT, TRADE or EVENT). O(1), never blocks
         on the database; past the queue bound the row is appended to the spill file instead.
+        If the spill refuses it too (full, or the disk failed), the row is lost: counted in
+        ``rows_lost`` and covered by a ``gap`` marker for its market, never raised.
         """
         width = self._widths.get(table)
         if width is None or len(row) != width:
@@ -1221,6 +1567,8 @@ class RecordWriter:
         if len(queue) >= self._max_rows:
             self._overflow(table, row)
             return
+        if self._loss:
+            self._end_loss_episode()
         queue.append((table, row))
         if len(queue) == self._batch_rows:
             self._wake.set()
@@ -1244,11 +1592,13 @@ class RecordWriter:
             self._markers_queued += 1
         self._queue.append(marker)
         self._wake.set()
-        wait_s = None if deadline == math.inf else max(0.0, deadline - time.monotonic())
-        if not marker.done.wait(wait_s):
-            return False
+        while not marker.done.wait(min(max(0.0, deadline - time.monotonic()), 0.25)):
+            if time.monotonic() >= deadline:
+                return False
+            if self._held and self._failed_attempt_started_at > called_at and not self._db_up:
+                return False  # the worker holds rows that neither the database nor disk take
         with self._progress:
-            while self._spill.pending_rows > 0:
+            while self._spill.pending_rows > 0 or self._held:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not thread.is_alive():
                     return False
@@ -1306,7 +1656,11 @@ class RecordWriter:
             stuck=self.is_stuck(),
             queue_depth=depth,
             queue_max_rows=self._max_rows,
-            enqueued_rows=self._popped_rows + depth + self._overflow_rows - self._markers_queued,
+            enqueued_rows=self._popped_rows
+            + depth
+            + self._overflow_rows
+            - self._markers_queued
+            - self._gap_markers,
             overflow_rows=self._overflow_rows,
             rows_written=sum(n for t, n in written.items() if not TABLES[t].metadata),
             rows_written_by_table=written,
@@ -1325,11 +1679,43 @@ class RecordWriter:
             max_commit_lag_s=self._max_commit_lag_s,
             last_exchange_lag_s=self._last_exchange_lag_s,
             max_exchange_lag_s=self._max_exchange_lag_s,
+            rows_lost=self._rows_lost,
+            last_loss_unix_s=self._last_loss_unix_s,
+            last_loss_reason=self._last_loss_reason,
+            loss_open_markets=len(self._loss),
+            gap_markers=self._gap_markers,
+            spill_full=bool(self._spill.refusing) and (not self._db_up or bool(self._held)),
+            spill_refused=self._spill.refusing,
+            spill_max_bytes=self._spill.max_bytes,
+            held_rows=self._held_rows(),
         )
 
     def stats_dict(self) -> dict[str, Any]:
         """:meth:`stats` as a JSON-ready dict (for ``/rl/status`` and progress lines)."""
         return dataclasses.asdict(self.stats())
+
+    def _held_rows(self) -> int:
+        with contextlib.suppress(RuntimeError):  # the worker changed it meanwhile
+            return sum(len(rows) for rows in tuple(self._held.values()))
+        return 0
+
+    def problems(self) -> list[str]:
+        """What makes this writer unhealthy now (for the recorder's ``/rl/health`` report):
+        rows being lost (and for ``LOSS_REPORT_S`` after the last one), or a spill that
+        refuses rows while the database is down, so that rows are lost once the queue fills.
+        """
+        last = self._last_loss_unix_s
+        if last is not None and (self._loss or time.time() - last < LOSS_REPORT_S):
+            return [
+                f"writer lost {self._rows_lost} rows: the database, the spill and the queue "
+                f"were all full ({self._last_loss_reason}); gap markers cover them"
+            ]
+        if self._spill.refusing and not self._db_up:
+            return [
+                f"writer cannot spill while the database is down ({self._spill.refusing}): "
+                "rows are lost once its queue is full"
+            ]
+        return []
 
     def is_stuck(self) -> bool:
         """True when the thread died, or work is waiting and the thread has not turned over
@@ -1347,9 +1733,15 @@ class RecordWriter:
     # -- enqueue overflow -------------------------------------------------------------------
 
     def _overflow(self, table: str, row: tuple) -> None:
-        self._spill.append(table, (row,))
+        try:
+            self._spill.append(table, (row,))
+        except SpillRefused as exc:
+            self._lose(table, (row,), str(exc))
+            return
         with self._overflow_lock:
             self._overflow_rows += 1
+        if self._loss:
+            self._end_loss_episode()
         self._log(
             "overflow",
             logging.WARNING,
@@ -1417,7 +1809,18 @@ class RecordWriter:
                 self._stopping = True
             queue = self._queue
             worked = False
-            if queue and (
+            past_deadline = self._stopping and now >= self._stop_deadline
+            if self._loss and len(queue) < self._max_rows and not past_deadline:
+                self._end_loss_episode()  # the queue takes rows again: mark what was lost
+            if self._held:
+                if past_deadline:
+                    self._spill_leftovers()
+                    worked = True
+                elif now >= self._held_retry_at:
+                    held, self._held = self._held, {}
+                    self._dispatch(held)  # written, spilled, or held again
+                    worked = not self._held
+            elif queue and (
                 len(queue) >= self._batch_rows
                 or now >= next_due
                 or self._markers_queued
@@ -1438,14 +1841,17 @@ class RecordWriter:
             self._spill.sync()
             with self._progress:
                 self._progress.notify_all()
-            if self._stopping and not queue:
+            if self._stopping and not queue and not self._held:
                 if self._spill.pending_rows == 0 or time.monotonic() >= self._stop_deadline:
                     return
                 if self._method is None:
                     return
             if worked:
                 continue
-            wait_s = max(0.0, next_due - time.monotonic()) if queue else interval
+            if self._held:
+                wait_s = max(0.0, self._held_retry_at - time.monotonic())
+            else:
+                wait_s = max(0.0, next_due - time.monotonic()) if queue else interval
             if self._spill.pending_rows and not self._db_up:
                 wait_s = min(wait_s, max(0.0, self._retry_at - time.monotonic()))
             if self._stopping:
@@ -1479,14 +1885,154 @@ class RecordWriter:
         return batch, markers
 
     def _spill_leftovers(self) -> None:
-        """Move everything still queued to the spill file (shutdown past its deadline)."""
+        """Move everything still queued to the spill file (shutdown past its deadline).
+
+        What the spill refuses now is lost for good: counted, and logged with its markets
+        and times, since no marker can be written for it either.
+        """
+        held, self._held = self._held, {}
+        self._spill_or_lose(held)
         while self._queue:
             batch, markers = self._pop_batch()
-            for table, rows in batch.items():
-                self._spill.append(table, rows)
+            self._spill_or_lose(batch)
             for marker in markers:
                 marker.done.set()
-        self._spill.sync(force=True)
+        with contextlib.suppress(OSError):
+            self._spill.sync(force=True)
+        with self._loss_lock:
+            records, self._loss = self._loss, {}
+        for (conn, market), (first, last, rows, reason) in list(records.items())[:100]:
+            logger.error(
+                "writer.lost_unmarked connection=%s market=%s rows=%d first=%s last=%s reason=%s",
+                conn,
+                market or "*",
+                rows,
+                first.isoformat(),
+                last.isoformat(),
+                reason,
+            )
+
+    def _spill_or_lose(self, batch: Mapping[str, Sequence[tuple]]) -> None:
+        for table, rows in batch.items():
+            try:
+                self._spill.append(table, rows)
+            except SpillRefused as exc:
+                self._lose(table, rows, f"{exc} (at shutdown)")
+
+    def _spill_or_hold(self, batch: Mapping[str, Sequence[tuple]]) -> None:
+        """Spill a batch the database did not take; what the spill refuses is held."""
+        for table, rows in batch.items():
+            try:
+                self._spill.append(table, rows)
+            except SpillRefused as exc:
+                self._held.setdefault(table, []).extend(rows)
+                self._log(
+                    "spill_refused",
+                    logging.ERROR,
+                    "writer.spill_refused table=%s held_rows=%d queue_depth=%d reason=%s",
+                    table,
+                    len(self._held[table]),
+                    len(self._queue),
+                    exc,
+                )
+        if self._held:
+            self._held_retry_at = max(
+                self._retry_at, time.monotonic() + self.config.retry_initial_s
+            )
+
+    # -- loss bookkeeping (only when the queue, the database and the spill are all full) ----
+
+    def _on_rejected(self, table: str, row: tuple, reason: str) -> None:
+        """A row kept in the rejected file is still missing from its table: history must not
+        trust its market's book across it either (the recorder's own book had it, so the
+        next snapshot is good). Not counted as lost: it is on disk, with its reason."""
+        if table == EVENT and row[1] == "gap" and str(row[6]).startswith("writer "):
+            return  # our own marker: marking it again could never end
+        self._lose(table, (row,), f"rejected: {reason}", counted=False)
+
+    def _lose(
+        self, table: str, rows: Sequence[tuple], reason: str, *, counted: bool = True
+    ) -> None:
+        """Count rows that cannot be kept and remember, per market, which times they cover
+        (``counted`` False: only remember them, for a row kept in the rejected file)."""
+        conn_index, market_index = self._loss_keys[table]
+        time_index = TABLES[table].time_index
+        now = datetime.now(UTC)
+        with self._loss_lock:
+            loss = self._loss
+            for row in rows:
+                at = row[time_index]
+                if not isinstance(at, datetime) or at.tzinfo is None:
+                    at = now
+                conn = row[conn_index] if conn_index is not None else None
+                market = row[market_index] if market_index is not None else ""
+                if not isinstance(market, str) or len(market) > _MARKET_MAX_CHARS:
+                    market = ""  # no usable market: the marker then covers the connection
+                record = loss.get((conn, market))
+                if record is None:
+                    if len(loss) >= LOSS_RECORDS_MAX:
+                        market = ""  # bounded: fold into one record for the connection
+                    record = loss.setdefault((conn, market), [at, at, 0, reason])
+                record[0] = min(record[0], at)
+                record[1] = max(record[1], at)
+                record[2] += 1
+                record[3] = reason
+            if not counted:
+                return
+            self._rows_lost += len(rows)
+            self._last_loss_unix_s = time.time()
+            self._last_loss_reason = reason
+        self._log(
+            "lost",
+            logging.ERROR,
+            "writer.rows_lost table=%s rows=%d rows_lost=%d open_markets=%d reason=%s",
+            table,
+            len(rows),
+            self._rows_lost,
+            len(self._loss),
+            reason,
+        )
+
+    def _end_loss_episode(self) -> None:
+        """Rows are accepted again: queue one ``gap`` marker per market that lost rows, at its
+        first lost row, so history untrusts the market from there to its next snapshot.
+
+        Called before the first row accepted after a loss, so every snapshot stored later was
+        received after all the rows lost so far: none can make history trust a book across
+        them. The markers go through the queue like any row (and are counted lost again,
+        keeping their time, if they cannot be kept either).
+        """
+        with self._loss_lock:
+            if not self._loss:
+                return
+            records, self._loss = self._loss, {}
+            markers = [
+                EventRow(
+                    conn,
+                    "gap",
+                    market,
+                    None,
+                    None,
+                    None,
+                    (
+                        f"writer dropped {rows} rows received {first.isoformat()} to "
+                        f"{last.isoformat()}: {reason}"
+                    )[:_DETAIL_MAX_CHARS],
+                    first,
+                )
+                for (conn, market), (first, last, rows, reason) in records.items()
+                if conn is not None
+            ]
+            for marker in markers:
+                self._queue.append((EVENT, marker))
+            self._gap_markers += len(markers)
+        unmarked = sum(r[2] for (conn, _), r in records.items() if conn is None)
+        logger.warning(
+            "writer.loss_marked gap_markers=%d rows_lost=%d unmarked_rows=%d",
+            len(markers),
+            self._rows_lost,
+            unmarked,
+        )
 
     def _db_usable(self) -> bool:
         return self._method is not None and time.monotonic() >= self._retry_at
@@ -1494,14 +2040,14 @@ class RecordWriter:
     def _dispatch(self, batch: dict[str, list[tuple]]) -> None:
         """Write a live batch, or spill it while the database is failing."""
         if not self._db_usable():
-            self._spill_batch(batch)
+            self._spill_or_hold(batch)
             return
         attempt_started = time.monotonic()
         try:
             rejected = self._write_isolating_bad_rows(batch, expect_conflicts=False)
         except _Outage as outage:
             self._on_outage(outage.cause, attempt_started)
-            self._spill_batch(outage.unresolved)
+            self._spill_or_hold(outage.unresolved)
             return
         self._on_commit(batch, rejected, live=True)
 
@@ -1541,6 +2087,18 @@ class RecordWriter:
         try:
             self._method.write(batch, expect_conflicts=expect_conflicts)
             return rejected
+        except IntegerOutOfRange as exc:
+            # The method named the rows that cannot be stored as they are: keep them aside
+            # and write the others (no bisecting needed for these).
+            batch = self._reject_out_of_range(batch, exc.bad, rejected)
+            if not batch:
+                return rejected
+            try:
+                self._method.write(batch, expect_conflicts=expect_conflicts)
+                return rejected
+            except Exception as again:
+                if not _is_data_error(again):
+                    raise _Outage(again, batch) from again
         except Exception as exc:
             if not _is_data_error(exc):
                 raise _Outage(exc, batch) from exc
@@ -1557,26 +2115,45 @@ class RecordWriter:
                         unresolved.setdefault(t, []).extend(r)
                     raise _Outage(exc, unresolved) from exc
                 if len(rows) == 1:
-                    reason = _safe_error(exc)
-                    self._spill.reject(table, rows[0], reason)
-                    rejected[table] += 1
-                    self._log(
-                        "rejected",
-                        logging.ERROR,
-                        "writer.row_rejected table=%s error=%s rejected_dir=%s",
-                        table,
-                        reason,
-                        self._spill.base_dir / "rejected",
-                    )
+                    self._reject_row(table, rows[0], _safe_error(exc), rejected)
                     continue
                 half = len(rows) // 2
                 stack.append((table, rows[half:]))
                 stack.append((table, rows[:half]))
         return rejected
 
-    def _spill_batch(self, batch: Mapping[str, Sequence[tuple]]) -> None:
+    def _reject_out_of_range(
+        self,
+        batch: dict[str, list[tuple]],
+        bad: Mapping[str, Mapping[int, str]],
+        rejected: collections.Counter[str],
+    ) -> dict[str, list[tuple]]:
+        """Keep the named rows in the rejected file; the rest of the batch, to write."""
+        rest: dict[str, list[tuple]] = {}
         for table, rows in batch.items():
-            self._spill.append(table, rows)
+            reasons = bad.get(table, {})
+            for k, row in enumerate(rows):
+                reason = reasons.get(k)
+                if reason is None:
+                    rest.setdefault(table, []).append(row)
+                else:
+                    self._reject_row(table, row, reason, rejected)
+        return rest
+
+    def _reject_row(
+        self, table: str, row: tuple, reason: str, rejected: collections.Counter[str]
+    ) -> None:
+        if not self._spill.reject(table, row, reason):
+            self._lose(table, (row,), f"rejected ({reason}) and the rejected file failed")
+        rejected[table] += 1
+        self._log(
+            "rejected",
+            logging.ERROR,
+            "writer.row_rejected table=%s error=%s rejected_dir=%s",
+            table,
+            reason,
+            self._spill.base_dir / "rejected",
+        )
 
     def _on_commit(
         self,
@@ -1646,6 +2223,21 @@ class RecordWriter:
 
         with contextlib.suppress(Exception):
             connections[self.config.using].close()
+
+
+LOSS_RECORDS_MAX: Final = 10_000  # loss records kept (one per connection and market)
+LOSS_REPORT_S: Final = 300.0  # problems() reports a loss for this long after the last one
+_MARKET_MAX_CHARS: Final = 128  # RecordingEvent.market_ticker
+_DETAIL_MAX_CHARS: Final = 500  # RecordingEvent.detail
+
+
+def _loss_key_columns(spec: TableSpec) -> tuple[int | None, int | None]:
+    """Where a row of ``spec`` names its connection and market (None: it does not)."""
+    columns = spec.columns
+    return (
+        columns.index("connection_id") if "connection_id" in columns else None,
+        columns.index("market_ticker") if "market_ticker" in columns else None,
+    )
 
 
 def _row_shape_error(table: str, row: object) -> str:

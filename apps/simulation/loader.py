@@ -55,7 +55,7 @@ _COPY_ROW = np.dtype(
         ("l_conn", ">i4"),
         ("conn", "V16"),
         ("l_sid", ">i4"),
-        ("sid", ">i4"),
+        ("sid", ">i8"),
         ("l_seq", ">i4"),
         ("seq", ">i8"),
         ("l_side", ">i4"),
