@@ -13,6 +13,7 @@ import time
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 
 from apps.marketdata.exchange import (
     ApiKey,
@@ -155,3 +156,29 @@ def test_a_refused_handshake_stops_the_recorder_with_one_clear_error(settings) -
     assert "the key id comes from KALSHI_API_KEY_ID" in output
     assert "Traceback" not in output
     assert OTHER_PRIVATE_PEM.decode().splitlines()[1] not in output
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_redacts_urls_stored_by_older_versions() -> None:
+    from django.db.migrations.executor import MigrationExecutor
+
+    executor = MigrationExecutor(connection)
+    before = [("marketdata", "0005_bigint_sids")]
+    executor.migrate(before)
+    old_apps = executor.loader.project_state(before).apps
+    model = old_apps.get_model("marketdata", "RecordingConnection")
+    leaky = model.objects.create(
+        exchange="local",
+        ws_url="ws://alice:hunter2@127.0.0.1:9/trade-api/ws/v2",
+        markets=[],
+        opened_at=timezone.now(),
+    )
+    plain = model.objects.create(
+        exchange="local", ws_url="ws://127.0.0.1:9/x", markets=[], opened_at=timezone.now()
+    )
+    executor = MigrationExecutor(connection)
+    executor.migrate(executor.loader.graph.leaf_nodes())
+    assert RecordingConnection.objects.get(pk=leaky.pk).ws_url == (
+        "ws://***@127.0.0.1:9/trade-api/ws/v2"
+    )
+    assert RecordingConnection.objects.get(pk=plain.pk).ws_url == "ws://127.0.0.1:9/x"
