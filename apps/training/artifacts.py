@@ -113,7 +113,6 @@ def _no_learning(_progress: float) -> float:
 
 def save_artifact(policy: Any, path: Path, *, algorithm: str) -> str:
     """Write ``policy``'s tensors and manifest to ``path`` atomically; return its sha256."""
-    from apps.simulation.features import OBSERVATION_SPEC_VERSION
 
     state = policy.state_dict()
     tensors = []
@@ -128,15 +127,7 @@ def save_artifact(policy: Any, path: Path, *, algorithm: str) -> str:
             tensors.append(
                 {"name": name, "shape": list(array.shape), "dtype": array.dtype.str, "file": member}
             )
-        manifest = {
-            "format": ARTIFACT_FORMAT,
-            "format_version": ARTIFACT_FORMAT_VERSION,
-            "algorithm": algorithm,
-            "observation_shape": list(policy.observation_space.shape),
-            "action_nvec": [int(n) for n in policy.action_space.nvec],
-            "observation_spec_version": OBSERVATION_SPEC_VERSION,
-            "tensors": tensors,
-        }
+        manifest = {**_manifest_header(policy, algorithm), "tensors": tensors}
         _write(archive, MANIFEST, json.dumps(manifest, indent=1).encode())
     data = buffer.getvalue()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -315,12 +306,11 @@ def _json(raw: bytes) -> Any:
         raise ArtifactError(f"{MANIFEST} is not valid JSON: {exc}") from None
 
 
-def _check_manifest(manifest: Any, *, policy: Any, algorithm: str) -> None:
-    if not isinstance(manifest, dict):
-        raise ArtifactError(f"{MANIFEST} is not a JSON object")
+def _manifest_header(policy: Any, algorithm: str) -> dict[str, Any]:
+    """What a manifest must say of the policy it holds (written on save, checked on load)."""
     from apps.simulation.features import OBSERVATION_SPEC_VERSION
 
-    want: dict[str, Any] = {
+    return {
         "format": ARTIFACT_FORMAT,
         "format_version": ARTIFACT_FORMAT_VERSION,
         "algorithm": algorithm,
@@ -328,7 +318,12 @@ def _check_manifest(manifest: Any, *, policy: Any, algorithm: str) -> None:
         "action_nvec": [int(n) for n in policy.action_space.nvec],
         "observation_spec_version": OBSERVATION_SPEC_VERSION,
     }
-    for key, value in want.items():
+
+
+def _check_manifest(manifest: Any, *, policy: Any, algorithm: str) -> None:
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{MANIFEST} is not a JSON object")
+    for key, value in _manifest_header(policy, algorithm).items():
         if manifest.get(key) != value:
             raise ArtifactError(
                 f"{MANIFEST} says {key}={manifest.get(key)!r}; the registry expects {value!r}"
