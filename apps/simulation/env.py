@@ -35,6 +35,7 @@ them into readable dicts.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -151,6 +152,23 @@ class KalshiTradingEnv(gym.Env):
         self._episode_end = self.first_tick
         self._steps = 0
         self._new_account()
+
+    def spawn(self) -> KalshiTradingEnv:
+        """Another env on the same history, window and config with its own account, episode
+        and random generator, sharing this one's read-only precomputed arrays (books, trust,
+        marks, the static observation, the rule arrays): n of them for a vectorised trainer
+        cost one precomputation and one set of per-tick arrays, not n."""
+        twin = copy.copy(self)
+        twin._pos = np.zeros_like(self._pos)
+        twin._acct = np.zeros_like(self._acct)
+        twin._hold_fills = self._hold_fills.copy()
+        twin._payouts = np.zeros_like(self._payouts)
+        twin._kernel_args = (self._px, self._sz, self._trusted, twin._pos, twin._acct, *self._rules)
+        twin._np_random = None  # gymnasium makes a fresh generator (reset(seed=...) seeds it)
+        twin._t = twin._episode_end = self.first_tick
+        twin._steps = 0
+        twin._new_account()
+        return twin
 
     # -- setup (once per env) ------------------------------------------------------------------
 

@@ -80,6 +80,14 @@ class TrainingRunForm(forms.Form):
     seed = forms.IntegerField(initial=0)
     step_s = forms.FloatField(min_value=0.001, initial=1.0, label="env step (s)")
     episode_steps = forms.IntegerField(min_value=2, initial=300)
+    n_envs = forms.IntegerField(
+        min_value=1,
+        max_value=64,
+        initial=8,
+        required=False,
+        label="envs",
+        help_text="stepped per policy forward pass (n_steps is per env); empty = 1",
+    )
     hyperparameters = forms.CharField(
         widget=forms.Textarea(attrs={"rows": 3}),
         required=False,
@@ -130,6 +138,7 @@ class TrainingRunForm(forms.Form):
             seed=data["seed"],
             step_s=data["step_s"],
             episode_steps=data["episode_steps"],
+            n_envs=data.get("n_envs") or 1,
         )
 
 

@@ -108,6 +108,7 @@ FIELD_BOUNDS: dict[str, Bound] = {
     "episode_steps": Bound(2, 1_000_000),
     "eval_episodes": Bound(1, 100),
     "checkpoint_every": Bound(0, 100_000_000),  # 0 = no intermediate checkpoints
+    "n_envs": Bound(1, 64),
 }
 MAX_CHECKPOINTS = 1_000
 MAX_HYPERPARAMETERS_JSON_CHARS = 4_096
@@ -146,6 +147,9 @@ class RunSpec:
     eval_episodes: int = 3
     checkpoint_every: int = 0  # timesteps; 0 = no intermediate checkpoints
     parent_version: int | None = None
+    # Envs stepped per policy forward pass (n_steps is per env, as in SB3): they share one
+    # precomputed history, so memory grows only by the rollout buffer.
+    n_envs: int = 1
 
     def as_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -341,8 +345,12 @@ def _check_hyperparameters(spec: RunSpec, problem: Any) -> None:
         else:
             continue
         ok = False
-    if ok and "batch_size" in hp and "n_steps" in hp and hp["batch_size"] > hp["n_steps"]:
-        problem("hyperparameters", "batch_size cannot exceed n_steps (one environment)")
+    envs = spec.n_envs if _is_int(spec.n_envs) and spec.n_envs >= 1 else 1
+    if ok and "batch_size" in hp and "n_steps" in hp and hp["batch_size"] > hp["n_steps"] * envs:
+        problem(
+            "hyperparameters",
+            f"batch_size cannot exceed n_steps x n_envs ({hp['n_steps']} x {envs})",
+        )
 
 
 # -- memory ---------------------------------------------------------------------------------
@@ -411,7 +419,8 @@ def env_bytes(ticks: int, markets: int) -> tuple[int, int]:
 
 
 def rollout_bytes(spec: RunSpec) -> tuple[int, int]:
-    """(kept, transient) bytes of SB3's rollout buffer for ``spec`` (one env): per step the
+    """(kept, transient) bytes of SB3's rollout buffer for ``spec`` (n_steps x n_envs rows;
+    the envs share the precomputed history, see ``KalshiTradingEnv.spawn``): per step the
     float32 observation, the int64 MultiDiscrete action, six float32 scalars (rewards,
     returns, episode starts, values, log-probs, advantages) and, for MaskablePPO, the float32
     action masks; while it trains, each minibatch is gathered and copied to torch (twice its
@@ -420,7 +429,7 @@ def rollout_bytes(spec: RunSpec) -> tuple[int, int]:
     from apps.simulation.features import N_FEATURES
 
     m = len(spec.markets)
-    n_steps = int(spec.hyperparameter("n_steps") or 1)
+    n_steps = int(spec.hyperparameter("n_steps") or 1) * int(spec.n_envs or 1)
     mask = ACTIONS_PER_MARKET * m * 4 if spec.algorithm == "MaskablePPO" else 0
     row = N_FEATURES * 4 + m * 8 + 6 * 4 + mask
     batch = spec.hyperparameter("batch_size") or n_steps

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv
 
 from apps.simulation.env import EnvConfig, KalshiTradingEnv
 from apps.simulation.history import RecordedHistory
@@ -161,6 +162,20 @@ def make_env(history: RecordedHistory, spec: RunSpec, **config: Any) -> KalshiTr
     return KalshiTradingEnv(history, config=EnvConfig(episode_steps=spec.episode_steps, **config))
 
 
+def make_train_env(history: RecordedHistory, spec: RunSpec) -> DummyVecEnv:
+    """``spec.n_envs`` envs stepped together, one policy forward pass for all of them.
+
+    In-process (``DummyVecEnv``): a step of the compiled env costs microseconds, so the gain
+    is the batched forward pass, not parallel stepping. The envs share one precomputed
+    history (:meth:`KalshiTradingEnv.spawn`); env ``i`` is seeded ``spec.seed + i``.
+    """
+    first = make_env(history, spec)
+    envs = [first, *(first.spawn() for _ in range(int(spec.n_envs) - 1))]
+    vec = DummyVecEnv([lambda env=env: Monitor(env) for env in envs])
+    vec.seed(spec.seed)
+    return vec
+
+
 def train_and_evaluate(
     spec: RunSpec,
     *,
@@ -180,8 +195,7 @@ def train_and_evaluate(
     optimisation steps; when it says yes, :class:`TrainingCancelled` is raised."""
     torch.set_num_threads(1)  # determinism (and fairness on a shared 2-core machine)
     out_dir.mkdir(parents=True, exist_ok=True)
-    env = Monitor(make_env(train_history, spec))
-    env.reset(seed=spec.seed)
+    env = make_train_env(train_history, spec)
     # Fine-tuning starts from the parent's weights with this run's hyperparameters (a fresh
     # optimizer: the artifact holds the policy's tensors only).
     model = new_model(spec, env, tensorboard_dir=tensorboard_dir, parent_policy=parent_policy)

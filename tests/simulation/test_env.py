@@ -614,3 +614,26 @@ def test_maskable_ppo_trains_and_its_evaluation_only_takes_allowed_actions() -> 
         steps, done = steps + 1, terminated or truncated
     assert steps == 64
     assert refusals == []
+
+
+def test_spawned_envs_share_the_precomputed_history_and_keep_their_own_accounts() -> None:
+    history = synthetic_history(markets=3, ticks=400, seed=8)
+    env = KalshiTradingEnv(history, config=EnvConfig(episode_steps=50))
+    twin = env.spawn()
+    fresh = KalshiTradingEnv(history, config=EnvConfig(episode_steps=50))
+    assert twin._static is env._static and twin._px is env._px  # one precomputation
+    assert twin._pos is not env._pos and twin._acct is not env._acct
+    rng = np.random.default_rng(3)
+    obs_t, _ = twin.reset(seed=5)
+    obs_f, _ = fresh.reset(seed=5)
+    env.reset(seed=99)
+    before = env.position_table()
+    assert np.array_equal(obs_t, obs_f)
+    for _ in range(50):
+        action = rng.integers(0, 30, size=3)
+        step_t = twin.step(action)
+        step_f = fresh.step(action)
+        assert np.array_equal(step_t[0], step_f[0]) and step_t[1:4] == step_f[1:4]
+        assert np.array_equal(step_t[4]["fills"], step_f[4]["fills"])
+    assert np.array_equal(env.position_table(), before)  # the twin's trades are its own
+    assert twin.portfolio.fees_paid_e4 > 0 and env.portfolio.fees_paid_e4 == 0

@@ -174,3 +174,10 @@ def test_the_admin_start_form_queues_a_run_and_rejects_bad_input(
     ok = admin_client.post("/admin/training/rlmodel/start/", form)
     assert ok.status_code == 302
     assert RLModel.objects.get(name="from-admin").status == ModelStatus.READY
+
+
+def test_a_run_steps_several_envs_per_forward_pass(recorded_markets) -> None:
+    model = trained(recorded_markets, n_envs=3, total_timesteps=768)
+    assert model.progress["timesteps"] >= 768
+    assert model.metrics["evaluation"]["episodes"] == 2
+    assert services.spec_of(model).n_envs == 3

@@ -4,6 +4,7 @@ hyperparameters and runs whose arrays would not fit RL_TRAINING_MEMORY_BUDGET_MB
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -121,3 +122,37 @@ def test_the_memory_budget_is_a_setting(settings) -> None:
     with pytest.raises(CommandError, match=r"over the budget of 256\.0 MiB"):
         train("--step-s", "0.01")
     assert RLModel.objects.count() == 1
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"n_envs": 0}, "n_envs must be in [1, 64]"),
+        ({"n_envs": 65}, "n_envs must be in [1, 64]"),
+        (
+            {"n_envs": 2, "hyperparameters": {"n_steps": 64, "batch_size": 256}},
+            "batch_size cannot exceed n_steps x n_envs (64 x 2)",
+        ),
+    ],
+)
+def test_the_number_of_envs_is_bounded_and_sizes_the_batch(changes, message) -> None:
+    from apps.training.spec import RunSpec, SpecError, validate_spec
+
+    values = {
+        "name": "envs",
+        "algorithm": "PPO",
+        "markets": ["KX-A"],
+        "train_start": T0,
+        "train_end": T0 + timedelta(minutes=10),
+        "eval_start": T0 + timedelta(minutes=10),
+        "eval_end": T0 + timedelta(minutes=15),
+        "step_s": 1.0,
+        "episode_steps": 20,
+        **changes,
+    }
+    with pytest.raises(SpecError, match=re.escape(message)):
+        validate_spec(RunSpec(**values))
+    # A batch that fits n_steps x n_envs is fine.
+    validate_spec(
+        RunSpec(**{**values, "n_envs": 4, "hyperparameters": {"n_steps": 64, "batch_size": 256}})
+    )

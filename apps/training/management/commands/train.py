@@ -41,6 +41,7 @@ FLAGS = {
     "step_s": "--step-s",
     "episode_steps": "--episode-steps",
     "eval_episodes": "--eval-episodes",
+    "n_envs": "--n-envs",
     "parent_version": "--parent-version",
 }
 
@@ -66,6 +67,9 @@ class Command(BaseCommand):
         parser.add_argument("--step-s", type=float, default=1.0, help="env clock step, seconds")
         parser.add_argument("--episode-steps", type=int, default=300)
         parser.add_argument("--eval-episodes", type=int, default=3)
+        parser.add_argument(
+            "--n-envs", type=int, default=1, help="envs per forward pass (n_steps is per env)"
+        )
         parser.add_argument("--train-share", type=float, default=0.7)
         parser.add_argument("--train-start", type=datetime.fromisoformat)
         parser.add_argument("--train-end", type=datetime.fromisoformat)
@@ -101,6 +105,7 @@ class Command(BaseCommand):
             episode_steps=opts["episode_steps"],
             eval_episodes=opts["eval_episodes"],
             parent_version=opts["parent_version"],
+            n_envs=opts["n_envs"],
         )
         stop = threading.Event()
         holder: dict[str, RLModel] = {}
