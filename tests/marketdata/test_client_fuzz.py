@@ -130,7 +130,6 @@ def harness(tmp_path, loop) -> Iterator[Harness]:
         await client._subscribe((ORDERBOOK,), [PROBE])
         await client._subscribe((ORDERBOOK,), [H1, H2])
         await client._subscribe((TRADE,), [PROBE, H1, H2])
-        await sink.drain_background()
 
     loop.run_until_complete(connect())
     acks = [(1, ORDERBOOK, PROBE_SID), (2, ORDERBOOK, FUZZ_SID), (3, TRADE, TRADE_SID)]
