@@ -69,6 +69,12 @@ def test_models_show_metrics_and_parent(staff_client, world) -> None:
     assert newest["parent"] == world.parent.pk
     assert newest["parent_version"] == 1
     assert newest["metrics"]["evaluation"]["sharpe"] == 1.5
+    # The gate's verdict travels with the model: evaluated before intervals existed, it has
+    # no interval for agent minus no trading, and the API says so.
+    gate = newest["promotion_gate"]
+    assert gate["promotable"] is False
+    assert "no confidence interval for agent minus no trading" in gate["reasons"][0]
+    assert newest["promotion_override"] == {}
 
 
 def test_a_model_shows_its_whole_lineage_and_children(staff_client, world) -> None:

@@ -16,6 +16,7 @@ from rest_framework import serializers
 from apps.dashboard import selectors
 from apps.trading.models import TradingAction
 from apps.training.models import EpisodeMode, ModelStatus, RLModel, TradingEpisode
+from apps.training.selectors import promotion_check
 
 MAX_BOOK_DEPTH = 50
 # Kalshi tickers: letters, digits, '.', '_' and '-' (also what channel-layer group names allow).
@@ -170,6 +171,11 @@ class ModelRefSerializer(serializers.ModelSerializer):
         fields = ["id", "name", "version", "status"]
 
 
+class PromotionGateSerializer(serializers.Serializer):
+    promotable = serializers.BooleanField(help_text="passes the statistical promotion gate")
+    reasons = serializers.ListField(child=serializers.CharField(), help_text="why not")
+
+
 class ModelSerializer(serializers.ModelSerializer):
     parent_version = serializers.IntegerField(
         source="parent.version", allow_null=True, default=None
@@ -177,6 +183,14 @@ class ModelSerializer(serializers.ModelSerializer):
     promoted_by = serializers.CharField(
         source="promoted_by.username", allow_null=True, default=None
     )
+    promotion_gate = serializers.SerializerMethodField(
+        help_text="what the gate says of the held-out evaluation (see README: the promotion gate)"
+    )
+
+    @extend_schema_field(PromotionGateSerializer)
+    def get_promotion_gate(self, obj: RLModel) -> dict[str, Any]:
+        check = promotion_check(obj)
+        return {"promotable": check.promotable, "reasons": check.reasons}
 
     class Meta:
         model = RLModel
@@ -201,6 +215,8 @@ class ModelSerializer(serializers.ModelSerializer):
             "trained_at",
             "promoted_at",
             "promoted_by",
+            "promotion_gate",
+            "promotion_override",
         ]
 
 
