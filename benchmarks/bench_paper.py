@@ -94,7 +94,14 @@ def register_and_promote(markets: list[str], var_dir: Path, *, step_s: float) ->
         artifact_path=str(path),
         artifact_sha256=sha256,
     )
-    services.promote_model(model=row)
+    # An untrained policy has no held-out evaluation: it goes past the promotion gate with a
+    # recorded override (the benchmark measures the trader's speed, not the model).
+    from django.contrib.auth import get_user_model
+
+    user, _ = get_user_model().objects.get_or_create(username="bench")
+    services.promote_model(
+        model=row, promoted_by=user, override_reason="benchmark: untrained policy, speed only"
+    )
     return row.name
 
 
