@@ -159,7 +159,7 @@ class RLModelAdmin(admin.ModelAdmin):
     )
     list_filter = ("status", "algorithm", "name")
     search_fields = ("name",)
-    readonly_fields = [f.name for f in RLModel._meta.fields]
+    readonly_fields = [*(f.name for f in RLModel._meta.fields), "tensorboard"]
     inlines = [TradingEpisodeInline]
     actions = ["promote", "force_promote", "rollback", "retire", "cancel"]
     change_list_template = "admin/training/rlmodel/change_list.html"
@@ -185,6 +185,17 @@ class RLModelAdmin(admin.ModelAdmin):
     @admin.display(description="beats no trading", boolean=True)
     def vs_no_trading(self, obj: RLModel) -> bool | None:
         return obj.metrics.get("beats_no_trading")
+
+    @admin.display(description="TensorBoard")
+    def tensorboard(self, obj: RLModel) -> str:
+        folder = services.tensorboard_dir(name=obj.name, version=obj.version)
+        if not folder.is_dir():
+            return "no TensorBoard run (yet)"
+        return format_html(
+            "<code>.venv/bin/tensorboard --logdir {}</code> (SB3's training scalars and the "
+            "held-out metrics under heldout/)",
+            folder,
+        )
 
     @admin.display(description="promotion gate")
     def gate(self, obj: RLModel) -> str:

@@ -36,6 +36,12 @@ def artifact_dir(*, name: str, version: int) -> Path:
     return Path(settings.MODEL_DIR) / name / f"v{version}"
 
 
+def tensorboard_dir(*, name: str, version: int) -> Path:
+    """One TensorBoard run directory per registry name and version (SB3's scalars and the
+    held-out evaluation's): ``tensorboard --logdir`` it, or its parent for every version."""
+    return Path(settings.VAR_DIR) / "tensorboard" / name / f"v{version}"
+
+
 def memory_budget_bytes() -> int:
     """``RL_TRAINING_MEMORY_BUDGET_MB`` in bytes: the most a run's arrays may take."""
     return int(settings.RL_TRAINING_MEMORY_BUDGET_MB) * 2**20

@@ -6,18 +6,16 @@ import logging
 import shutil
 import traceback
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from celery import shared_task
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from apps.simulation.history import RecordedHistory
 from apps.simulation.loader import load
 from apps.training.models import EpisodeMode, ModelStatus, RLModel, TradingEpisode
-from apps.training.services import artifact_dir, load_policy, spec_of
+from apps.training.services import artifact_dir, load_policy, spec_of, tensorboard_dir
 from apps.training.trainer import TrainingCancelled, train_and_evaluate
 
 log = logging.getLogger(__name__)
@@ -74,7 +72,7 @@ def train_model_task(model_id: int) -> dict[str, Any]:
             train_history=train_history,
             eval_history=eval_history,
             out_dir=out_dir,
-            tensorboard_dir=Path(settings.VAR_DIR) / "tensorboard",
+            tensorboard_dir=tensorboard_dir(name=model.name, version=model.version),
             on_progress=lambda p: _set_progress(model_id, p),
             should_stop=lambda: _cancelled(model_id),
             parent_policy=parent,

@@ -22,6 +22,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 
 from apps.simulation.env import EnvConfig, KalshiTradingEnv
 from apps.simulation.history import RecordedHistory
+from apps.simulation.metrics import METRICS as METRIC_NAMES
 from apps.training.artifacts import algorithm_class, load_verified, save_artifact
 from apps.training.evaluation import (
     EpisodeResult,
@@ -158,6 +159,31 @@ def new_model(
     return model
 
 
+def log_heldout(logger: Any, metrics: dict[str, Any], *, step: int) -> None:
+    """The held-out evaluation as TensorBoard scalars beside SB3's, at the last training step:
+    ``heldout/<policy>/<metric>`` with ``.../<metric>_ci_low`` and ``_ci_high`` for the agent and
+    every baseline, and ``heldout/agent_minus_no_trading/...`` (the promotion gate's figure)."""
+    policies = {"agent": metrics["evaluation"], **metrics["baselines"]}
+    for policy, values in policies.items():
+        for name in (*METRIC_NAMES, "round_trips"):
+            value = values.get(name)
+            if value is not None:
+                logger.record(f"heldout/{policy}/{name}", float(value))
+            low, high = values.get(f"{name}_ci") or (None, None)
+            if low is not None and high is not None:
+                logger.record(f"heldout/{policy}/{name}_ci_low", float(low))
+                logger.record(f"heldout/{policy}/{name}_ci_high", float(high))
+    versus = metrics["versus_no_trading"]
+    if versus["difference"] is not None:
+        prefix = f"heldout/agent_minus_no_trading/{versus['metric']}"
+        logger.record(prefix, float(versus["difference"]))
+        low, high = versus["ci"]
+        if low is not None:
+            logger.record(f"{prefix}_ci_low", float(low))
+            logger.record(f"{prefix}_ci_high", float(high))
+    logger.dump(step)
+
+
 def make_env(history: RecordedHistory, spec: RunSpec, **config: Any) -> KalshiTradingEnv:
     return KalshiTradingEnv(history, config=EnvConfig(episode_steps=spec.episode_steps, **config))
 
@@ -216,7 +242,7 @@ def train_and_evaluate(
     model.learn(
         total_timesteps=spec.total_timesteps,
         callback=CallbackList(callbacks),
-        tb_log_name=f"{spec.name}",
+        tb_log_name=spec.algorithm,
     )
     if progress.cancelled:
         raise TrainingCancelled("the run was cancelled")
@@ -256,4 +282,5 @@ def train_and_evaluate(
     }
     low = metrics["versus_no_trading"]["ci"][0]
     metrics["beats_no_trading"] = low is not None and low > 0
+    log_heldout(model.logger, metrics, step=model.num_timesteps)
     return TrainOutcome(artifact, sha, metrics, agent_results, baselines)

@@ -181,3 +181,26 @@ def test_a_run_steps_several_envs_per_forward_pass(recorded_markets) -> None:
     assert model.progress["timesteps"] >= 768
     assert model.metrics["evaluation"]["episodes"] == 2
     assert services.spec_of(model).n_envs == 3
+
+
+def test_each_version_has_its_tensorboard_run_with_the_held_out_scalars(
+    recorded_markets, settings, admin_client
+) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model = trained(recorded_markets)
+    folder = services.tensorboard_dir(name="tiny", version=model.version)
+    runs = [p for p in folder.iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs  # one run directory per registry name and version
+    events = EventAccumulator(str(runs[0]))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert "train/loss" in tags  # SB3's own scalars
+    agent = model.metrics["evaluation"]
+    for tag in ("heldout/agent/pnl_per_hour_dollars", "heldout/no_trading/turnover"):
+        assert tag in tags, sorted(tags)
+    logged = events.Scalars("heldout/agent/pnl_per_hour_dollars")[-1].value
+    assert logged == pytest.approx(agent["pnl_per_hour_dollars"], rel=1e-6, abs=1e-6)
+    assert "heldout/agent_minus_no_trading/pnl_per_hour_dollars_ci_low" in tags
+    page = admin_client.get(f"/admin/training/rlmodel/{model.pk}/change/").content.decode()
+    assert f"--logdir {folder}" in page
