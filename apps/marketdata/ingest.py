@@ -358,29 +358,62 @@ def list_markets(rest_base: str, **query: str) -> list[str]:
             raise IngestError(f"refusing to fetch {url!r}")
         with urllib.request.urlopen(url, timeout=15) as response:  # noqa: S310 (scheme checked)
             body = json.load(response)
-        tickers += [m["ticker"] for m in body.get("markets", [])]
+        page = body.get("markets") if isinstance(body, dict) else None
+        if not isinstance(page, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("ticker"), str) for m in page
+        ):
+            raise ValueError(f"{rest_base}/markets did not answer with a market list")
+        tickers += [m["ticker"] for m in page]
         cursor = body.get("cursor") or ""
         if not cursor:
             return tickers
 
 
 def resolve_markets(options: IngestOptions, ws_url: str) -> list[str]:
-    markets = list(dict.fromkeys(m.strip().upper() for m in options.markets if m.strip()))
-    if options.series or options.events or not markets:
-        rest = rest_base_for(ws_url, options.exchange)
-        try:
-            for series in options.series:
-                markets += list_markets(rest, series_ticker=series)
-            for event in options.events:
-                markets += list_markets(rest, event_ticker=event)
-            if not markets:
-                markets = list_markets(rest)
-        except OSError as exc:
-            raise IngestError(f"could not list markets from {rest}: {exc}") from None
+    """The tickers to record: ``--markets`` (each checked to be open on the exchange), every
+    open market of each ``--series`` / ``--event`` (one that matches nothing is an error, never
+    "all markets"), or every open market when none of the three is given."""
+    explicit = list(dict.fromkeys(m.strip().upper() for m in options.markets if m.strip()))
+    rest = rest_base_for(ws_url, options.exchange)
+    markets = list(explicit)
+    try:
+        for flag, key, values in (
+            ("--series", "series_ticker", options.series),
+            ("--event", "event_ticker", options.events),
+        ):
+            for value in values:
+                found = list_markets(rest, **{key: value})
+                if not found:
+                    raise IngestError(f"{flag} {value} matches no open market on {rest}")
+                markets += found
+        if not markets:
+            markets = list_markets(rest)
+    except (OSError, ValueError) as exc:
+        raise IngestError(f"could not list markets from {rest}: {exc}") from None
+    unknown = _unknown_markets(rest, explicit)
+    if unknown:
+        raise IngestError(
+            f"not open on the exchange ({rest}): {', '.join(unknown)}; check the tickers "
+            "(GET /markets?tickers=...)"
+        )
     markets = list(dict.fromkeys(markets))
     if not markets:
         raise IngestError("no markets to record: pass --markets, --series or --event")
     return markets
+
+
+def _unknown_markets(rest: str, tickers: list[str], chunk: int = 100) -> list[str]:
+    """The tickers the exchange's REST market list does not show as open. An endpoint without
+    that REST view (or unreachable) cannot be asked: then nothing is reported here and the
+    subscription's own errors (code 16, "market not found") are the check."""
+    known: set[str] = set()
+    try:
+        for lo in range(0, len(tickers), chunk):
+            known.update(list_markets(rest, tickers=",".join(tickers[lo : lo + chunk])))
+    except (OSError, ValueError, IngestError) as exc:
+        log.info("could not check --markets at %s (%s): subscribing anyway", rest, exc)
+        return []
+    return [t for t in tickers if t not in known]
 
 
 # -- the loop --------------------------------------------------------------------------------

@@ -116,7 +116,15 @@ async def _serve(
             loop.add_signal_handler(sig, stop.set)
             installed.append(sig)
     try:
-        async with exchange.running(host, port) as url:
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                url = await stack.enter_async_context(exchange.running(host, port))
+            except OSError as exc:
+                # A busy port or an address this host lacks: one line, not a traceback.
+                raise ConfigError(
+                    f"cannot listen on {host}:{port}: {exc.strerror or exc} (another process "
+                    "may hold the port: pass --port 0 for a free one, or another --port)"
+                ) from None
             report(f"Local Kalshi exchange listening on {url}")
             report(f"REST: {exchange.rest_url}/markets")
             report(f"{len(exchange.tickers())} markets; Ctrl-C to stop")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from apps.marketdata.ingest import IngestError, IngestOptions, run_ingest
+from kalshiflow_site.cli import non_negative_float, positive_float, positive_int
 
 
 def _csv(value: str) -> list[str]:
@@ -32,7 +33,7 @@ class Command(BaseCommand):
         parser.add_argument("--exchange", choices=["local", "demo", "prod"], default="local")
         parser.add_argument("--ws-url", default="", help="any Kalshi-compatible WebSocket URL")
         parser.add_argument(
-            "--duration", type=float, default=0.0, help="seconds; 0 = until stopped"
+            "--duration", type=non_negative_float, default=0.0, help="seconds; 0 = until stopped"
         )
         parser.add_argument(
             "--use-yes-price", action="store_true", help="subscribe with use_yes_price=true"
@@ -40,18 +41,23 @@ class Command(BaseCommand):
         parser.add_argument(
             "--no-trades", action="store_true", help="do not record the trade channel"
         )
-        parser.add_argument("--batch-rows", type=int, default=None, help="rows per database batch")
         parser.add_argument(
-            "--flush-interval", type=float, default=None, help="seconds between batches"
+            "--batch-rows", type=positive_int, default=None, help="rows per database batch"
+        )
+        parser.add_argument(
+            "--flush-interval", type=positive_float, default=None, help="seconds between batches"
         )
         parser.add_argument(
             "--snapshot-interval",
-            type=float,
+            type=non_negative_float,
             default=60.0,
             help="seconds between our own book snapshots; 0 = off",
         )
         parser.add_argument(
-            "--progress-interval", type=float, default=5.0, help="seconds between progress lines"
+            "--progress-interval",
+            type=positive_float,
+            default=5.0,
+            help="seconds between progress lines",
         )
 
     def handle(self, *args: object, **opts: object) -> None:
