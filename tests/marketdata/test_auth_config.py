@@ -27,6 +27,7 @@ from apps.marketdata.kalshi.signer import KalshiSigner, SignerError, check_key_i
 from apps.marketdata.kalshi.urls import redact_url, scrub
 from apps.marketdata.models import OrderbookDelta, RecordingConnection
 from tests.conftest import REPO_ROOT
+from tests.marketdata.recorder_support import database_url
 
 PRIVATE_PEM, PUBLIC_PEM = generate_key_pair()
 OTHER_PRIVATE_PEM, _ = generate_key_pair()
@@ -89,11 +90,9 @@ def _exchange() -> LocalExchange:
 
 
 def _recorder_env(settings, private_pem: bytes) -> dict[str, str]:
-    db = connection.settings_dict
-    host, port = db["HOST"] or "127.0.0.1", db["PORT"] or 5432
     env = {
         **os.environ,
-        "DATABASE_URL": f"postgres://{db['USER']}@{host}:{port}/{db['NAME']}",
+        "DATABASE_URL": database_url(),
         "LOCAL_EXCHANGE_KEY_DIR": str(settings.LOCAL_EXCHANGE_KEY_DIR),
         "RL_VAR_DIR": str(settings.VAR_DIR),
         "KALSHI_API_KEY_ID": KEY_ID,

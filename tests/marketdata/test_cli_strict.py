@@ -12,19 +12,16 @@ import pytest
 
 from apps.marketdata.exchange import ExchangeThread
 from tests.conftest import REPO_ROOT
+from tests.marketdata.recorder_support import database_url
 from tests.marketdata.test_ingest import dev_key_exchange
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 
 def _manage(settings, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    from django.db import connection
-
-    db = connection.settings_dict
     env = {
         **os.environ,
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:"
-        f"{db['PORT'] or 5432}/{db['NAME']}",
+        "DATABASE_URL": database_url(),
         "LOCAL_EXCHANGE_KEY_DIR": str(settings.LOCAL_EXCHANGE_KEY_DIR),
         "RL_VAR_DIR": str(settings.VAR_DIR),
     }
