@@ -132,7 +132,8 @@ class HoldFavourite:
         )
         mask = env.action_masks().reshape(env.n_markets, -1)
         marks = env.marks_e4x2()
-        portfolio = env.portfolio
+        table = env.position_table()
+        exposure = table[:, kernel.P_YES_COST] + table[:, kernel.P_NO_COST]
         actions = np.zeros(env.n_markets, dtype=np.int64)
         for j, market in enumerate(env.markets):
             if j in self._done:
@@ -142,7 +143,7 @@ class HoldFavourite:
                 if mid_x2 is None:
                     continue
                 self._sides[j] = ActionType.BUY_YES if mid_x2 >= 10_000 else ActionType.BUY_NO
-            if portfolio.exposure_e6(market) >= budget:
+            if exposure[j] >= budget:
                 self._done.add(j)
                 continue
             for size_index in reversed(range(N_SIZES)):
