@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.http import HttpRequest
 
 from apps.trading.models import TradingAction
+from apps.training.services import episode_may_go
 
 
 @admin.register(TradingAction)
@@ -26,3 +28,17 @@ class TradingActionAdmin(admin.ModelAdmin):
     list_filter = ("action_type", "refusal", "market_ticker", "episode__mode")
     show_full_result_count = False
     date_hierarchy = "time"
+
+    # Every decision is the audit trail of a paper (or evaluation) episode: never edited.
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: TradingAction | None = None) -> bool:
+        # Only with an evaluation episode whose model is being deleted, never one by one from
+        # this list and never a paper decision (see TradingEpisodeAdmin).
+        if obj is None or not episode_may_go(obj.episode):
+            return False
+        return super().has_delete_permission(request, obj)

@@ -167,6 +167,19 @@ class RLModelAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # runs start through the "Start a training run" form
 
+    def has_delete_permission(self, request: HttpRequest, obj: RLModel | None = None) -> bool:
+        # An active model, or one with paper episodes (their decisions are the audit trail,
+        # and deleting the model would cascade to them), is retired, never deleted.
+        if obj is not None and services.deletion_refused(obj):
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def get_actions(self, request: HttpRequest) -> dict:
+        # Bulk deletion would not ask about each model: delete one at a time, from its page.
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
+
     @admin.display(description="progress")
     def progress_display(self, obj: RLModel) -> str:
         fraction = (obj.progress or {}).get("fraction")
@@ -340,5 +353,18 @@ class TradingEpisodeAdmin(admin.ModelAdmin):
     def equity_plot(self, obj: TradingEpisode) -> str:
         return episode_plot_img(obj, width_px=900)
 
+    # Episodes are results and audit trails: shown, never edited. One goes only with its
+    # model, when that model may be deleted and the episode is not paper trading (Django asks
+    # this for every episode a model's deletion would take with it).
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(
+        self, request: HttpRequest, obj: TradingEpisode | None = None
+    ) -> bool:
+        if obj is None or not services.episode_may_go(obj):
+            return False
+        return super().has_delete_permission(request, obj)

@@ -17,7 +17,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from apps.training.artifacts import ArtifactError, load_verified
-from apps.training.models import ModelStatus, RLModel
+from apps.training.models import EpisodeMode, ModelStatus, RLModel, TradingEpisode
 from apps.training.selectors import promotion_check, running_training_count
 from apps.training.spec import RunSpec, SpecError, validate_spec
 
@@ -195,6 +195,22 @@ def retire_model(*, model: RLModel) -> RLModel:
     return model
 
 
+def deletion_refused(model: RLModel) -> str:
+    """Why ``model`` must not be deleted ("" when it may be): the active version, or one whose
+    paper episodes (the audit trail of its decisions) would go with it."""
+    if model.status == ModelStatus.ACTIVE:
+        return f"{model} is active: retire it or promote another version first"
+    if model.episodes.filter(mode=EpisodeMode.PAPER).exists():
+        return f"{model} has paper-trading episodes, whose decisions are an audit trail"
+    return ""
+
+
+def episode_may_go(episode: TradingEpisode) -> bool:
+    """Whether an episode may be deleted with its model: an evaluation episode of a model that
+    may be deleted; never a paper episode (its decisions are an audit trail)."""
+    return episode.mode != EpisodeMode.PAPER and not deletion_refused(episode.model)
+
+
 @transaction.atomic
 def cleanup_models(*, name: str, keep_last: int) -> list[int]:
     """Delete versions of ``name`` beyond the newest ``keep_last`` (never the active one or
@@ -205,7 +221,7 @@ def cleanup_models(*, name: str, keep_last: int) -> list[int]:
     doomed = [
         m
         for m in versions[keep_last:]
-        if m.status not in (ModelStatus.ACTIVE, ModelStatus.TRAINING)
+        if m.status != ModelStatus.TRAINING and not deletion_refused(m)
     ]
     deleted = []
     for model in doomed:
