@@ -265,7 +265,9 @@ def test_when_the_database_and_the_spill_are_full_loss_is_counted_reported_and_m
     assert wait_until(losing, timeout_s=10)
     stats = writer.stats_dict()
     assert stats["running"] and not stats["db_up"] and stats["spill_full"]
-    assert stats["loss_open_markets"] == 2
+    # Each market's loss is still open (marked once rows flow again) or already marked: a row
+    # accepted after a loss queues the markers first, so which one depends on timing.
+    assert stats["loss_open_markets"] == 2 or stats["gap_markers"] >= 2, stats
     # Lost, queued (gap markers of an earlier loss included) or held: nothing else.
     in_memory = stats["queue_depth"] + stats["held_rows"] - stats["gap_markers"]
     assert stats["rows_lost"] + in_memory <= len(outage)
