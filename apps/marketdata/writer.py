@@ -257,6 +257,20 @@ class TableSpec:
         return self.row_type._fields  # type: ignore[attr-defined]
 
 
+_CONNECTION_OPEN: Final = TableSpec(
+    CONNECTION,
+    "rl_recording_connections",
+    "marketdata.RecordingConnection",
+    ConnectionRow,
+    "uuid varchar varchar jsonb bool varchar int4 timestamptz timestamptz varchar".split(),
+    time_index=None,
+    exchange_ts_index=None,
+    unique_message=False,
+    conflict_columns=("id",),
+    auto_pk=False,
+    metadata=True,
+)
+
 TABLES: Final[dict[str, TableSpec]] = {
     DELTA: TableSpec(
         DELTA,
@@ -298,32 +312,10 @@ TABLES: Final[dict[str, TableSpec]] = {
         exchange_ts_index=None,
         unique_message=False,
     ),
-    CONNECTION: TableSpec(
-        CONNECTION,
-        "rl_recording_connections",
-        "marketdata.RecordingConnection",
-        ConnectionRow,
-        "uuid varchar varchar jsonb bool varchar int4 timestamptz timestamptz varchar".split(),
-        time_index=None,
-        exchange_ts_index=None,
-        unique_message=False,
-        conflict_columns=("id",),
-        auto_pk=False,
-        metadata=True,
-    ),
-    CONNECTION_CLOSE: TableSpec(
-        CONNECTION_CLOSE,
-        "rl_recording_connections",
-        "marketdata.RecordingConnection",
-        ConnectionRow,
-        "uuid varchar varchar jsonb bool varchar int4 timestamptz timestamptz varchar".split(),
-        time_index=None,
-        exchange_ts_index=None,
-        unique_message=False,
-        conflict_columns=("id",),
-        update_columns=("closed_at", "close_reason"),
-        auto_pk=False,
-        metadata=True,
+    CONNECTION: _CONNECTION_OPEN,
+    # The same row and table; a close record updates an existing row's close fields.
+    CONNECTION_CLOSE: dataclasses.replace(
+        _CONNECTION_OPEN, key=CONNECTION_CLOSE, update_columns=("closed_at", "close_reason")
     ),
     WORKER_STATUS: TableSpec(
         WORKER_STATUS,
