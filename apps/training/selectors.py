@@ -9,6 +9,12 @@ from django.conf import settings
 from django.db.models import Count, Max, Min, QuerySet
 
 from apps.training.models import ModelStatus, RLModel
+from apps.training.spec import RunSpec
+
+
+def spec_of(model: RLModel) -> RunSpec:
+    """The run spec a registry version was trained from (stored with its hyperparameters)."""
+    return RunSpec.from_json(model.hyperparameters["_spec"])
 
 
 def active_model_for(name: str) -> RLModel | None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -16,10 +15,21 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from apps.training.artifacts import ArtifactError, load_verified
+from apps.training.artifacts import ArtifactError
 from apps.training.models import EpisodeMode, ModelStatus, RLModel, TradingEpisode
-from apps.training.selectors import promotion_check, running_training_count
+from apps.training.selectors import (  # noqa: F401  (spec_of re-exported)
+    promotion_check,
+    running_training_count,
+    spec_of,
+)
 from apps.training.spec import RunSpec, SpecError, validate_spec
+from apps.training.storage import (  # noqa: F401  (re-exported: the registry's public face)
+    artifact_dir,
+    load_policy,
+    memory_budget_bytes,
+    tensorboard_dir,
+)
+from apps.training.tasks import train_model_task
 
 log = logging.getLogger(__name__)
 
@@ -30,21 +40,6 @@ class RegistryError(Exception):
 
 class PromotionRefused(RegistryError):
     """The model does not meet the promotion gate."""
-
-
-def artifact_dir(*, name: str, version: int) -> Path:
-    return Path(settings.MODEL_DIR) / name / f"v{version}"
-
-
-def tensorboard_dir(*, name: str, version: int) -> Path:
-    """One TensorBoard run directory per registry name and version (SB3's scalars and the
-    held-out evaluation's): ``tensorboard --logdir`` it, or its parent for every version."""
-    return Path(settings.VAR_DIR) / "tensorboard" / name / f"v{version}"
-
-
-def memory_budget_bytes() -> int:
-    """``RL_TRAINING_MEMORY_BUDGET_MB`` in bytes: the most a run's arrays may take."""
-    return int(settings.RL_TRAINING_MEMORY_BUDGET_MB) * 2**20
 
 
 @transaction.atomic
@@ -90,15 +85,9 @@ def start_training_run(*, spec: RunSpec, enqueue: bool = True) -> RLModel:
         progress={"timesteps": 0, "total_timesteps": spec.total_timesteps, "fraction": 0.0},
     )
     if enqueue:
-        from apps.training.tasks import train_model_task
-
         transaction.on_commit(lambda: train_model_task.delay(model.pk))
     log.info("training run %s v%s queued (%s)", model.name, version, spec.algorithm)
     return model
-
-
-def spec_of(model: RLModel) -> RunSpec:
-    return RunSpec.from_json(model.hyperparameters["_spec"])
 
 
 @transaction.atomic
@@ -231,22 +220,6 @@ def cleanup_models(*, name: str, keep_last: int) -> list[int]:
         transaction.on_commit(lambda p=path: shutil.rmtree(p, ignore_errors=True))
         deleted.append(version)
     return deleted
-
-
-def load_policy(model: RLModel) -> Any:
-    """The verified policy of a registry version: its artifact must lie inside ``MODEL_DIR``
-    and have the recorded sha256, and it is rebuilt from the row's algorithm and markets
-    with only tensors read from the file (see :mod:`apps.training.artifacts`).
-
-    Raises :class:`ArtifactError` with the reason otherwise.
-    """
-    return load_verified(
-        path=model.artifact_path,
-        sha256=model.artifact_sha256,
-        algorithm=model.algorithm,
-        n_markets=len(model.markets),
-        root=settings.MODEL_DIR,
-    )
 
 
 def _check_artifact(model: RLModel) -> None:
