@@ -431,10 +431,8 @@ def test_dev_keys_are_generated_once_with_a_private_mode_and_work_end_to_end(
 
     async def body() -> None:
         exchange = LocalExchange(
-            ExchangeConfig(
-                keys=(ApiKey(public_key=keys.public_key_path, key_id=keys.key_id),),
-                source=SyntheticSource(),
-            )
+            ExchangeConfig(keys=(ApiKey(public_key=keys.public_key_path, key_id=keys.key_id),)),
+            source=SyntheticSource(),
         )
         async with exchange.running() as url:
             client = await Client.connect(url, signer=signer)

@@ -17,15 +17,13 @@ import itertools
 import math
 from collections.abc import Iterator, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .config import ConfigError
+from .errors import ConfigError
 from .markets import Market
 from .replay import ReplayEvent, ReplayPacer, event_prices, market_from_ticker
 from .sources import MarketDataSource
-
-if TYPE_CHECKING:
-    from .server import LocalExchange
+from .venue import Venue
 
 
 def _ns(moment: datetime) -> int:
@@ -199,7 +197,7 @@ class DbReplaySource(MarketDataSource):
             raise ConfigError("the database holds no recorded orderbook rows to replay")
         return markets
 
-    async def run(self, exchange: LocalExchange) -> None:
+    async def run(self, venue: Venue) -> None:
         iterator = await self._in_worker(self._iter_events)
         chunk = self.chunk_size
 
@@ -209,7 +207,7 @@ class DbReplaySource(MarketDataSource):
         async def chunks() -> list[ReplayEvent]:
             return await self._in_worker(next_chunk)
 
-        pacer = ReplayPacer(exchange, speed=self.speed, restamp=self.restamp)
+        pacer = ReplayPacer(venue, speed=self.speed, restamp=self.restamp)
         try:
             while events := await chunks():
                 await pacer.play(events)

@@ -12,13 +12,14 @@ import signal
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from apps.simulation.planted import PlantedConfig
-
-from .config import ApiKey, ConfigError, ExchangeConfig, FaultConfig
+from .config import ApiKey, ExchangeConfig, FaultConfig
+from .errors import ConfigError
 from .keys import ensure_dev_keys
+from .planted_world import PlantedConfig
 from .replay import JsonlReplaySource
-from .server import ExchangeStats, LocalExchange
+from .server import LocalExchange
 from .sources import MarketDataSource, SyntheticConfig, SyntheticSource
+from .stats import ExchangeStats
 
 
 def build_source(
@@ -89,12 +90,11 @@ def run_local_exchange(
         report(f"Accepting signatures by the public key {public_key}")
     config = ExchangeConfig(
         keys=keys,
-        source=source,
         faults=faults or FaultConfig(),
         max_clock_skew_s=max_clock_skew_s,
         ping_interval_s=ping_interval_s,
     )
-    exchange = LocalExchange(config)
+    exchange = LocalExchange(config, source)
     asyncio.run(_serve(exchange, host, port, duration_s, progress_interval_s, report))
     return exchange.stats
 

@@ -10,10 +10,10 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from apps.marketdata.exchange.config import ConfigError, FaultConfig
-from apps.marketdata.exchange.markets import MarketError
+from apps.marketdata.exchange.config import FaultConfig
+from apps.marketdata.exchange.errors import ConfigError, MarketError
+from apps.marketdata.exchange.planted_world import EDGES, PlantedConfig
 from apps.marketdata.exchange.runner import build_source, run_local_exchange
-from apps.simulation.planted import EDGES, PlantedConfig
 
 
 class Command(BaseCommand):
@@ -56,7 +56,7 @@ class Command(BaseCommand):
         )
         planted = parser.add_argument_group(
             "planted edge (two markets whose makers follow a known process; see "
-            "apps/simulation/planted.py)"
+            "apps/marketdata/exchange/planted_world.py)"
         )
         planted.add_argument(
             "--planted",
