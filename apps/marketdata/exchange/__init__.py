@@ -11,8 +11,9 @@ and from synchronous code, ``ExchangeThread(exchange).start()`` returns the URL.
 The modules, each importing only modules listed before it (no cycles): ``errors``, ``stats``,
 ``markets``, ``frames``, ``config`` (plain data), ``auth``, ``keys``, ``venue`` (markets, books,
 the subscription index, fan-out, connections, the pause gate), ``session`` (one connection),
-``faults`` (runtime fault knobs), ``sources``, ``replay``, ``db_replay``, ``planted_world``,
-``planted`` (book events, driving the venue), ``rest``, ``server`` (``LocalExchange``: the
+``faults`` (runtime fault knobs), ``sources``, ``replay``, ``planted_world``, ``planted``
+(book events, driving the venue; the database replay, which needs Django, is
+``apps.marketdata.db_replay``), ``rest``, ``server`` (``LocalExchange``: the
 WebSocket and HTTP wiring), ``thread``, ``runner``.
 
 Where Kalshi's behaviour is undocumented or contradictory (kalshi-protocol.md §3, §11), the

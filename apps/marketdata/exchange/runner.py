@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 from .config import ApiKey, ExchangeConfig, FaultConfig
@@ -29,13 +29,16 @@ def build_source(
     seed: int,
     max_messages: int | None,
     replay_jsonl: str | Path | None,
-    replay_db: bool,
+    replay_db: MarketDataSource | None,
     speed: float,
-    tickers: Sequence[str] | None,
     recorded_use_yes_price: bool,
     planted: PlantedConfig | None = None,
 ) -> MarketDataSource:
-    """The synthetic generator unless a replay or a planted world was asked for (one only)."""
+    """The synthetic generator unless a replay or a planted world was asked for (one only).
+
+    ``replay_db`` is the database replay built by the caller (``apps.marketdata.db_replay``):
+    it needs Django, which the exchange does not import.
+    """
     if sum(bool(x) for x in (replay_jsonl, replay_db, planted)) > 1:
         raise ConfigError(
             "choose one source: a JSONL replay, the database replay or a planted world"
@@ -48,10 +51,8 @@ def build_source(
         return JsonlReplaySource(
             replay_jsonl, speed=speed, recorded_use_yes_price=recorded_use_yes_price
         )
-    if replay_db:
-        from .db_replay import DbReplaySource  # the one source that needs Django
-
-        return DbReplaySource(speed=speed, tickers=tickers)
+    if replay_db is not None:
+        return replay_db
     return SyntheticSource(
         SyntheticConfig(markets=markets, rate=rate, seed=seed, max_messages=max_messages)
     )

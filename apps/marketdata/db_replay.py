@@ -1,4 +1,7 @@
-"""Replay recorded books from the database (the only exchange module that imports Django).
+"""Replay recorded books from the database through the local exchange.
+
+A market data source of the exchange that lives beside it, not in it: it needs Django, and the
+exchange (``apps.marketdata.exchange``) is a core that imports none.
 
 Rows of ``OrderbookSnapshot`` / ``OrderbookDelta`` (and ``PublicTrade``) are merged in
 ``received_at`` order and applied like a JSONL replay: snapshots set the book (subscribers see
@@ -19,11 +22,16 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from .errors import ConfigError
-from .markets import Market
-from .replay import ReplayEvent, ReplayPacer, event_prices, market_from_ticker
-from .sources import MarketDataSource
-from .venue import Venue
+from apps.marketdata.exchange.errors import ConfigError
+from apps.marketdata.exchange.markets import Market
+from apps.marketdata.exchange.replay import (
+    ReplayEvent,
+    ReplayPacer,
+    event_prices,
+    market_from_ticker,
+)
+from apps.marketdata.exchange.sources import MarketDataSource
+from apps.marketdata.exchange.venue import Venue
 
 
 def _ns(moment: datetime) -> int:
