@@ -45,10 +45,8 @@ Say = Callable[[str], None]
 def local_exchange(*, markets: int, rate: float, seed: int, say: Say) -> LocalExchange:
     keys = ensure_dev_keys(Path(settings.LOCAL_EXCHANGE_KEY_DIR), announce=say)
     return LocalExchange(
-        ExchangeConfig(
-            keys=(ApiKey(public_key=keys.public_key_path, key_id=keys.key_id),),
-            source=SyntheticSource(SyntheticConfig(markets=markets, rate=rate, seed=seed)),
-        )
+        ExchangeConfig(keys=(ApiKey(public_key=keys.public_key_path, key_id=keys.key_id),)),
+        source=SyntheticSource(SyntheticConfig(markets=markets, rate=rate, seed=seed)),
     )
 
 

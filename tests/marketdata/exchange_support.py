@@ -57,10 +57,10 @@ def make_exchange(
     return LocalExchange(
         ExchangeConfig(
             keys=(ApiKey(public_key=PUBLIC_PEM),),
-            source=source,
             faults=faults or FaultConfig(),
             **config,
-        )
+        ),
+        source=source,
     )
 
 

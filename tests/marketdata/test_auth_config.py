@@ -82,10 +82,8 @@ def test_a_key_id_with_a_line_break_stops_start_up_with_one_clear_line(tmp_path)
 def _exchange() -> LocalExchange:
     """An exchange that knows one key: the user's, with its key id (not the development key)."""
     return LocalExchange(
-        ExchangeConfig(
-            keys=(ApiKey(public_key=PUBLIC_PEM, key_id=KEY_ID),),
-            source=SyntheticSource(SyntheticConfig(markets=2, rate=500, seed=5)),
-        )
+        ExchangeConfig(keys=(ApiKey(public_key=PUBLIC_PEM, key_id=KEY_ID),)),
+        source=SyntheticSource(SyntheticConfig(markets=2, rate=500, seed=5)),
     )
 
 

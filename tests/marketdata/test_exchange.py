@@ -120,10 +120,8 @@ def test_it_rejects_a_handshake_missing_a_header(missing: str) -> None:
 def test_it_rejects_an_unknown_key_id_when_key_ids_are_configured() -> None:
     async def body() -> None:
         exchange = LocalExchange(
-            ExchangeConfig(
-                keys=(ApiKey(public_key=PUBLIC_PEM, key_id="the-only-id"),),
-                source=SyntheticSource(),
-            )
+            ExchangeConfig(keys=(ApiKey(public_key=PUBLIC_PEM, key_id="the-only-id"),)),
+            source=SyntheticSource(),
         )
         async with exchange.running() as url:
             assert await _status_of_upgrade(url, SIGNER.headers()) == 401  # id test-key-1

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
+from django.utils import timezone
 from websockets.sync.client import connect as sync_connect
 
 from apps.marketdata.exchange import (
@@ -32,6 +33,7 @@ from apps.marketdata.exchange import (
     ensure_dev_keys,
 )
 from apps.marketdata.kalshi.signer import KalshiSigner
+from apps.marketdata.models import OrderbookSnapshot, RecordingConnection
 
 from .exchange_support import DATA_TYPES, SIGNER, BookRebuilder, Client, make_exchange, run
 
@@ -431,10 +433,8 @@ def test_dev_keys_are_generated_once_with_a_private_mode_and_work_end_to_end(
 
     async def body() -> None:
         exchange = LocalExchange(
-            ExchangeConfig(
-                keys=(ApiKey(public_key=keys.public_key_path, key_id=keys.key_id),),
-                source=SyntheticSource(),
-            )
+            ExchangeConfig(keys=(ApiKey(public_key=keys.public_key_path, key_id=keys.key_id),)),
+            source=SyntheticSource(),
         )
         async with exchange.running() as url:
             client = await Client.connect(url, signer=signer)
@@ -495,6 +495,28 @@ def test_the_command_serves_for_a_duration_and_prints_url_and_key_locations(tmp_
     assert str(tmp_path / "k" / "local-exchange-private.pem") in text
     assert "book msgs/s" in text
     assert "Stopped." in text
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)  # the replay reads in its own thread's connection
+def test_the_command_replays_the_database_as_the_one_source(tmp_path: Path) -> None:
+    """``--replay-db``: the command builds the database source (it needs Django, which the
+    exchange does not import) and the exchange serves the recorded market."""
+    now = timezone.now()
+    conn = RecordingConnection.objects.create(
+        exchange="local", ws_url="ws://x", markets=["KXREC-26DEC31-A"], opened_at=now
+    )
+    OrderbookSnapshot.objects.create(
+        connection=conn, market_ticker="KXREC-26DEC31-A", sid=1, seq=1,
+        yes_levels=[[4000, 1000]], no_levels=[[5000, 1000]], received_at=now,
+        source="ws", as_of_sid=1, as_of_seq=1,
+    )  # fmt: skip
+    keys = ["--port", "0", "--key-dir", str(tmp_path / "k")]
+    out = io.StringIO()
+    call_command("run_local_exchange", "--replay-db", "--duration", "0.3", *keys, stdout=out)
+    assert "1 markets; Ctrl-C to stop" in out.getvalue(), out.getvalue()
+    with pytest.raises(CommandError, match="choose one source"):
+        call_command("run_local_exchange", "--replay-db", "--planted", "lead_lag", *keys)
 
 
 def test_the_command_stops_cleanly_on_sigterm(tmp_path: Path) -> None:

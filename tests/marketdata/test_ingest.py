@@ -42,9 +42,9 @@ def dev_key_exchange(settings, *, markets: int, rate: float, faults=None) -> Loc
     return LocalExchange(
         ExchangeConfig(
             keys=(ApiKey(public_key=keys.public_key_path, key_id=keys.key_id),),
-            source=SyntheticSource(SyntheticConfig(markets=markets, rate=rate, seed=3)),
             faults=faults or FaultConfig(),
-        )
+        ),
+        source=SyntheticSource(SyntheticConfig(markets=markets, rate=rate, seed=3)),
     )
 
 

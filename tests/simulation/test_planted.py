@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from apps.marketdata.exchange.planted_world import PlantedConfig, PlantedWorld
 from apps.simulation.env import EnvConfig, KalshiTradingEnv
-from apps.simulation.planted import LeadLagOracle, PlantedConfig, PlantedWorld, planted_history
+from apps.simulation.planted import LeadLagOracle, planted_history
 from apps.training.evaluation import compare, hold_policy, run_episode, summarize
 
 

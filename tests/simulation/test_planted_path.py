@@ -18,10 +18,11 @@ from apps.marketdata.exchange import (
     ensure_dev_keys,
 )
 from apps.marketdata.exchange.planted import PlantedSource
+from apps.marketdata.exchange.planted_world import PlantedConfig
 from apps.marketdata.ingest import IngestOptions, run_ingest_async
 from apps.simulation.env import EnvConfig, KalshiTradingEnv
 from apps.simulation.loader import load
-from apps.simulation.planted import LeadLagOracle, PlantedConfig
+from apps.simulation.planted import LeadLagOracle
 from apps.training.evaluation import compare, hold_policy, run_episode, summarize
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -47,9 +48,8 @@ def test_the_oracle_earns_on_the_recorded_planted_market(settings) -> None:
     source = PlantedSource(config, rate=400)
     keys = ensure_dev_keys(settings.LOCAL_EXCHANGE_KEY_DIR, announce=lambda *_: None)
     exchange = LocalExchange(
-        ExchangeConfig(
-            keys=(ApiKey(public_key=keys.public_key_path, key_id=keys.key_id),), source=source
-        )
+        ExchangeConfig(keys=(ApiKey(public_key=keys.public_key_path, key_id=keys.key_id),)),
+        source=source,
     )
     started = timezone.now()
     with ExchangeThread(exchange) as url:

@@ -106,11 +106,10 @@ def dev_key_exchange(
     return LocalExchange(
         ExchangeConfig(
             keys=(ApiKey(public_key=keys.public_key_path, key_id=keys.key_id),),
-            source=source
-            or SyntheticSource(SyntheticConfig(markets=markets, rate=rate, seed=seed)),
             faults=faults or FaultConfig(),
             **config,
-        )
+        ),
+        source=source or SyntheticSource(SyntheticConfig(markets=markets, rate=rate, seed=seed)),
     )
 
 

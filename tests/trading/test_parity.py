@@ -16,8 +16,8 @@ import time
 import numpy as np
 import pytest
 
+from apps.marketdata.db_replay import DbReplaySource
 from apps.marketdata.exchange import ExchangeThread
-from apps.marketdata.exchange.db_replay import DbReplaySource
 from apps.simulation.env import EnvConfig, KalshiTradingEnv, trades_from_info
 from apps.simulation.history import MarketQuality, RecordedHistory
 from apps.trading.models import TradingAction

@@ -2,11 +2,19 @@
 
 Typical use from async code::
 
-    exchange = LocalExchange(ExchangeConfig(keys=(ApiKey(public_key=pem),)))
+    exchange = LocalExchange(ExchangeConfig(keys=(ApiKey(public_key=pem),)), SyntheticSource())
     async with exchange.running(host="127.0.0.1", port=0) as url:
         ...
 
 and from synchronous code, ``ExchangeThread(exchange).start()`` returns the URL.
+
+The modules, each importing only modules listed before it (no cycles): ``errors``, ``stats``,
+``markets``, ``frames``, ``config`` (plain data), ``auth``, ``keys``, ``venue`` (markets, books,
+the subscription index, fan-out, connections, the pause gate), ``session`` (one connection),
+``faults`` (runtime fault knobs), ``sources``, ``replay``, ``planted_world``, ``planted``
+(book events, driving the venue; the database replay, which needs Django, is
+``apps.marketdata.db_replay``), ``rest``, ``server`` (``LocalExchange``: the
+WebSocket and HTTP wiring), ``thread``, ``runner``.
 
 Where Kalshi's behaviour is undocumented or contradictory (kalshi-protocol.md §3, §11), the
 exchange makes these choices:
@@ -32,13 +40,16 @@ exchange makes these choices:
 * A client that answers no ping for ``pong_timeout_s`` is dropped without a close handshake.
 """
 
-from .config import ApiKey, ConfigError, ExchangeConfig, FaultConfig
+from .config import ApiKey, ExchangeConfig, FaultConfig
+from .errors import ConfigError, MarketError
 from .keys import DevKeys, ensure_dev_keys
-from .markets import PRICE_LEVEL_STRUCTURES, Market, MarketError, PriceRange
+from .markets import PRICE_LEVEL_STRUCTURES, Market, PriceRange
 from .replay import JsonlReplaySource
-from .server import ExchangeStats, LocalExchange
+from .server import LocalExchange
 from .sources import MarketDataSource, SyntheticConfig, SyntheticSource
+from .stats import ExchangeStats
 from .thread import ExchangeThread
+from .venue import Venue
 
 __all__ = [
     "PRICE_LEVEL_STRUCTURES",
@@ -57,5 +68,6 @@ __all__ = [
     "PriceRange",
     "SyntheticConfig",
     "SyntheticSource",
+    "Venue",
     "ensure_dev_keys",
 ]

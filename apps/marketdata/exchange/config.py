@@ -1,22 +1,22 @@
-"""Configuration of the local exchange: keys, timing, and the fault knobs used by tests."""
+"""Configuration of the local exchange: keys, timing, and the fault knobs used by tests.
+
+Plain data only: where the book events come from (the source) is given to ``LocalExchange``
+beside its config, so this module depends on no other part of the exchange but its errors and
+the documented error codes.
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from apps.marketdata.kalshi.signer import SignerError, load_public_key
 
-if TYPE_CHECKING:
-    from .sources import MarketDataSource
-
-
-class ConfigError(ValueError):
-    """The exchange was configured with something that cannot work; the message says what."""
+from .errors import ConfigError
+from .frames import ERROR_TEXTS
 
 
 @dataclass(frozen=True)
@@ -103,8 +103,6 @@ class FaultConfig:
             if f.name.endswith(("_messages", "_after", "_every")):
                 _positive_int(f.name, getattr(self, f.name))
         _positive_seconds("stall_s", self.stall_s, allow_none=False)
-        from .frames import ERROR_TEXTS
-
         if self.error_code not in ERROR_TEXTS:
             raise ConfigError(
                 f"error_code {self.error_code} is not a documented Kalshi error code "
@@ -114,14 +112,14 @@ class FaultConfig:
 
 @dataclass(frozen=True)
 class ExchangeConfig:
-    """Everything the exchange needs except where to listen (see ``LocalExchange.running``).
+    """Everything the exchange needs except its source and where to listen (see
+    ``LocalExchange(config, source=...)`` and ``LocalExchange.running``).
 
     - ``keys``: accepted public keys; at least one unless ``require_auth`` is False.
     - ``max_clock_skew_s``: a KALSHI-ACCESS-TIMESTAMP further than this from our clock (either
       way) is refused; Kalshi does not document its window.
     - ``ping_interval_s``: our Ping (payload ``heartbeat``) period, None = never.
     - ``pong_timeout_s``: close with 1011 when a ping stays unanswered this long, None = never.
-    - ``source``: where book events come from; None = ``SyntheticSource()`` with defaults.
     - ``start_paused``: serve, but hold the source until ``resume()`` (deterministic tests).
     - ``max_queue_frames``: frames buffered for one slow connection before its
       subscriptions get error 25 and end, like Kalshi's buffer overflow.
@@ -133,7 +131,6 @@ class ExchangeConfig:
     max_clock_skew_s: float = 30.0
     ping_interval_s: float | None = 10.0
     pong_timeout_s: float | None = 30.0
-    source: MarketDataSource | None = None
     faults: FaultConfig = FaultConfig()
     start_paused: bool = False
     max_queue_frames: int = 100_000

@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 from apps.marketdata.kalshi.signer import generate_key_pair
 
-from .config import ConfigError
+from .errors import ConfigError
 
 KEY_ID_FILE = "local-exchange.key-id"
 PRIVATE_KEY_FILE = "local-exchange-private.pem"

@@ -14,15 +14,13 @@ from dataclasses import dataclass, field
 
 from apps.marketdata.kalshi.units import PRICE_SCALE, e4_to_dollars
 
+from .errors import MarketError
+
 SIDES = ("yes", "no")
 
 # Namespace for market ids derived from tickers (replayed data that carries no market_id):
 # the same ticker always gets the same UUID, across runs and processes.
 _MARKET_ID_NAMESPACE = uuid.UUID("6f1d3c2a-9b0e-4c55-8a7e-2d6b1f0c9e41")
-
-
-class MarketError(ValueError):
-    """A market definition or book operation that cannot be right."""
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """The planted lead-lag world served live: two markets whose makers quote around the fair values
-of :class:`apps.simulation.planted.PlantedWorld`, so the real path (exchange -> recorder ->
+of :class:`.planted_world.PlantedWorld`, so the real path (exchange -> recorder ->
 tables -> loader -> env -> training -> evaluation) can be shown to learn a known edge.
 
 Between the planted jumps the books behave like the synthetic source's (makers add and cancel
@@ -11,16 +11,13 @@ fresh best level is added at the new quote, as real makers would requote.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 from apps.marketdata.kalshi.units import PRICE_SCALE
-from apps.simulation.planted import PlantedConfig, PlantedWorld
 
 from .markets import Market
+from .planted_world import PlantedConfig, PlantedWorld
 from .sources import SyntheticConfig, SyntheticSource, _MarketState
-
-if TYPE_CHECKING:
-    from .server import LocalExchange
+from .venue import Venue
 
 
 class PlantedSource(SyntheticSource):
@@ -75,14 +72,14 @@ class PlantedSource(SyntheticSource):
     def _drift(self, state: _MarketState) -> None:
         """The fair value moves only when the planted process says so."""
 
-    def _requote(self, exchange: LocalExchange, state: _MarketState) -> int:
+    def _requote(self, venue: Venue, state: _MarketState) -> int:
         emitted = 0
         market = state.market
         for side in ("yes", "no"):
             anchor = self._anchor(state, side)
             levels = market.side(side)
             for price in [p for p in levels if p > anchor]:
-                exchange.apply_delta(market.ticker, side, price, -levels[price])
+                venue.apply_delta(market.ticker, side, price, -levels[price])
                 emitted += 1
         # A full ladder at the new quote, not one level: a jump pulls the whole old ladder of
         # one side, and a one-level side would be emptied by the next taker.
@@ -94,19 +91,19 @@ class PlantedSource(SyntheticSource):
                 if price <= 0:
                     break
                 if price + other < PRICE_SCALE and price not in levels:
-                    exchange.apply_delta(market.ticker, side, price, self._size(market))
+                    venue.apply_delta(market.ticker, side, price, self._size(market))
                     emitted += 1
                 price = market.steps_down(price, 1)
         self.requotes += 1
         return emitted
 
-    def step(self, exchange: LocalExchange, *, budget: int) -> int:
+    def step(self, venue: Venue, *, budget: int) -> int:
         fair = self.world.fair_cents(self.elapsed_s())[0].tolist()
         emitted = 0
         for state, cents in zip(self._states, fair, strict=True):
             if cents * 100 != state.fair_e4:
                 state.fair_e4 = cents * 100
-                emitted += self._requote(exchange, state)
+                emitted += self._requote(venue, state)
         if emitted:
             return emitted
-        return super().step(exchange, budget=budget)
+        return super().step(venue, budget=budget)

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import reduce
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from apps.marketdata.kalshi.units import (
     PRICE_SCALE,
@@ -33,12 +33,10 @@ from apps.marketdata.kalshi.units import (
     dollars_to_e4,
 )
 
-from .config import ConfigError
-from .markets import Market, MarketError
+from .errors import ConfigError, MarketError
+from .markets import Market
 from .sources import MarketDataSource
-
-if TYPE_CHECKING:
-    from .server import LocalExchange
+from .venue import Venue
 
 logger = logging.getLogger(__name__)
 
@@ -231,14 +229,12 @@ def event_prices(event: ReplayEvent) -> tuple[set[int], bool]:
 
 
 class ReplayPacer:
-    """Applies events to an exchange at ``speed`` x the recorded pace (<= 0: as fast as the
+    """Applies events to a venue at ``speed`` x the recorded pace (<= 0: as fast as the
     clients read). Keeps its clock across ``play()`` calls, so a replay fed in chunks (the DB
     source) keeps the recorded spacing at chunk boundaries. Shared by both replay sources."""
 
-    def __init__(
-        self, exchange: LocalExchange, *, speed: float, restamp: bool, batch: int = 2_000
-    ) -> None:
-        self.exchange = exchange
+    def __init__(self, venue: Venue, *, speed: float, restamp: bool, batch: int = 2_000) -> None:
+        self.venue = venue
         self.speed = speed
         self.restamp = restamp
         self.batch = batch
@@ -249,16 +245,14 @@ class ReplayPacer:
         self._pending: list[ReplayEvent] = []
 
     def _apply(self, event: ReplayEvent) -> None:
-        exchange = self.exchange
+        venue = self.venue
         ts_ms = None if self.restamp else event.ts_ms
         if event.kind == "snapshot":
-            exchange.set_book(event.ticker, yes=event.yes, no=event.no, ts_ms=ts_ms)
+            venue.set_book(event.ticker, yes=event.yes, no=event.no, ts_ms=ts_ms)
         elif event.kind == "delta":
-            exchange.apply_delta(
-                event.ticker, event.side, event.price_e4, event.delta_e2, ts_ms=ts_ms
-            )
+            venue.apply_delta(event.ticker, event.side, event.price_e4, event.delta_e2, ts_ms=ts_ms)
         else:
-            exchange.apply_trade(
+            venue.apply_trade(
                 event.ticker,
                 yes_price_e4=event.yes_price_e4,
                 count_e2=event.count_e2,
@@ -270,7 +264,7 @@ class ReplayPacer:
     async def _flush(self) -> None:
         loop = asyncio.get_running_loop()
         paused_at = loop.time()
-        if await self.exchange.gate() and self._start is not None:
+        if await self.venue.gate() and self._start is not None:
             self._start += loop.time() - paused_at  # a pause does not count as replay time
         # From here to the end of the loop nothing awaits: a batch is applied atomically.
         for event in self._pending:
@@ -302,7 +296,7 @@ class ReplayPacer:
                 await self._flush()
                 if self.speed <= 0:
                     # Unpaced replay waits for slow clients instead of overflowing them.
-                    await self.exchange.flush_below(50_000)
+                    await self.venue.flush_below(50_000)
                 else:
                     await asyncio.sleep(0)
         await self._flush()
@@ -374,8 +368,8 @@ class JsonlReplaySource(MarketDataSource):
             for t, (i, p, f) in found.items()
         ]
 
-    async def run(self, exchange: LocalExchange) -> None:
-        pacer = ReplayPacer(exchange, speed=self.speed, restamp=self.restamp)
+    async def run(self, venue: Venue) -> None:
+        pacer = ReplayPacer(venue, speed=self.speed, restamp=self.restamp)
         await pacer.play(self.events())
         self.events_applied = pacer.applied
         logger.info(

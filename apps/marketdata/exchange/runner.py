@@ -9,16 +9,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
-from apps.simulation.planted import PlantedConfig
-
-from .config import ApiKey, ConfigError, ExchangeConfig, FaultConfig
+from .config import ApiKey, ExchangeConfig, FaultConfig
+from .errors import ConfigError
 from .keys import ensure_dev_keys
+from .planted_world import PlantedConfig
 from .replay import JsonlReplaySource
-from .server import ExchangeStats, LocalExchange
+from .server import LocalExchange
 from .sources import MarketDataSource, SyntheticConfig, SyntheticSource
+from .stats import ExchangeStats
 
 
 def build_source(
@@ -28,13 +29,16 @@ def build_source(
     seed: int,
     max_messages: int | None,
     replay_jsonl: str | Path | None,
-    replay_db: bool,
+    replay_db: MarketDataSource | None,
     speed: float,
-    tickers: Sequence[str] | None,
     recorded_use_yes_price: bool,
     planted: PlantedConfig | None = None,
 ) -> MarketDataSource:
-    """The synthetic generator unless a replay or a planted world was asked for (one only)."""
+    """The synthetic generator unless a replay or a planted world was asked for (one only).
+
+    ``replay_db`` is the database replay built by the caller (``apps.marketdata.db_replay``):
+    it needs Django, which the exchange does not import.
+    """
     if sum(bool(x) for x in (replay_jsonl, replay_db, planted)) > 1:
         raise ConfigError(
             "choose one source: a JSONL replay, the database replay or a planted world"
@@ -47,10 +51,8 @@ def build_source(
         return JsonlReplaySource(
             replay_jsonl, speed=speed, recorded_use_yes_price=recorded_use_yes_price
         )
-    if replay_db:
-        from .db_replay import DbReplaySource  # the one source that needs Django
-
-        return DbReplaySource(speed=speed, tickers=tickers)
+    if replay_db is not None:
+        return replay_db
     return SyntheticSource(
         SyntheticConfig(markets=markets, rate=rate, seed=seed, max_messages=max_messages)
     )
@@ -89,12 +91,11 @@ def run_local_exchange(
         report(f"Accepting signatures by the public key {public_key}")
     config = ExchangeConfig(
         keys=keys,
-        source=source,
         faults=faults or FaultConfig(),
         max_clock_skew_s=max_clock_skew_s,
         ping_interval_s=ping_interval_s,
     )
-    exchange = LocalExchange(config)
+    exchange = LocalExchange(config, source)
     asyncio.run(_serve(exchange, host, port, duration_s, progress_interval_s, report))
     return exchange.stats
 

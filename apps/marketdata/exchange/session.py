@@ -14,7 +14,7 @@ import asyncio
 import json
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -22,9 +22,10 @@ from websockets.exceptions import ConnectionClosed
 from apps.marketdata.kalshi.commands import CHANNELS
 
 from . import frames
-
-if TYPE_CHECKING:
-    from .server import LocalExchange
+from .config import FaultConfig
+from .errors import CommandError
+from .stats import ExchangeStats
+from .venue import Venue
 
 logger = logging.getLogger(__name__)
 
@@ -37,15 +38,6 @@ UPDATE_ACTIONS = ("add_markets", "delete_markets", "get_snapshot")
 # Queue item kinds that are instructions to the writer rather than frames.
 _ABORT = "_abort"
 _STALL = "_stall"
-
-
-class CommandError(Exception):
-    """A command the exchange answers with ``{"type":"error"}`` (code from §3)."""
-
-    def __init__(self, code: int, **extra: Any) -> None:
-        super().__init__(code)
-        self.code = code
-        self.extra = extra
 
 
 class Subscription:
@@ -99,12 +91,28 @@ def _is_int(value: object) -> bool:
 
 
 class Session:
-    """State and tasks of one WebSocket connection to the local exchange."""
+    """State and tasks of one WebSocket connection to the local exchange.
 
-    def __init__(self, exchange: LocalExchange, ws: ServerConnection, number: int) -> None:
-        self.exchange = exchange
+    ``faults`` are the fault knobs in force; turning them at runtime replaces this attribute
+    on every open session (``faults.FaultInjector.set_faults``).
+    """
+
+    def __init__(
+        self,
+        venue: Venue,
+        ws: ServerConnection,
+        number: int,
+        *,
+        stats: ExchangeStats,
+        faults: FaultConfig,
+        max_queue_frames: int,
+    ) -> None:
+        self.venue = venue
         self.ws = ws
         self.number = number
+        self.stats = stats
+        self.faults = faults
+        self.max_queue_frames = max_queue_frames
         self.queue: deque[tuple[str, Any]] = deque()
         self.wakeup = asyncio.Event()  # set: the writer has something to do
         self.idle = asyncio.Event()  # set: everything queued has been written (or closed)
@@ -149,11 +157,10 @@ class Session:
         """Queue one sequenced data frame (snapshot, delta, trade) and apply the fault knobs."""
         if self.closing or not sub.alive:
             return
-        exchange = self.exchange
-        if len(self.queue) >= exchange.config.max_queue_frames:
+        if len(self.queue) >= self.max_queue_frames:
             self.overflow()
             return
-        faults = exchange.faults
+        faults = self.faults
         sub.data_count += 1
         n_sub = sub.data_count
         if (
@@ -163,7 +170,7 @@ class Session:
         ):
             sub.skip_next = False
             sub.seq += 1
-            exchange.stats.gaps_injected += 1
+            self.stats.gaps_injected += 1
         sub.seq += 1
         self.enqueue(kind, frames.data_frame(kind, sub.sid, sub.seq, body, cmd_id=cmd_id))
         self.data_count += 1
@@ -205,7 +212,7 @@ class Session:
             return
         self.send_error(code, None, sid=sub.sid)
         self.remove_subscription(sub)
-        self.exchange.stats.subscription_errors += 1
+        self.stats.subscription_errors += 1
 
     def overflow(self) -> None:
         """Kalshi's answer to a client that reads too slowly: error 25 and lost subscriptions."""
@@ -221,7 +228,7 @@ class Session:
         """Send nothing for ``seconds``; with ``ignore_pings`` also stop reading the socket."""
         loop = asyncio.get_running_loop()
         self.stalled = True
-        self.exchange.stats.stalls += 1
+        self.stats.stalls += 1
         if ignore_pings and not self.reading_paused:
             # Pings are answered by the protocol layer as frames are read, so not reading is
             # the only way to leave them unanswered while keeping the socket open.
@@ -243,7 +250,7 @@ class Session:
 
     async def writer(self) -> None:
         """Drain the queue to the socket, in order."""
-        ws, queue, stats = self.ws, self.queue, self.exchange.stats
+        ws, queue, stats = self.ws, self.queue, self.stats
         sent = 0
         try:
             while True:
@@ -285,14 +292,14 @@ class Session:
                         # A peer that answers no ping would not answer a close frame either:
                         # cut the connection instead of waiting for a closing handshake.
                         logger.info("connection %d: no pong, dropping it", self.number)
-                        self.exchange.stats.pong_timeouts += 1
+                        self.stats.pong_timeouts += 1
                         self.closing = True
                         self.ws.transport.abort()
                         return
                     continue
                 waiter = await self.ws.ping(b"heartbeat")  # type: ignore[assignment]
                 sent_at = loop.time()
-                self.exchange.stats.pings_sent += 1
+                self.stats.pings_sent += 1
         except ConnectionClosed:
             return
 
@@ -316,7 +323,7 @@ class Session:
         self.next_sid += 1
         self.subs[sub.sid] = sub
         self.by_channel[channel] = sub
-        self.exchange.index_add(sub, None if markets is None else markets)
+        self.venue.index_add(sub, None if markets is None else markets)
         return sub
 
     def remove_subscription(self, sub: Subscription) -> None:
@@ -324,21 +331,19 @@ class Session:
         self.subs.pop(sub.sid, None)
         if self.by_channel.get(sub.channel) is sub:
             del self.by_channel[sub.channel]
-        self.exchange.index_remove(sub, None)
+        self.venue.index_remove(sub, None)
 
     def send_initial_data(self, sub: Subscription, markets: list[str], *, snapshot: bool) -> None:
-        exchange = self.exchange
+        venue = self.venue
         if sub.channel == "orderbook_delta":
             for ticker in markets:
-                market = exchange.market(ticker)
+                market = venue.market(ticker)
                 body = frames.snapshot_body(market, use_yes_price=sub.use_yes_price)
                 self.send_data(sub, "orderbook_snapshot", body)
         elif sub.channel == "ticker" and snapshot:
             ts = frames.now_ms()
             for ticker in markets:
-                self.send_unsequenced(
-                    sub, "ticker", frames.ticker_body(exchange.market(ticker), ts)
-                )
+                self.send_unsequenced(sub, "ticker", frames.ticker_body(venue.market(ticker), ts))
 
     # ---- commands -------------------------------------------------------------------------
 
@@ -369,10 +374,10 @@ class Session:
             else None
         )
         if handler is None:
-            self.exchange.stats.commands["unknown"] += 1
+            self.stats.commands["unknown"] += 1
             self.send_error(5, cmd_id)
             return
-        self.exchange.stats.commands[name] += 1
+        self.stats.commands[name] += 1
         try:
             handler(cmd_id, command.get("params"))
         except CommandError as exc:
@@ -404,7 +409,7 @@ class Session:
         else:
             return None
         for ticker in tickers:
-            if not self.exchange.has_market(ticker):
+            if not self.venue.has_market(ticker):
                 raise CommandError(16, market_ticker=ticker)
         return tickers
 
@@ -420,7 +425,7 @@ class Session:
             raise CommandError(11)
         tickers = []
         for market_id in dict.fromkeys(raw):
-            ticker = self.exchange.ticker_for_id(market_id)
+            ticker = self.venue.ticker_for_id(market_id)
             if ticker is None:
                 raise CommandError(16, market_id=market_id)
             tickers.append(ticker)
@@ -471,7 +476,7 @@ class Session:
                 "subscribed",
                 {"id": cmd_id, "type": "subscribed", "msg": {"channel": channel, "sid": sub.sid}},
             )
-            markets = tickers if tickers is not None else self.exchange.tickers()
+            markets = tickers if tickers is not None else self.venue.tickers()
             self.send_initial_data(sub, markets, snapshot=initial_ticker)
 
     def _merge(
@@ -487,15 +492,15 @@ class Session:
             new: list[str] = []
         elif tickers is None:
             # Widening to all markets (trade / ticker): re-index as an all-markets sid.
-            new = [t for t in self.exchange.tickers() if t not in sub.markets]
-            self.exchange.index_remove(sub, None)
+            new = [t for t in self.venue.tickers() if t not in sub.markets]
+            self.venue.index_remove(sub, None)
             sub.all_markets = True
             sub.markets.clear()
-            self.exchange.index_add(sub, None)
+            self.venue.index_add(sub, None)
         else:
             new = [t for t in tickers if t not in sub.markets]
             sub.markets.update(dict.fromkeys(new))
-            self.exchange.index_add(sub, new)
+            self.venue.index_add(sub, new)
         self._ok(sub, cmd_id, skip_ticker_ack=skip_ticker_ack)
         self.send_initial_data(sub, new, snapshot=initial_ticker)
 
@@ -558,14 +563,14 @@ class Session:
         if action == "add_markets":
             new = [t for t in tickers if t not in sub.markets]
             sub.markets.update(dict.fromkeys(new))
-            self.exchange.index_add(sub, new)
+            self.venue.index_add(sub, new)
             self._ok(sub, cmd_id)
             self.send_initial_data(sub, new, snapshot=True)
         else:
             gone = [t for t in tickers if t in sub.markets]
             for ticker in gone:
                 del sub.markets[ticker]
-            self.exchange.index_remove(sub, gone)
+            self.venue.index_remove(sub, gone)
             self._ok(sub, cmd_id)
 
     def _get_snapshot(self, sub: Subscription, cmd_id: int, tickers: list[str] | None) -> None:
@@ -577,7 +582,7 @@ class Session:
             if ticker not in sub.markets:
                 raise CommandError(11, market_ticker=ticker)
         for ticker in targets:
-            market = self.exchange.market(ticker)
+            market = self.venue.market(ticker)
             body = frames.snapshot_body(market, use_yes_price=sub.use_yes_price)
             self.send_data(sub, "orderbook_snapshot", body, cmd_id=cmd_id)
 

@@ -1,9 +1,9 @@
 """Where the local exchange's book events come from.
 
-A source describes its markets once (``prepare``) and then drives the exchange (``run``) by
-calling ``exchange.apply_delta`` / ``apply_trade`` / ``set_book``. The exchange turns each
+A source describes its markets once (``prepare``) and then drives the venue (``run``) by
+calling ``venue.apply_delta`` / ``apply_trade`` / ``set_book``. The venue turns each
 event into frames for every subscriber, with per-sid seq numbers, so a source never deals with
-connections. Sources check ``await exchange.gate()`` before each batch so ``pause()`` takes
+connections. Sources check ``await venue.gate()`` before each batch so ``pause()`` takes
 effect between batches, never inside one.
 """
 
@@ -12,17 +12,14 @@ from __future__ import annotations
 import asyncio
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from apps.marketdata.kalshi.units import PRICE_SCALE
 
-from .config import ConfigError
+from .errors import ConfigError
 from .markets import Market
-
-if TYPE_CHECKING:
-    from .server import LocalExchange
+from .venue import Venue
 
 
 class MarketDataSource:
@@ -32,8 +29,8 @@ class MarketDataSource:
         """The markets, with their initial books, before the exchange starts serving."""
         raise NotImplementedError
 
-    async def run(self, exchange: LocalExchange) -> None:
-        """Emit events into ``exchange`` until done (or forever); cancelled on shutdown."""
+    async def run(self, venue: Venue) -> None:
+        """Emit events into ``venue`` until done (or forever); cancelled on shutdown."""
         raise NotImplementedError
 
 
@@ -188,13 +185,13 @@ class SyntheticSource(MarketDataSource):
             fair = PRICE_SCALE - m.steps_down(PRICE_SCALE - state.fair_e4, steps)
         state.fair_e4 = min(max(fair, 300), PRICE_SCALE - 300)
 
-    def _add(self, exchange: LocalExchange, state: _MarketState) -> int:
+    def _add(self, venue: Venue, state: _MarketState) -> int:
         m, u = state.market, self._u
         side = "yes" if u() < 0.5 else "no"
         levels = m.side(side)
         if len(levels) >= self.config.max_levels:
             worst = min(levels)
-            exchange.apply_delta(m.ticker, side, worst, -levels[worst])
+            venue.apply_delta(m.ticker, side, worst, -levels[worst])
             return 1
         other_best = m.best_no() if side == "yes" else m.best_yes()
         # The highest price that leaves the book uncrossed: p + other_best < $1.
@@ -202,10 +199,10 @@ class SyntheticSource(MarketDataSource):
         price = m.steps_down(min(self._anchor(state, side), cap), int(u() * u() * 6))
         if price <= 0:
             return 0
-        exchange.apply_delta(m.ticker, side, price, self._size(m))
+        venue.apply_delta(m.ticker, side, price, self._size(m))
         return 1
 
-    def _cancel(self, exchange: LocalExchange, state: _MarketState) -> int:
+    def _cancel(self, venue: Venue, state: _MarketState) -> int:
         m, u = state.market, self._u
         side = "yes" if u() < 0.5 else "no"
         if not m.side(side):
@@ -216,16 +213,16 @@ class SyntheticSource(MarketDataSource):
         best = max(levels)
         if best > self._anchor(state, side):
             # The fair value moved away: the stale best quote is pulled entirely.
-            exchange.apply_delta(m.ticker, side, best, -levels[best])
+            venue.apply_delta(m.ticker, side, best, -levels[best])
             return 1
         prices = sorted(levels, reverse=True)
         price = prices[int(u() * u() * len(prices))]
         size = levels[price]
         amount = size if u() < 0.5 else self._part(m, size)
-        exchange.apply_delta(m.ticker, side, price, -amount)
+        venue.apply_delta(m.ticker, side, price, -amount)
         return 1
 
-    def _trade(self, exchange: LocalExchange, state: _MarketState) -> int:
+    def _trade(self, venue: Venue, state: _MarketState) -> int:
         m, u = state.market, self._u
         taker_side = "yes" if u() < 0.5 else "no"
         # Buying YES lifts the best NO bid (a YES ask); buying NO hits the best YES bid.
@@ -237,13 +234,11 @@ class SyntheticSource(MarketDataSource):
         size = levels[best]
         count = size if u() < 0.35 else self._part(m, size)
         yes_price = PRICE_SCALE - best if taker_side == "yes" else best
-        exchange.apply_delta(m.ticker, book_side, best, -count)
-        exchange.apply_trade(
-            m.ticker, yes_price_e4=yes_price, count_e2=count, taker_side=taker_side
-        )
+        venue.apply_delta(m.ticker, book_side, best, -count)
+        venue.apply_trade(m.ticker, yes_price_e4=yes_price, count_e2=count, taker_side=taker_side)
         return 2
 
-    def step(self, exchange: LocalExchange, *, budget: int) -> int:
+    def step(self, venue: Venue, *, budget: int) -> int:
         """One random event; returns the messages it emitted (0 .. min(2, budget))."""
         u = self._u
         state = self._states[int(u() * len(self._states))]
@@ -252,16 +247,16 @@ class SyntheticSource(MarketDataSource):
             self._drift(state)
         emitted = 0
         if r < _P_TRADE and budget >= 2:
-            emitted = self._trade(exchange, state)
+            emitted = self._trade(venue, state)
         elif r < _P_TRADE + _P_CANCEL:
-            emitted = self._cancel(exchange, state)
+            emitted = self._cancel(venue, state)
         if not emitted:
-            emitted = self._add(exchange, state) or self._cancel(exchange, state)
+            emitted = self._add(venue, state) or self._cancel(venue, state)
         return emitted
 
     # ---- pacing ---------------------------------------------------------------------------
 
-    async def run(self, exchange: LocalExchange) -> None:
+    async def run(self, venue: Venue) -> None:
         cfg = self.config
         if cfg.rate <= 0:
             return
@@ -272,7 +267,7 @@ class SyntheticSource(MarketDataSource):
         max_batch = max(1, int(cfg.rate / 4))
         base_time, base_count = loop.time(), self.messages_emitted
         while limit is None or self.messages_emitted < limit:
-            if await exchange.gate():
+            if await venue.gate():
                 base_time, base_count = loop.time(), self.messages_emitted
             due = int((loop.time() - base_time) * cfg.rate) - (self.messages_emitted - base_count)
             if due > max_batch:
@@ -284,7 +279,7 @@ class SyntheticSource(MarketDataSource):
                 target = min(target, limit)
             stuck = 0
             while self.messages_emitted < target and stuck < 100:
-                emitted = self.step(exchange, budget=target - self.messages_emitted)
+                emitted = self.step(venue, budget=target - self.messages_emitted)
                 self.messages_emitted += emitted
                 stuck = 0 if emitted else stuck + 1
             next_due = base_time + (self.messages_emitted - base_count + 1) / cfg.rate

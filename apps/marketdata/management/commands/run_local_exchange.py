@@ -1,6 +1,8 @@
 """``manage.py run_local_exchange``: serve the bundled Kalshi-compatible exchange.
 
-Thin by design: parse options, call ``apps.marketdata.exchange.runner.run_local_exchange``.
+Thin by design: parse options, build the database replay if asked (the one source that needs
+Django, so it is built here rather than by the exchange), call
+``apps.marketdata.exchange.runner.run_local_exchange``.
 """
 
 from __future__ import annotations
@@ -10,10 +12,11 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from apps.marketdata.exchange.config import ConfigError, FaultConfig
-from apps.marketdata.exchange.markets import MarketError
+from apps.marketdata.db_replay import DbReplaySource
+from apps.marketdata.exchange.config import FaultConfig
+from apps.marketdata.exchange.errors import ConfigError, MarketError
+from apps.marketdata.exchange.planted_world import EDGES, PlantedConfig
 from apps.marketdata.exchange.runner import build_source, run_local_exchange
-from apps.simulation.planted import EDGES, PlantedConfig
 
 
 class Command(BaseCommand):
@@ -56,7 +59,7 @@ class Command(BaseCommand):
         )
         planted = parser.add_argument_group(
             "planted edge (two markets whose makers follow a known process; see "
-            "apps/simulation/planted.py)"
+            "apps/marketdata/exchange/planted_world.py)"
         )
         planted.add_argument(
             "--planted",
@@ -109,9 +112,13 @@ class Command(BaseCommand):
                 seed=options["seed"],
                 max_messages=options["max_messages"],
                 replay_jsonl=options["replay_jsonl"],
-                replay_db=options["replay_db"],
+                replay_db=DbReplaySource(
+                    speed=options["speed"],
+                    tickers=[t for t in (options["tickers"] or "").split(",") if t] or None,
+                )
+                if options["replay_db"]
+                else None,
                 speed=options["speed"],
-                tickers=[t for t in (options["tickers"] or "").split(",") if t] or None,
                 recorded_use_yes_price=options["recorded_use_yes_price"],
                 planted=PlantedConfig(
                     edge=options["planted"],

@@ -1,4 +1,7 @@
-"""Replay recorded books from the database (the only exchange module that imports Django).
+"""Replay recorded books from the database through the local exchange.
+
+A market data source of the exchange that lives beside it, not in it: it needs Django, and the
+exchange (``apps.marketdata.exchange``) is a core that imports none.
 
 Rows of ``OrderbookSnapshot`` / ``OrderbookDelta`` (and ``PublicTrade``) are merged in
 ``received_at`` order and applied like a JSONL replay: snapshots set the book (subscribers see
@@ -17,15 +20,18 @@ import itertools
 import math
 from collections.abc import Iterator, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .config import ConfigError
-from .markets import Market
-from .replay import ReplayEvent, ReplayPacer, event_prices, market_from_ticker
-from .sources import MarketDataSource
-
-if TYPE_CHECKING:
-    from .server import LocalExchange
+from apps.marketdata.exchange.errors import ConfigError
+from apps.marketdata.exchange.markets import Market
+from apps.marketdata.exchange.replay import (
+    ReplayEvent,
+    ReplayPacer,
+    event_prices,
+    market_from_ticker,
+)
+from apps.marketdata.exchange.sources import MarketDataSource
+from apps.marketdata.exchange.venue import Venue
 
 
 def _ns(moment: datetime) -> int:
@@ -199,7 +205,7 @@ class DbReplaySource(MarketDataSource):
             raise ConfigError("the database holds no recorded orderbook rows to replay")
         return markets
 
-    async def run(self, exchange: LocalExchange) -> None:
+    async def run(self, venue: Venue) -> None:
         iterator = await self._in_worker(self._iter_events)
         chunk = self.chunk_size
 
@@ -209,7 +215,7 @@ class DbReplaySource(MarketDataSource):
         async def chunks() -> list[ReplayEvent]:
             return await self._in_worker(next_chunk)
 
-        pacer = ReplayPacer(exchange, speed=self.speed, restamp=self.restamp)
+        pacer = ReplayPacer(venue, speed=self.speed, restamp=self.restamp)
         try:
             while events := await chunks():
                 await pacer.play(events)
