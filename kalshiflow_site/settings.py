@@ -170,7 +170,8 @@ LOCAL_EXCHANGE_PORT = env_int("LOCAL_EXCHANGE_PORT", 8765, minimum=0)
 LOCAL_EXCHANGE_KEY_DIR = Path(env_str("LOCAL_EXCHANGE_KEY_DIR", str(VAR_DIR / "keys")))
 LOCAL_EXCHANGE_MSG_RATE = env_float("LOCAL_EXCHANGE_MSG_RATE", 200.0, minimum=0.0)
 
-# The recorder's writer (apps/marketdata/writer.py): batching, memory bound, spill, retries.
+# The batch writer (apps/marketdata/writer/): batching, memory bound, spill, retries. The
+# recorder's; the paper trader's takes the method and the spill caps from here too.
 RL_WRITER_METHOD = env_str("RL_WRITER_METHOD", "copy")  # copy (PostgreSQL) | bulk_create
 RL_WRITER_BATCH_ROWS = env_int("RL_WRITER_BATCH_ROWS", 5000, minimum=1)
 RL_WRITER_FLUSH_INTERVAL_S = env_float("RL_WRITER_FLUSH_INTERVAL_S", 0.25, minimum=0.001)

@@ -36,6 +36,7 @@ from apps.marketdata.book import OrderBook
 from apps.marketdata.kalshi.client import ClientConfig, FeedSink, HandshakeRejected, KalshiClient
 from apps.marketdata.kalshi.messages import OrderbookDelta, OrderbookSnapshot, Trade
 from apps.marketdata.kalshi.signer import KalshiSigner, SignerError
+from apps.marketdata.kalshi.units import utc_from_ms, utc_from_ns
 from apps.marketdata.kalshi.urls import redact_url
 from apps.marketdata.models import OrderbookSnapshot as SnapshotModel
 from apps.marketdata.orphans import start_sweep
@@ -55,8 +56,6 @@ from apps.marketdata.writer import (
     TradeRow,
     WorkerStatusRow,
     WriterClosed,
-    utc_from_ms,
-    utc_from_ns,
 )
 from kalshiflow_site.shutdown import install_stop_handlers, remove_stop_handlers
 

@@ -36,12 +36,13 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from fractions import Fraction
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
+from apps.marketdata.kalshi.units import utc_from_ns
 from apps.simulation import kernel
 from apps.simulation.actions import (
     ACTIONS_PER_MARKET,
@@ -61,13 +62,6 @@ from apps.simulation.fills import ArrayBook
 from apps.simulation.portfolio import Portfolio
 from apps.trading.risk import KILL_SWITCH, KillSwitch
 from apps.trading.sampling import BookSample, LiveHistory
-
-
-def utc_from_ns(epoch_ns: int) -> datetime:
-    """Unix ns -> aware UTC datetime, exact to the microsecond (no float rounding)."""
-    seconds, ns = divmod(epoch_ns, 1_000_000_000)
-    return datetime.fromtimestamp(seconds, UTC).replace(microsecond=ns // 1000)
-
 
 _MASK_WEIGHTS = np.left_shift(np.int64(1), np.arange(ACTIONS_PER_MARKET, dtype=np.int64))
 _UNKNOWN_CLOSE_NS = np.iinfo(np.int64).max  # the env's close time for a market without one

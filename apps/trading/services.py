@@ -58,10 +58,11 @@ from apps.dashboard.services import report_worker_status, worker_name
 from apps.marketdata.ingest import IngestError, IngestOptions, load_signer, resolve_ws_url
 from apps.marketdata.kalshi.client import ORDERBOOK, ClientConfig, KalshiClient
 from apps.marketdata.kalshi.messages import OrderbookDelta, OrderbookSnapshot, Trade
+from apps.marketdata.kalshi.units import utc_from_ns
 from apps.simulation.actions import ACTIONS_PER_MARKET
 from apps.simulation.env import EnvConfig
 from apps.simulation.features import N_FEATURES, OBSERVATION_SPEC_VERSION
-from apps.trading.actor import DecisionOutcome, PaperActor, PolicyVersion, utc_from_ns
+from apps.trading.actor import DecisionOutcome, PaperActor, PolicyVersion
 from apps.trading.conf import paper_setting
 from apps.trading.risk import KillSwitch, RiskSettings
 from apps.trading.sampling import BookSampler

@@ -21,6 +21,7 @@ import pytest
 from django.apps import apps
 from django.db import connection
 
+from apps.marketdata.kalshi.units import utc_from_ms, utc_from_ns
 from apps.marketdata.models import (
     OrderbookDelta,
     OrderbookSnapshot,
@@ -42,9 +43,8 @@ from apps.marketdata.writer import (
     TradeRow,
     WriterClosed,
     WriterConfig,
-    utc_from_ms,
-    utc_from_ns,
 )
+from apps.marketdata.writer.methods import unique_keys
 from tests.conftest import REPO_ROOT
 from tests.tcp_proxy import TcpProxy
 
@@ -142,6 +142,19 @@ def test_each_row_type_lists_its_models_columns_in_field_order() -> None:
         fields = tuple(f.attname for f in model._meta.concrete_fields)
         assert fields == (("id",) if spec.auto_pk else ()) + spec.columns, spec.key
         assert len(spec.pg_types) == len(spec.columns)
+
+
+def test_each_table_spec_names_its_models_unique_key_as_its_conflict_target() -> None:
+    # ON CONFLICT (conflict_columns) needs a unique index on exactly those columns; a table
+    # without one is written by looking rows up (events), and says which columns to use.
+    for spec in TABLES.values():
+        keys = unique_keys(apps.get_model(spec.model_label))
+        if spec.conflict_columns:
+            assert frozenset(spec.conflict_columns) in keys, spec.key
+        else:
+            assert spec.lookup_columns, spec.key
+    assert TABLES[DELTA].conflict_columns == ("connection_id", "sid", "seq")
+    assert not TABLES[DELTA].upsert and TABLES["workerstatus"].upsert
 
 
 def test_time_helpers_turn_protocol_times_into_aware_utc() -> None:

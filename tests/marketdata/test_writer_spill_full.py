@@ -10,8 +10,10 @@ behind a proxy that the test switches off and on, and rebuild history from what 
 
 from __future__ import annotations
 
+import collections
 import errno
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -27,17 +29,22 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from apps.marketdata.ingest import _problems
+from apps.marketdata.kalshi.ratelog import RateLimitedLog
 from apps.marketdata.models import OrderbookDelta, OrderbookSnapshot, RecordingEvent
 from apps.marketdata.writer import (
     DELTA,
     SNAPSHOT,
+    TABLES,
+    WORKER_STATUS,
     DeltaRow,
     RecordWriter,
     SnapshotRow,
     SpillRefused,
     SpillStore,
+    WorkerStatusRow,
     WriterConfig,
 )
+from apps.marketdata.writer.loss import LossLedger
 from apps.simulation.loader import load
 from tests.conftest import REPO_ROOT
 from tests.marketdata import test_writer
@@ -224,6 +231,20 @@ def snapshot(conn: uuid.UUID, market: str, seq: int, at_s: float, size: int) -> 
 def delta(conn: uuid.UUID, seq: int, at_s: float) -> DeltaRow:
     at = T0 + timedelta(seconds=at_s)
     return DeltaRow(conn, MARKETS[seq % 2], 1, seq, "yes", 4000, 100, None, at)
+
+
+def test_a_lost_row_without_a_receive_time_is_counted_not_raised() -> None:
+    # A heartbeat (metadata: no receive-time column) lost because the queue, the database and
+    # the spill were all full. The ledger read row[None] for its time and raised TypeError out
+    # of enqueue, into the recorder's heartbeat; now it is counted like any lost row (there is
+    # no market to mark: it has no connection).
+    ledger = LossLedger(TABLES, RateLimitedLog(logging.getLogger(__name__)))
+    beat = WorkerStatusRow("rec-1", "recorder", "host", 1, T0, T0, None, True, [], {})
+    ledger.record(WORKER_STATUS, [beat], "spill full")
+    assert (ledger.rows_lost, ledger.last_loss_reason) == (1, "spill full")
+    queue: collections.deque = collections.deque()
+    ledger.queue_markers(queue)
+    assert not queue and not ledger.open and ledger.problems()
 
 
 @pytest.mark.postgres

@@ -25,12 +25,10 @@ from apps.marketdata.writer import (
     TABLES,
     TRADE,
     CopyMethod,
-    IntegerColumn,
     SnapshotRow,
     TradeRow,
-    _bad_integers,
-    integer_columns,
 )
+from apps.marketdata.writer.widths import IntegerColumn, bad_integers, integer_columns
 from tests.marketdata import test_writer
 from tests.marketdata.test_writer import METHODS, T0, TICKER, deltas, wait_until
 
@@ -70,18 +68,31 @@ def test_integer_ranges_come_from_the_model_fields() -> None:
 
 @pytest.mark.postgres
 @pytest.mark.django_db
-def test_a_copy_type_narrower_or_wider_than_its_column_is_refused_at_start(monkeypatch) -> None:
+def test_a_copy_type_narrower_or_wider_than_its_column_is_refused_at_start() -> None:
     spec = TABLES[DELTA]
     narrow = list(spec.pg_types)
     narrow[spec.columns.index("sid")] = "int4"  # what the writer used before: it wraps
-    monkeypatch.setitem(TABLES, DELTA, dataclasses.replace(spec, pg_types=narrow))
     with pytest.raises(RuntimeError, match=r"OrderbookDelta.sid is bigint .* COPY type is 'int4'"):
-        CopyMethod(using="default", batch_rows=10)
+        CopyMethod(
+            using="default",
+            batch_rows=10,
+            tables={DELTA: dataclasses.replace(spec, pg_types=narrow)},
+        )
     wide = list(spec.pg_types)
     wide[spec.columns.index("price_e4")] = "int8"
-    monkeypatch.setitem(TABLES, DELTA, dataclasses.replace(spec, pg_types=wide))
     with pytest.raises(RuntimeError, match=r"price_e4 is integer .* COPY type is 'int8'"):
-        CopyMethod(using="default", batch_rows=10)
+        CopyMethod(
+            using="default", batch_rows=10, tables={DELTA: dataclasses.replace(spec, pg_types=wide)}
+        )
+    CopyMethod(using="default", batch_rows=10)  # the recorder's specs as they are: fine
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_a_conflict_target_that_is_not_a_unique_key_is_refused_at_start() -> None:
+    spec = dataclasses.replace(TABLES[DELTA], conflict_columns=("connection_id", "seq"))
+    with pytest.raises(RuntimeError, match=r"has no unique key \('connection_id', 'seq'\)"):
+        CopyMethod(using="default", batch_rows=10, tables={DELTA: spec})
 
 
 @pytest.mark.postgres
@@ -169,7 +180,7 @@ def test_exactly_the_rows_with_a_value_outside_its_column_are_named(rows: list) 
         IntegerColumn(0, "sid", -(2**63), INT8_MAX),
         IntegerColumn(1, "p", -(2**31), INT4_MAX),
     ]
-    bad = _bad_integers(spec, columns, rows)
+    bad = bad_integers(spec, columns, rows)
 
     def fits(value: int | None, column: IntegerColumn) -> bool:
         return value is None or column.low <= value <= column.high

@@ -41,7 +41,7 @@ from collections import deque
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
@@ -59,6 +59,7 @@ from apps.marketdata.kalshi.messages import (
     Trade,
     Unsubscribed,
 )
+from apps.marketdata.kalshi.ratelog import RateLimitedLog
 from apps.marketdata.kalshi.rejects import RejectedFrameStore
 from apps.marketdata.kalshi.seq import SeqStatus, SeqTracker
 from apps.marketdata.kalshi.signer import WS_PATH, KalshiSigner
@@ -219,26 +220,6 @@ class _MarketState:
     pending: deque[OrderbookDelta] = field(default_factory=deque)
 
 
-class _RateLimitedLog:
-    """At most one warning per ``interval_s`` per key, with a count of what was suppressed."""
-
-    def __init__(self, interval_s: float = 5.0) -> None:
-        self.interval_s = interval_s
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-
-    def warning(self, key: str, message: str, *args: object, **kwargs: Any) -> None:
-        now = time.monotonic()
-        if now - self._last.get(key, 0.0) >= self.interval_s:
-            suppressed = self._suppressed.pop(key, 0)
-            self._last[key] = now
-            if suppressed:
-                message += f" ({suppressed} similar suppressed)"
-            log.warning(message, *args, **kwargs)
-        else:
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
-
-
 class KalshiClient:
     """Follows the order books (and public trades) of ``config.markets`` until stopped."""
 
@@ -267,7 +248,7 @@ class KalshiClient:
         self._pending_cmds: dict[int, tuple[str, list[str]]] = {}
         self._ws: ClientConnection | None = None
         self._stopping = asyncio.Event()
-        self._warn = _RateLimitedLog()
+        self._warn = RateLimitedLog(log, interval_s=5.0)
         self._tasks: set[asyncio.Future] = set()
         self._auth_failures = 0
         # What logs, progress lines and the connection row show: never embedded credentials.

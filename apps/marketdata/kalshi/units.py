@@ -3,7 +3,9 @@
 Everywhere in the product:
 
 * a **price** is an integer number of $0.0001 (``price_e4``): 10_000 = $1.00, 1 = $0.0001;
-* a **size** is an integer number of 0.01 contract (``size_e2``): 100 = one contract.
+* a **size** is an integer number of 0.01 contract (``size_e2``): 100 = one contract;
+* a **time** is an aware UTC ``datetime`` (stored as ``timestamptz``), from the protocol's
+  Unix milliseconds (:func:`utc_from_ms`) or a local ``time.time_ns()`` (:func:`utc_from_ns`).
 
 Kalshi sends prices as dollar strings with up to 4 decimals (``"0.0650"``, ``"0.960"``) and
 sizes as strings with 2 decimals (``"2.95"``, ``"-139.00"``); the legacy formats send integer
@@ -19,6 +21,8 @@ Bounds (every value outside them raises :class:`UnitError`, never a bare ``Value
 """
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 PRICE_SCALE = 10_000  # price_e4 units per dollar
 SIZE_SCALE = 100  # size_e2 units per contract
@@ -170,3 +174,17 @@ def e4_to_float(price_e4: int) -> float:
 def e2_to_float(size_e2: int) -> float:
     """For display and features only; never store the result."""
     return size_e2 / SIZE_SCALE
+
+
+def utc_from_ms(epoch_ms: int | None) -> datetime | None:
+    """Unix milliseconds (the protocol's ``*_ts_ms``) -> aware UTC datetime; None stays None."""
+    if epoch_ms is None:
+        return None
+    return datetime.fromtimestamp(epoch_ms / 1000, UTC)
+
+
+def utc_from_ns(epoch_ns: int) -> datetime:
+    """Unix nanoseconds (``time.time_ns()``) -> aware UTC datetime, truncated to microseconds
+    (integer arithmetic: no float rounding)."""
+    seconds, ns = divmod(epoch_ns, 1_000_000_000)
+    return datetime.fromtimestamp(seconds, UTC).replace(microsecond=ns // 1000)
