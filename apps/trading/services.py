@@ -54,8 +54,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 from django.utils import timezone
 
-from apps.dashboard.services import report_worker_status, worker_name
-from apps.marketdata.ingest import IngestError, IngestOptions, load_signer, resolve_ws_url
+from apps.marketdata.endpoints import EndpointError, load_signer, resolve_ws_url
 from apps.marketdata.kalshi.client import ORDERBOOK, ClientConfig, KalshiClient
 from apps.marketdata.kalshi.messages import OrderbookDelta, OrderbookSnapshot, Trade
 from apps.simulation.actions import ACTIONS_PER_MARKET
@@ -66,8 +65,9 @@ from apps.trading.conf import paper_setting
 from apps.trading.risk import KillSwitch, RiskSettings
 from apps.trading.sampling import BookSampler
 from apps.trading.writer import ActionWriter
+from apps.workers.runtime import install_stop_handlers, remove_stop_handlers
+from apps.workers.services import report_worker_status, worker_name
 from kalshiflow_site.modes import LiveTradingRefused, validate_mode
-from kalshiflow_site.shutdown import install_stop_handlers, remove_stop_handlers
 
 log = logging.getLogger(__name__)
 
@@ -731,9 +731,9 @@ async def run_paper_async(
     if options.cadence_s is not None and options.cadence_s <= 0:
         raise PaperError(f"--cadence-s must be positive, got {options.cadence_s}")
     try:
-        ws_url = resolve_ws_url(IngestOptions(exchange=options.exchange, ws_url=options.ws_url))
+        ws_url = resolve_ws_url(exchange=options.exchange, ws_url=options.ws_url)
         signer = load_signer(exchange=options.exchange, ws_url=options.ws_url)
-    except IngestError as exc:
+    except EndpointError as exc:
         raise PaperError(str(exc)) from None
     say = progress or (lambda line: log.info("%s", line))
     risk = options.risk or RiskSettings.from_settings()

@@ -15,7 +15,6 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection, transaction
 
-from apps.dashboard.models import WorkerStatus
 from apps.marketdata.exchange import ExchangeThread
 from apps.simulation.actions import ActionType, encode
 from apps.trading.models import TradingAction
@@ -24,6 +23,7 @@ from apps.trading.services import PaperError, run_paper_trading
 from apps.training import services as registry
 from apps.training.artifacts import sha256_of
 from apps.training.models import RLModel, TradingEpisode
+from apps.workers.models import WorkerStatus
 from kalshiflow_site.modes import LiveTradingRefused
 from tests.conftest import REPO_ROOT
 from tests.trading.support import TraderThread, dev_key_exchange, policy_model, register
