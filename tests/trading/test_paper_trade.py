@@ -204,7 +204,7 @@ def test_the_kill_switch_stops_new_orders_and_shows_why_in_status(trader, admin_
 
 
 def test_a_version_for_other_markets_or_none_at_all_is_not_swapped_in() -> None:
-    from apps.trading.services import ReloadFailure, load_active_model, poll_registry
+    from apps.trading.registry import ReloadFailure, load_active_model, poll_registry
 
     v1 = register(["M-A", "M-B"])
     registry.promote_model(model=v1)
