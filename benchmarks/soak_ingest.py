@@ -53,7 +53,7 @@ def main() -> None:
     def sampler() -> None:
         from django.db import connections
 
-        from apps.dashboard.models import WorkerStatus
+        from apps.workers.models import WorkerStatus
 
         started = time.monotonic()
         while not done.wait(args.sample_s):

@@ -51,6 +51,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "apps.workers",
     "apps.marketdata",
     "apps.simulation",
     "apps.training",

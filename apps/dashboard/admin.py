@@ -7,8 +7,8 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 
-from apps.dashboard import selectors
-from apps.dashboard.models import WorkerStatus
+from apps.workers import selectors
+from apps.workers.models import WorkerStatus
 
 
 class StateFilter(admin.SimpleListFilter):

@@ -12,7 +12,6 @@ recorders left open (:mod:`apps.marketdata.orphans`).
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import logging
 import os
@@ -31,13 +30,17 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
-from apps.dashboard.services import worker_name
 from apps.marketdata.book import OrderBook
+from apps.marketdata.endpoints import (
+    EndpointError,
+    check_exchange,
+    key_source,
+    resolve_endpoint,
+    rest_base_for,
+)
 from apps.marketdata.kalshi.client import ClientConfig, FeedSink, HandshakeRejected, KalshiClient
 from apps.marketdata.kalshi.messages import OrderbookDelta, OrderbookSnapshot, Trade
-from apps.marketdata.kalshi.signer import KalshiSigner, SignerError
 from apps.marketdata.kalshi.units import utc_from_ms, utc_from_ns
-from apps.marketdata.kalshi.urls import redact_url
 from apps.marketdata.models import OrderbookSnapshot as SnapshotModel
 from apps.marketdata.orphans import start_sweep
 from apps.marketdata.writer import (
@@ -57,18 +60,18 @@ from apps.marketdata.writer import (
     WorkerStatusRow,
     WriterClosed,
 )
-from kalshiflow_site.shutdown import install_stop_handlers, remove_stop_handlers
+from apps.workers.runtime import (
+    Periodic,
+    feed_silence,
+    freeze_startup_heap,
+    progress_sink,
+    run_until_stopped,
+    stop_signals,
+    ticks,
+)
+from apps.workers.services import heartbeat_fields, worker_name
 
 log = logging.getLogger(__name__)
-
-EXCHANGE_WS_URLS = {
-    "demo": "wss://external-api-ws.demo.kalshi.co/trade-api/ws/v2",
-    "prod": "wss://external-api-ws.kalshi.com/trade-api/ws/v2",
-}
-EXCHANGE_REST_URLS = {
-    "demo": "https://external-api.demo.kalshi.co/trade-api/v2",
-    "prod": "https://external-api.kalshi.com/trade-api/v2",
-}
 
 
 class IngestError(Exception):
@@ -256,92 +259,16 @@ def worker_status_row(
     problems: list[str],
     stopped: bool = False,
 ) -> WorkerStatusRow:
-    """This recorder's heartbeat, as ``apps.dashboard.services.report_worker_status`` would
-    store it (same columns and meaning), for the writer's queue."""
-    now = timezone.now()
-    return WorkerStatusRow(
-        name,
-        "ingest",
-        socket.gethostname(),
-        os.getpid(),
-        started_at,
-        now,
-        now if stopped else None,
-        not problems,
-        problems,
-        counters,
+    """This recorder's heartbeat, as ``apps.workers.services.report_worker_status`` would
+    store it (the same columns: :func:`~apps.workers.services.heartbeat_fields`), for the
+    writer's queue."""
+    fields = heartbeat_fields(
+        kind="ingest", started_at=started_at, counters=counters, problems=problems, stopped=stopped
     )
+    return WorkerStatusRow(name=name, **fields)
 
 
 # -- configuration --------------------------------------------------------------------------
-
-
-def key_source(*, exchange: str, ws_url: str = "") -> str:
-    """Where the key that :func:`load_signer` picks comes from, in words (never the key).
-
-    Your configured key (``KALSHI_API_KEY_ID``) signs for demo and prod and for any endpoint
-    given by URL; the development key under ``var/keys`` signs only for the bundled exchange
-    at its default address, or for a URL when no key is configured.
-    """
-    if exchange != "local" or (ws_url and settings.KALSHI_API_KEY_ID):
-        return settings.KALSHI_API_KEY_ID_SOURCE or "KALSHI_API_KEY_ID"
-    return f"the development key under {settings.LOCAL_EXCHANGE_KEY_DIR}"
-
-
-def load_signer(*, exchange: str, ws_url: str = "") -> KalshiSigner:
-    """The signer for ``exchange`` (and ``ws_url``, when one is given): see :func:`key_source`.
-
-    The bundled exchange at its default address only knows the development key pair it
-    generated under var/keys, so a real Kalshi key is not sent to it; an endpoint named by URL
-    may be anything Kalshi-compatible, so a configured key is what it gets.
-    """
-    if exchange == "local" and not (ws_url and settings.KALSHI_API_KEY_ID):
-        from apps.marketdata.exchange import ensure_dev_keys
-
-        keys = ensure_dev_keys(Path(settings.LOCAL_EXCHANGE_KEY_DIR), announce=log.info)
-        return KalshiSigner.from_file(key_id=keys.key_id, path=keys.private_key_path)
-    key_id = settings.KALSHI_API_KEY_ID
-    pem = settings.KALSHI_PRIVATE_KEY_PEM
-    path = settings.KALSHI_PRIVATE_KEY_PATH
-    try:
-        if key_id and pem:
-            return KalshiSigner.from_pem(key_id=key_id, pem=pem)
-        if key_id and path:
-            return KalshiSigner.from_file(key_id=key_id, path=path)
-    except SignerError as exc:
-        raise IngestError(str(exc)) from None
-    raise IngestError(
-        f"--exchange {exchange} needs your Kalshi API key: set KALSHI_API_KEY_ID and "
-        "KALSHI_PRIVATE_KEY_PATH (or KALSHI_PRIVATE_KEY_PEM)."
-    )
-
-
-def resolve_ws_url(options: IngestOptions) -> str:
-    if options.ws_url:
-        if not options.ws_url.startswith(("ws://", "wss://")):
-            raise IngestError(
-                f"--ws-url {redact_url(options.ws_url)!r} must start with ws:// or wss://"
-            )
-        return options.ws_url
-    if options.exchange == "local":
-        host, port = settings.LOCAL_EXCHANGE_HOST, settings.LOCAL_EXCHANGE_PORT
-        return f"ws://{host}:{port}/trade-api/ws/v2"
-    try:
-        return EXCHANGE_WS_URLS[options.exchange]
-    except KeyError:
-        raise IngestError(
-            f"--exchange must be local, demo or prod, not {options.exchange!r}"
-        ) from None
-
-
-def rest_base_for(ws_url: str, exchange: str) -> str:
-    if exchange in EXCHANGE_REST_URLS and not ws_url.startswith("ws://"):
-        return EXCHANGE_REST_URLS[exchange]
-    parsed = urllib.parse.urlsplit(ws_url)
-    scheme = "https" if parsed.scheme == "wss" else "http"
-    # Market listing is public: credentials embedded in the WebSocket URL are not sent there.
-    host = parsed.netloc.rsplit("@", 1)[-1]
-    return f"{scheme}://{host}/trade-api/v2"
 
 
 def list_markets(rest_base: str, **query: str) -> list[str]:
@@ -436,10 +363,9 @@ def _counters(client: KalshiClient, writer: RecordWriter) -> dict[str, Any]:
 
 def _problems(client: KalshiClient, writer: RecordWriter, started: float) -> list[str]:
     problems = []
-    now = time.time()
-    silent_s = now - (client.stats.last_message_at or started)
-    if silent_s > getattr(settings, "RL_FEED_SILENT_S", 30):
-        problems.append(f"no frame from the exchange for {silent_s:.0f}s")
+    silence = feed_silence(client.stats.last_message_at, since=started)
+    if silence:
+        problems.append(silence)
     if writer.is_stuck():
         problems.append("writer is stuck: queue not draining")
     problems.extend(writer.problems())  # rows being lost, or about to be
@@ -454,12 +380,12 @@ async def run_ingest_async(
     install_signal_handlers: bool = True,
 ) -> IngestResult:
     """Record until ``duration_s`` passes, ``stop_event`` is set, or SIGTERM/SIGINT."""
-    ws_url = resolve_ws_url(options)
-    signer = load_signer(exchange=options.exchange, ws_url=options.ws_url)
-    # Full garbage collections over Django's start-up heap stall every thread for tens of
-    # milliseconds (measured in the writer's outage test); freezing that heap keeps the
-    # socket's task responsive. It only moves today's objects out of the collector's way.
-    gc.freeze()
+    try:
+        endpoint = resolve_endpoint(exchange=options.exchange, ws_url=options.ws_url)
+    except EndpointError as exc:
+        raise IngestError(str(exc)) from None
+    ws_url = endpoint.ws_url
+    freeze_startup_heap()
     markets = await asyncio.to_thread(resolve_markets, options, ws_url)
     writer = RecordWriter(batch_rows=options.batch_rows, flush_interval_s=options.flush_interval_s)
     writer.start()
@@ -475,12 +401,11 @@ async def run_ingest_async(
             latency_sample_every=options.latency_sample_every,
             rejected_frames_dir=Path(settings.VAR_DIR) / "rejected-frames",
         ),
-        signer=signer,
+        signer=endpoint.signer,
         sink=sink,
     )
-    loop = asyncio.get_running_loop()
-    installed = install_stop_handlers(loop, client.stop) if install_signal_handlers else []
-    say = progress or (lambda line: log.info("%s", line))
+    stopping = asyncio.Event()
+    say = progress_sink(progress, log)
     say(f"recording {len(markets)} markets from {client.display_url}")
     status_name = worker_name(kind="ingest")
     started_at = timezone.now()
@@ -489,21 +414,18 @@ async def run_ingest_async(
     housekeeping = asyncio.create_task(
         _housekeeping(options, client, writer, sink, say, status_name, started_at, started)
     )
-    waiters: list[asyncio.Future] = [client_task]
-    if stop_event is not None:
-        waiters.append(asyncio.create_task(stop_event.wait()))
     try:
-        await asyncio.wait(
-            waiters,
-            timeout=options.duration_s or None,
-            return_when=asyncio.FIRST_COMPLETED,
-        )
+        with stop_signals(stopping, enabled=install_signal_handlers):
+            try:
+                await run_until_stopped(
+                    [client_task], stop=stopping, duration_s=options.duration_s, outside=stop_event
+                )
+            finally:
+                client.stop()
+                await asyncio.gather(client_task, return_exceptions=True)
+                housekeeping.cancel()
+                await asyncio.gather(housekeeping, return_exceptions=True)
     finally:
-        client.stop()
-        await asyncio.gather(client_task, return_exceptions=True)
-        housekeeping.cancel()
-        await asyncio.gather(housekeeping, return_exceptions=True)
-        remove_stop_handlers(loop, installed)
         stop_sweep.set()
         # A sweep that found its orphans enqueues their close rows in moments; one stuck on
         # a hung database is abandoned (the next recorder closes them).
@@ -555,26 +477,20 @@ async def _housekeeping(
     from apps.marketdata.live import BookPublisher
 
     publisher = BookPublisher()
-    tick = 0.1
-    next_snapshot = time.monotonic() + options.snapshot_interval_s
-    next_progress = time.monotonic() + options.progress_interval_s
-    next_status = time.monotonic()
-    next_publish = time.monotonic()
+    snapshots = Periodic(options.snapshot_interval_s)
+    progress = Periodic(options.progress_interval_s)
+    status = Periodic(options.status_interval_s, first_in_s=0)
+    publish = Periodic(options.publish_interval_s, first_in_s=0)
     last_messages, last_time = 0, time.monotonic()
-    while True:
-        await asyncio.sleep(tick)
-        now = time.monotonic()
-        if options.snapshot_interval_s and now >= next_snapshot and client.connection_id:
-            next_snapshot = now + options.snapshot_interval_s
+    async for now in ticks(0.1):
+        if options.snapshot_interval_s and client.connection_id and snapshots.due(now):
             for market, book in client.books.items():
                 position = client.book_position(market)
                 if position is not None:
                     sink.periodic_snapshot(client.connection_id, book, position)
-        if now >= next_publish:
-            next_publish = now + options.publish_interval_s
+        if publish.due(now):
             await publisher.publish_changed(client.books, trusted=client.is_trusted)
-        if now >= next_progress:
-            next_progress = now + options.progress_interval_s
+        if progress.due(now):
             stats, w = client.stats, writer.stats_dict()
             rate = (stats.messages - last_messages) / max(now - last_time, 1e-9)
             last_messages, last_time = stats.messages, now
@@ -584,8 +500,7 @@ async def _housekeeping(
                 f"{w.get('spilled_rows', 0)} | gaps {stats.gaps} | resyncs {stats.resyncs} | "
                 f"reconnects {stats.reconnects} | malformed {stats.malformed_summary()}"
             )
-        if now >= next_status:
-            next_status = now + options.status_interval_s
+        if status.due(now):
             # Through the writer: a hung database must not stall this loop (the heartbeat
             # waits in the queue or the spill; only the newest one per worker is kept).
             _enqueue_status(
@@ -608,8 +523,10 @@ def _enqueue_status(writer: RecordWriter, row: WorkerStatusRow) -> None:
 
 def run_ingest(options: IngestOptions, **kwargs: Any) -> IngestResult:
     """Synchronous entry point for management commands."""
-    if options.exchange not in ("local", "demo", "prod"):
-        raise IngestError(f"--exchange must be local, demo or prod, not {options.exchange!r}")
+    try:
+        check_exchange(options.exchange)
+    except EndpointError as exc:
+        raise IngestError(str(exc)) from None
     try:
         return asyncio.run(run_ingest_async(options, **kwargs))
     except ImproperlyConfigured as exc:

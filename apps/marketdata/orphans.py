@@ -57,7 +57,6 @@ from django.db import Error as DatabaseError
 from django.db import connections
 from django.utils import timezone
 
-from apps.dashboard.models import WorkerStatus
 from apps.marketdata.models import (
     OrderbookDelta,
     OrderbookSnapshot,
@@ -73,6 +72,7 @@ from apps.marketdata.writer import (
     RecordWriter,
     WriterClosed,
 )
+from apps.workers.selectors import last_heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -181,13 +181,8 @@ def gone_reason(
     horizon = timedelta(seconds=horizon_s)
     heartbeat = None
     if conn.host and conn.pid:
-        heartbeat = (
-            WorkerStatus.objects.filter(
-                kind="ingest", host=conn.host, pid=conn.pid, started_at__lte=conn.opened_at
-            )
-            .order_by("-updated_at")
-            .values_list("updated_at", "stopped_at")
-            .first()
+        heartbeat = last_heartbeat(
+            kind="ingest", host=conn.host, pid=conn.pid, started_by=conn.opened_at
         )
     if heartbeat is not None:
         updated_at, stopped_at = heartbeat

@@ -1,6 +1,6 @@
 """The paper-trading actor: one decision = sample -> observation -> policy -> simulated fills.
 
-Pure (no Django, no I/O): :mod:`apps.trading.services` feeds it live books and writes what it
+Pure (no Django, no I/O): :mod:`apps.trading.session` feeds it live books and writes what it
 returns. Every step reuses the env's own code, in the env's order, so that a paper session
 replayed through :class:`~apps.simulation.env.KalshiTradingEnv` gives the same observations,
 actions and fills (``tests/trading/test_parity.py``):

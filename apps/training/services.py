@@ -200,6 +200,24 @@ def episode_may_go(episode: TradingEpisode) -> bool:
     return episode.mode != EpisodeMode.PAPER and not deletion_refused(episode.model)
 
 
+def start_paper_episode(*, model_id: int, markets: list[str]) -> int:
+    """A new paper-trading episode of registry row ``model_id`` on ``markets``, started now;
+    returns its id (the paper trader logs its decisions under it)."""
+    episode = TradingEpisode.objects.create(
+        model_id=model_id, mode=EpisodeMode.PAPER, markets=markets, started_at=timezone.now()
+    )
+    return episode.pk
+
+
+def update_episode(*, episode_id: int, summary: dict[str, Any], ended: bool = False) -> None:
+    """Store an episode's running ``summary`` (episode fields: return, P&L, trades, ...); with
+    ``ended``, it is the final one and the episode ends now."""
+    fields = dict(summary)
+    if ended:
+        fields["ended_at"] = timezone.now()
+    TradingEpisode.objects.filter(pk=episode_id).update(**fields)
+
+
 @transaction.atomic
 def cleanup_models(*, name: str, keep_last: int) -> list[int]:
     """Delete versions of ``name`` beyond the newest ``keep_last`` (never the active one or
@@ -242,5 +260,7 @@ __all__ = [
     "promote_model",
     "retire_model",
     "rollback_model",
+    "start_paper_episode",
     "start_training_run",
+    "update_episode",
 ]

@@ -13,11 +13,11 @@ import pytest
 from django.test import RequestFactory
 from django.utils import timezone
 
-from apps.dashboard.services import report_worker_status, worker_name
 from apps.dashboard.throttling import FailedLoginThrottle
 from apps.marketdata.models import OrderbookDelta, OrderbookSnapshot, RecordingConnection
 from apps.trading.models import TradingAction
 from apps.training.models import RLModel, TradingEpisode
+from apps.workers.services import report_worker_status, worker_name
 
 STAFF_PASSWORD = "staff-password-123"
 # Recognisable fake Kalshi credentials: no response, message or log may ever show them.

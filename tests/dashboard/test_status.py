@@ -7,8 +7,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from apps.dashboard.models import WorkerStatus
-from apps.dashboard.services import report_worker_status, worker_name
+from apps.workers.models import WorkerStatus
+from apps.workers.services import report_worker_status, worker_name
 
 pytestmark = pytest.mark.django_db
 
@@ -88,14 +88,14 @@ def test_a_dead_worker_is_shown_dead_but_does_not_keep_health_red(
     assert worker["problems"][1].startswith("dead: no heartbeat for 301s")
     assert status["health"]["healthy"] is True
     # The admin shows it dead too, and its state filter finds it.
-    listing = client.get("/admin/dashboard/workerstatus/", {"state": "dead"})
+    listing = client.get("/admin/workers/workerstatus/", {"state": "dead"})
     assert listing.status_code == 200
     assert dead in listing.content.decode()
     assert '<td class="field-state">dead</td>' in listing.content.decode()
-    alive_only = client.get("/admin/dashboard/workerstatus/", {"state": "alive"}).content
+    alive_only = client.get("/admin/workers/workerstatus/", {"state": "alive"}).content
     assert dead not in alive_only.decode()
     row = WorkerStatus.objects.get(name=dead)
-    page = client.get(f"/admin/dashboard/workerstatus/{row.pk}/change/").content.decode()
+    page = client.get(f"/admin/workers/workerstatus/{row.pk}/change/").content.decode()
     assert "dead" in page
 
 

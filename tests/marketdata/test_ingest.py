@@ -12,7 +12,6 @@ import time
 import pytest
 from django.db import connection
 
-from apps.dashboard.models import WorkerStatus
 from apps.marketdata.exchange import (
     ApiKey,
     ExchangeConfig,
@@ -31,6 +30,7 @@ from apps.marketdata.models import (
     RecordingEvent,
 )
 from apps.marketdata.selectors import rebuild_latest_book
+from apps.workers.models import WorkerStatus
 from tests.conftest import REPO_ROOT
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]

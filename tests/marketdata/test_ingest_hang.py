@@ -23,7 +23,6 @@ from channels.layers import get_channel_layer
 from django.db import connection
 from django.utils import timezone
 
-from apps.dashboard.models import WorkerStatus
 from apps.marketdata.exchange import ExchangeThread
 from apps.marketdata.live import book_group
 from apps.marketdata.models import (
@@ -32,6 +31,7 @@ from apps.marketdata.models import (
     RecordingConnection,
     RecordingEvent,
 )
+from apps.workers.models import WorkerStatus
 from tests.marketdata.recorder_support import Recorder, database_url
 from tests.marketdata.test_ingest import dev_key_exchange
 from tests.tcp_proxy import TcpProxy

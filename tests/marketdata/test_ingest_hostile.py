@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
-from apps.dashboard.models import WorkerStatus
 from apps.marketdata.exchange import ApiKey, ensure_dev_keys
 from apps.marketdata.kalshi.rejects import read_rejected_frames
 from apps.marketdata.models import OrderbookDelta, OrderbookSnapshot
+from apps.workers.models import WorkerStatus
 from tests.conftest import REPO_ROOT
 from tests.marketdata.hostile_exchange import HostileExchange, HostileExchangeThread, Session
 

@@ -10,14 +10,9 @@ from channels.testing import ApplicationCommunicator
 
 from apps.marketdata.book import OrderBook
 from apps.marketdata.consumers import IngestWorker, options_from_message
+from apps.marketdata.endpoints import EndpointError, load_signer, resolve_ws_url
 from apps.marketdata.exchange import ExchangeThread
-from apps.marketdata.ingest import (
-    IngestError,
-    IngestOptions,
-    load_signer,
-    resolve_markets,
-    resolve_ws_url,
-)
+from apps.marketdata.ingest import IngestError, IngestOptions, resolve_markets, run_ingest
 from apps.marketdata.live import BookPublisher, book_group
 from tests.marketdata.exchange_support import make_exchange
 
@@ -36,13 +31,20 @@ def test_markets_resolve_by_ticker_series_and_event_through_rest() -> None:
 
 
 def test_bad_options_give_clear_errors(settings) -> None:
-    with pytest.raises(IngestError, match="must start with ws://"):
-        resolve_ws_url(IngestOptions(ws_url="http://x"))
-    with pytest.raises(IngestError, match="local, demo or prod"):
-        resolve_ws_url(IngestOptions(exchange="live"))
+    with pytest.raises(EndpointError, match="must start with ws://"):
+        resolve_ws_url(exchange="local", ws_url="http://x")
+    with pytest.raises(EndpointError, match="local, demo or prod"):
+        resolve_ws_url(exchange="live")
     settings.KALSHI_API_KEY_ID = ""
-    with pytest.raises(IngestError, match="KALSHI_API_KEY_ID"):
+    with pytest.raises(EndpointError, match="KALSHI_API_KEY_ID"):
         load_signer(exchange="demo")
+    # The recorder reports them as its own errors (what its command and consumer catch).
+    with pytest.raises(IngestError, match="must start with ws://"):
+        run_ingest(IngestOptions(ws_url="http://x"))
+    with pytest.raises(IngestError, match="local, demo or prod"):
+        run_ingest(IngestOptions(exchange="live"))
+    with pytest.raises(IngestError, match="KALSHI_API_KEY_ID"):
+        run_ingest(IngestOptions(exchange="demo"))
     with pytest.raises(IngestError, match="unknown ingest option"):
         options_from_message({"type": "ingest.start", "marketz": ["A"]})
 

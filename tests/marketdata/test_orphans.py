@@ -18,7 +18,6 @@ import pytest
 from django.db import connections
 from django.utils import timezone
 
-from apps.dashboard.models import WorkerStatus
 from apps.marketdata.models import (
     OrderbookDelta,
     OrderbookSnapshot,
@@ -34,6 +33,7 @@ from apps.marketdata.orphans import (
     sweep,
 )
 from apps.marketdata.writer import RecordWriter, WriterConfig
+from apps.workers.models import WorkerStatus
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 HOST = socket.gethostname()

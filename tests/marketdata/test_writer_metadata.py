@@ -11,8 +11,6 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
-from apps.dashboard.models import WorkerStatus
-from apps.dashboard.services import report_worker_status
 from apps.marketdata.models import RecordingConnection
 from apps.marketdata.writer import (
     CONNECTION,
@@ -25,6 +23,8 @@ from apps.marketdata.writer import (
     WorkerStatusRow,
     WriterConfig,
 )
+from apps.workers.models import WorkerStatus
+from apps.workers.services import report_worker_status
 from tests.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]

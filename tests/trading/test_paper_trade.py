@@ -15,7 +15,6 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection, transaction
 
-from apps.dashboard.models import WorkerStatus
 from apps.marketdata.exchange import ExchangeThread
 from apps.simulation.actions import ActionType, encode
 from apps.trading.models import TradingAction
@@ -24,6 +23,7 @@ from apps.trading.services import PaperError, run_paper_trading
 from apps.training import services as registry
 from apps.training.artifacts import sha256_of
 from apps.training.models import RLModel, TradingEpisode
+from apps.workers.models import WorkerStatus
 from kalshiflow_site.modes import LiveTradingRefused
 from tests.conftest import REPO_ROOT
 from tests.trading.support import TraderThread, dev_key_exchange, policy_model, register
@@ -204,7 +204,7 @@ def test_the_kill_switch_stops_new_orders_and_shows_why_in_status(trader, admin_
 
 
 def test_a_version_for_other_markets_or_none_at_all_is_not_swapped_in() -> None:
-    from apps.trading.services import ReloadFailure, load_active_model, poll_registry
+    from apps.trading.registry import ReloadFailure, load_active_model, poll_registry
 
     v1 = register(["M-A", "M-B"])
     registry.promote_model(model=v1)

@@ -17,6 +17,7 @@ from apps.dashboard import selectors
 from apps.trading.models import TradingAction
 from apps.training.models import EpisodeMode, ModelStatus, RLModel, TradingEpisode
 from apps.training.selectors import promotion_check
+from apps.workers.selectors import WORKER_STATES
 
 MAX_BOOK_DEPTH = 50
 # Kalshi tickers: letters, digits, '.', '_' and '-' (also what channel-layer group names allow).
@@ -82,7 +83,7 @@ class WorkerSerializer(serializers.Serializer):
     host = serializers.CharField()
     pid = serializers.IntegerField()
     state = serializers.ChoiceField(
-        choices=selectors.WORKER_STATES,
+        choices=WORKER_STATES,
         help_text="alive; silent (late: unhealthy); dead (silent beyond RL_WORKER_DEAD_AFTER_S)",
     )
     started_at = serializers.DateTimeField()

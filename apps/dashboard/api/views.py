@@ -24,6 +24,7 @@ from rest_framework.views import APIView
 from apps.dashboard import plots, selectors
 from apps.dashboard.api import serializers as s
 from apps.training.models import TradingEpisode
+from apps.workers import selectors as workers
 
 
 def parse_query(serializer_class: type[serializers.Serializer], request: Request) -> dict:
@@ -54,7 +55,7 @@ class HealthView(APIView):
     )
     def get(self, request: Request) -> Response:
         try:
-            body = selectors.health()
+            body = workers.health()
         except DatabaseError as exc:
             body = {
                 "healthy": False,
@@ -74,8 +75,8 @@ class StatusView(APIView):
 
     @extend_schema(responses=s.StatusSerializer, tags=["status"])
     def get(self, request: Request) -> Response:
-        workers = selectors.workers_status()
-        body = {"health": selectors.health(workers), "workers": workers}
+        rows = workers.workers_status()
+        body = {"health": workers.health(rows), "workers": rows}
         return Response(s.StatusSerializer(body).data)
 
 

@@ -246,7 +246,7 @@ TABLES: Final[dict[str, TableSpec]] = {
     WORKER_STATUS: TableSpec(
         WORKER_STATUS,
         "rl_worker_status",
-        "dashboard.WorkerStatus",
+        "workers.WorkerStatus",
         WorkerStatusRow,
         "varchar varchar varchar int4 timestamptz timestamptz timestamptz bool jsonb jsonb".split(),
         time_index=None,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from apps.trading.services import PaperError, dollars, run_paper_trading
+from apps.trading.options import PaperError, dollars
+from apps.trading.services import run_paper_trading
 from kalshiflow_site.modes import LiveTradingRefused
 
 

@@ -1,7 +1,9 @@
-"""Heartbeats of the long-running workers (recorders, paper traders), read by /rl/status.
+"""Heartbeats of the long-running workers (recorders, paper traders).
 
 Each worker process upserts its own row every few seconds, so status works across processes
-and hosts with nothing but the database they already share.
+and hosts with nothing but the database they already share. The table was created by the
+dashboard app (its migration 0001) and moved here without a database change: the dashboard
+reads it, the workers write it.
 """
 
 from __future__ import annotations
