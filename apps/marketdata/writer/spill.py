@@ -68,6 +68,9 @@ class SpillStore:
     when the directory or a write fails (ENOSPC, EIO, a read-only disk): a refused append
     leaves no torn line behind, and the store takes rows again as soon as there is room.
     Each append is one ``os.write`` per batch, so the rows are with the OS when it returns.
+
+    ``tables`` are the specs whose rows it holds (JSON lines decode to their row types); a
+    crashed writer's segments of other tables are left where they are, for their own writer.
     """
 
     def __init__(
