@@ -48,17 +48,20 @@ Portfolio (offset from 540): 0 ``cash`` — cash / starting cash − 1; 1 ``expo
 cost basis / starting cash; 2 ``fees_paid`` — fees / (1 % of starting cash); 3 ``drawdown``
 — fraction of the equity peak lost; 4 ``progress`` — episode progress in [0, 1].
 
-History features come from :class:`MarketHistory` (a ring buffer the paper trader pushes one
-sample per step into) or :func:`history_summaries` (the same numbers for a whole series at
-once, for the env); both read only samples at or before the current step. A step whose book
-is unknown (untrusted, or one side empty) records NaN and contributes no change.
+History features live in :mod:`apps.simulation.history_features` (re-exported here):
+:func:`history_summaries` for a whole series at once (the env), :class:`MarketHistory` and the
+paper trader's compiled ring (``LiveHistory``) for one step at a time; all read only samples
+at or before the current step. A step whose book is unknown (untrusted, or one side empty)
+records NaN and contributes no change.
 
 Inputs are plain typed state: one :class:`MarketState` per market (from a live OrderBook with
 :meth:`MarketState.from_book`, or from the env's top-K arrays with
 :meth:`MarketState.from_arrays`) and a :class:`PortfolioState`. The env can skip the per-market
-objects. The observation is built in two pieces that both paths share:
+objects. The observation is built in two pieces:
 :func:`static_features` (offsets 0–48: flags, book, history, time; elementwise numpy, so the
-env computes it once per tick of a whole recorded history) and the compiled
+env computes it once per tick of a whole recorded history; :func:`build_observation_batch`
+computes one tick with its compiled twin in :mod:`apps.simulation.tick_features`, equal bit
+for bit) and the compiled
 :func:`apps.simulation.kernel.write_position_features` (offsets 49–53 and the portfolio
 block). An env step therefore only copies a precomputed row and writes the account's part.
 Position features of a flat market are +0.0 (never −0.0), so observations compare bit for

@@ -41,7 +41,6 @@ from apps.simulation.layout import (
     A_EXPOSURE,
     A_FEES,
     A_REALIZED,
-    ACCT_SIZE,
     ACTIONS_PER_MARKET,
     CASH,
     CLOSED,
@@ -86,62 +85,21 @@ from apps.simulation.layout import (
     P_TOUCHED,
     P_YES,
     P_YES_COST,
-    POS_COLUMNS,
     POSITION,
     PRICE_SCALE,
-    REFUSALS,
     RESULT_NO,
     RESULT_SCALAR,
-    RESULT_UNKNOWN,
     RESULT_YES,
     TRADED,
     UNREALIZED_CAPITAL_SHARE,
     UNTRUSTED,
 )
 
-# Names callers read through this module (kernel.F_REFUSAL, kernel.REFUSALS, ...).
-__all__ = [
-    "ACCT_SIZE",
-    "FILL_COLUMNS",
-    "F_ACTION",
-    "F_CASH",
-    "F_CONTRACT",
-    "F_FEE",
-    "F_FILLED",
-    "F_NOTIONAL",
-    "F_REFUSAL",
-    "F_SIDE",
-    "F_SIZE",
-    "F_TYPE",
-    "HOLD",
-    "POS_COLUMNS",
-    "P_FEES",
-    "P_NO",
-    "P_NO_COST",
-    "P_REALIZED",
-    "P_SETTLED",
-    "P_TOUCHED",
-    "P_YES",
-    "P_YES_COST",
-    "REFUSALS",
-    "RESULT_NO",
-    "RESULT_SCALAR",
-    "RESULT_UNKNOWN",
-    "RESULT_YES",
-    "TRADED",
-    "Rules",
-    "action_masks",
-    "check_int64_bounds",
-    "equity_x2",
-    "execute_all",
-    "market_values_x2",
-    "rule_arrays",
-    "settle_due",
-    "tick_marks",
-    "trading_rules",
-    "write_env_observation",
-    "write_position_features",
-]
+# Read through this module by the env and the tests (kernel.REFUSALS, ...).
+from apps.simulation.layout import ACCT_SIZE as ACCT_SIZE
+from apps.simulation.layout import POS_COLUMNS as POS_COLUMNS
+from apps.simulation.layout import REFUSALS as REFUSALS
+from apps.simulation.layout import RESULT_UNKNOWN as RESULT_UNKNOWN
 
 _TO_DOLLARS = 1.0 / PRICE_SCALE
 _INT64_MAX = 2**63 - 1
@@ -700,3 +658,15 @@ def market_values_x2(mid_e4x2, t, pos, out):
             out[j] = pos[j, P_YES] * mark + pos[j, P_NO] * (2 * PRICE_SCALE - mark)
         else:
             out[j] = 2 * (pos[j, P_YES_COST] + pos[j, P_NO_COST])
+
+
+@njit(cache=True, nogil=True)
+def mask_bits(masks, out):
+    """Each market's (30,) mask as an int, bit ``a`` set when action ``a`` is allowed (how
+    the paper trader logs masks)."""
+    for j in range(masks.shape[0]):
+        bits = 0
+        for a in range(masks.shape[1]):
+            if masks[j, a]:
+                bits |= 1 << a
+        out[j] = bits

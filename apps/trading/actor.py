@@ -103,7 +103,6 @@ def _decoded_size(action_id: int, sizes_e2: tuple[int, ...]) -> int:
     return sizes_e2[action_id % N_SIZES]
 
 
-_MASK_WEIGHTS = np.left_shift(np.int64(1), np.arange(ACTIONS_PER_MARKET, dtype=np.int64))
 _UNKNOWN_CLOSE_NS = np.iinfo(np.int64).max  # the env's close time for a market without one
 
 
@@ -270,6 +269,7 @@ class PaperActor:
         # Each market's value (×2) after the last decision, for the per-market rewards.
         self._values_x2 = np.zeros(self.n_markets, dtype=np.int64)
         self._values_after_x2 = np.zeros(self.n_markets, dtype=np.int64)
+        self._mask_bits = np.zeros(self.n_markets, dtype=np.int64)
         self._equity_after_x2 = 2 * self.initial_cash_e6
         self._fills = np.zeros((self.n_markets, FILL_COLUMNS), dtype=np.int64)
         self._holds = np.zeros(self.n_markets, dtype=np.int64)
@@ -396,7 +396,9 @@ class PaperActor:
         self._values_x2[:] = values_x2
         initial_x2 = 2 * self.initial_cash_e6
         net = (pos[:, P_YES] - pos[:, P_NO]).tolist()
-        bits = (masks @ _MASK_WEIGHTS).tolist()
+        bits_out = self._mask_bits
+        kernel.mask_bits(masks, bits_out)
+        bits = bits_out.tolist()
         cash_after_e4 = int(self._acct[A_CASH]) // 100
         when = utc_from_ns(time_ns)
         version = self.policy.version
