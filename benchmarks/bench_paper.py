@@ -15,9 +15,10 @@ trainer's architecture) registered and promoted in the registry, and records per
    observation, masks, fills, rows), minus the forward pass.
 3. **forward pass**: the policy's ``predict`` alone.
 
-Baseline in the same process: one ``KalshiTradingEnv`` step with its masks over a history of
-the same number of markets (the simulator's own decision cost, also without the forward
-pass). The decision's p50 over the baseline's p50 says how much the live path adds to the
+Baseline in the same process, right after the session while the exchange still streams (so
+both are measured under the same load): one ``KalshiTradingEnv`` step with its masks over a
+history of the same number of markets (the simulator's own decision cost, also without the
+forward pass). The decision's p50 over the baseline's p50 says how much the live path adds to the
 compiled rules both run (target: at most ``TARGET_RATIO``). Ends with one JSON line whose keys
 name their units (``_ms``, ``_s``, ``_per_s``, ``_x`` for a ratio). Uses (and drops)
 its own database: ``BENCH_DB``, default ``kalshiflow_bench_paper``.
@@ -162,10 +163,12 @@ def main() -> int:
         from apps.trading.models import TradingAction
 
         stored = TradingAction.objects.filter(episode_id=result.episode_id).count()
+        # The baseline runs while the exchange process still streams (as it did during the
+        # decisions): both sides of the ratio are measured on the same loaded machine.
+        baseline = latency_summary(env_step_baseline(len(markets)))
     finally:
         exchange.send_signal(signal.SIGTERM)
         exchange.wait(30)
-    baseline = latency_summary(env_step_baseline(len(markets)))
     change = latency_summary(result.latency["change_to_enqueue_ns"])
     decide = latency_summary(result.latency["decide_ns"])
     forward = latency_summary(result.latency["forward_ns"])
