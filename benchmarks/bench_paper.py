@@ -15,9 +15,12 @@ trainer's architecture) registered and promoted in the registry, and records per
    observation, masks, fills, rows), minus the forward pass.
 3. **forward pass**: the policy's ``predict`` alone.
 
-Baseline in the same process: one ``KalshiTradingEnv`` step with its masks over a history of
-the same number of markets (the simulator's own decision cost, also without the forward
-pass); the ratio says how much the live path adds. Ends with one JSON line. Uses (and drops)
+Baseline in the same process, right after the session while the exchange still streams (so
+both are measured under the same load): one ``KalshiTradingEnv`` step with its masks over a
+history of the same number of markets (the simulator's own decision cost, also without the
+forward pass). The decision's p50 over the baseline's p50 says how much the live path adds to the
+compiled rules both run (target: at most ``TARGET_RATIO``). Ends with one JSON line whose keys
+name their units (``_ms``, ``_s``, ``_per_s``, ``_x`` for a ratio). Uses (and drops)
 its own database: ``BENCH_DB``, default ``kalshiflow_bench_paper``.
 """
 
@@ -37,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 DB_NAME = os.environ.get("BENCH_DB", "kalshiflow_bench_paper")
 TARGET_P99_MS = 5.0
+TARGET_RATIO = 10.0  # decision (no forward pass) / env step + masks, p50
 
 from benchmarks.bench_ingest import free_port, start_exchange  # noqa: E402
 from benchmarks.scratchdb import drop_scratch_database, setup_scratch_django  # noqa: E402
@@ -131,7 +135,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="paper-trading time")
     parser.add_argument("--markets", type=int, default=5, help="markets followed (1-10)")
     parser.add_argument("--rate", type=float, default=200.0, help="book messages/s, all markets")
-    parser.add_argument("--check", action="store_true", help="exit 1 if the target is missed")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     args = parser.parse_args()
     var_dir = Path(tempfile.mkdtemp(prefix="bench-paper-"))
     setup_django(var_dir)
@@ -159,10 +163,12 @@ def main() -> int:
         from apps.trading.models import TradingAction
 
         stored = TradingAction.objects.filter(episode_id=result.episode_id).count()
+        # The baseline runs while the exchange process still streams (as it did during the
+        # decisions): both sides of the ratio are measured on the same loaded machine.
+        baseline = latency_summary(env_step_baseline(len(markets)))
     finally:
         exchange.send_signal(signal.SIGTERM)
         exchange.wait(30)
-    baseline = latency_summary(env_step_baseline(len(markets)))
     change = latency_summary(result.latency["change_to_enqueue_ns"])
     decide = latency_summary(result.latency["decide_ns"])
     forward = latency_summary(result.latency["forward_ns"])
@@ -186,19 +192,21 @@ def main() -> int:
         )
     ratio = decide["p50_ms"] / baseline["p50_ms"]
     met = change["p99_ms"] is not None and change["p99_ms"] < TARGET_P99_MS
+    ratio_met = ratio <= TARGET_RATIO
     print(
-        f"decision / env step (p50): {ratio:.1f}x; target book change -> logged p99 < "
+        f"decision / (env step + masks), p50: {ratio:.1f}x (target <= {TARGET_RATIO:g}x -> "
+        f"{'met' if ratio_met else 'MISSED'}); book change -> logged p99 < "
         f"{TARGET_P99_MS} ms -> {'met' if met else 'MISSED'}"
     )
     print(
         json.dumps(
             {
                 "bench": "paper",
-                "markets": len(markets),
+                "markets_count": len(markets),
                 "exchange_msgs_per_s": args.rate,
-                "seconds": round(result.elapsed_s, 2),
-                "decisions": result.decisions,
-                "rows_stored": stored,
+                "elapsed_s": round(result.elapsed_s, 2),
+                "decisions_count": result.decisions,
+                "rows_stored_count": stored,
                 "change_to_logged_p50_ms": round(change["p50_ms"], 4),
                 "change_to_logged_p99_ms": round(change["p99_ms"], 4),
                 "change_to_logged_max_ms": round(change["max_ms"], 4),
@@ -206,14 +214,17 @@ def main() -> int:
                 "decision_p99_ms": round(decide["p99_ms"], 4),
                 "forward_p50_ms": round(forward["p50_ms"], 4),
                 "forward_p99_ms": round(forward["p99_ms"], 4),
-                "env_step_p50_ms": round(baseline["p50_ms"], 4),
-                "ratio_decision_vs_env_step": round(ratio, 2),
-                "target_p99_ms": TARGET_P99_MS,
-                "target_met": met,
+                "env_step_masks_p50_ms": round(baseline["p50_ms"], 4),
+                "env_step_masks_p99_ms": round(baseline["p99_ms"], 4),
+                "decision_vs_env_step_p50_x": round(ratio, 2),
+                "decision_vs_env_step_target_x": TARGET_RATIO,
+                "decision_vs_env_step_target_met": ratio_met,
+                "change_to_logged_target_p99_ms": TARGET_P99_MS,
+                "change_to_logged_target_met": met,
             }
         )
     )
-    return 1 if args.check and not met else 0
+    return 1 if args.check and not (met and ratio_met) else 0
 
 
 if __name__ == "__main__":

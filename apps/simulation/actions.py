@@ -1,4 +1,5 @@
-"""The per-market action space, its masks, and turning an action into a fill.
+"""The per-market action space: ids, types and sizes (the rules that carry an action out are
+the compiled :mod:`apps.simulation.kernel`).
 
 Each market has 30 actions: 6 types × 5 sizes, ``action_id = type × 5 + size_index``.
 
@@ -16,8 +17,8 @@ type   name        effect (``size`` = ``sizes_e2[size_index]``, default 1, 5, 10
 A position is YES or NO contracts (Kalshi nets the two), so BUY_NO while holding YES reduces
 the YES position, exactly as on the exchange.
 
-**Masks.** ``action_mask()`` allows an action exactly when :func:`execute` would carry it out.
-It evaluates the very fill the action would get now, through the same code:
+**Masks** (``kernel.action_masks``) allow an action exactly when ``kernel.execute_all`` would
+carry it out, by evaluating the very fill the action would get now:
 
 * a market whose book is untrusted (recording gap or resync, until the next snapshot) or that
   is closed allows only HOLD;
@@ -25,35 +26,33 @@ It evaluates the very fill the action would get now, through the same code:
   left over from a partial fill is closed with FLATTEN); FLATTEN needs a position;
 * the walked side must show liquidity (the fill is > 0). A thin book gives a **partial** fill:
   that is allowed, it is what a market order does;
-* the fill, partial or not, must break no rule of :meth:`Portfolio.check_fill`: cash stays
-  ≥ 0 after cost and fee, position, concentration and exposure limits hold. We do **not**
-  shrink an order to fit a limit: an order that would break one is masked, and the smaller
-  sizes remain (size 1 is the finest control).
+* the fill, partial or not, must break no risk rule: cash stays ≥ 0 after cost and fee;
+  position, concentration and exposure limits hold (a limit only blocks an order that makes
+  its own measure worse). We do **not** shrink an order to fit a limit: an order that would
+  break one is masked, and the smaller sizes remain (size 1 is the finest control).
 
-HOLD is always allowed, so a mask always has at least one True.
+HOLD is always allowed, so a mask always has at least one True. A refused action is a hold
+whose reason is logged (``layout.REFUSALS``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from enum import IntEnum, StrEnum
+from enum import IntEnum
 
-import numpy as np
+from apps.simulation.layout import ACTIONS_PER_MARKET, N_SIZES, SIZE_SCALE
 
-from apps.marketdata.kalshi.units import SIZE_SCALE
-from apps.simulation.fees import STANDARD_FEES, FeeSchedule
-from apps.simulation.fills import (
-    BOOK_LEVELS,
-    BookView,
-    Contract,
-    Fill,
-    Level,
-    Side,
-    fill_from_levels,
-    taking_levels,
-)
-from apps.simulation.portfolio import LimitBreach, MarketPosition, Portfolio
+__all__ = [
+    "ACTIONS_PER_MARKET",
+    "DEFAULT_SIZES_CONTRACTS",
+    "DEFAULT_SIZES_E2",
+    "N_ACTION_TYPES",
+    "N_SIZES",
+    "ActionType",
+    "decode",
+    "encode",
+    "sizes_e2_from_contracts",
+]
 
 
 class ActionType(IntEnum):
@@ -67,28 +66,8 @@ class ActionType(IntEnum):
 
 N_ACTION_TYPES = len(ActionType)
 _TYPES = tuple(ActionType)
-N_SIZES = 5
-ACTIONS_PER_MARKET = N_ACTION_TYPES * N_SIZES  # 30
 DEFAULT_SIZES_CONTRACTS: tuple[int, ...] = (1, 5, 10, 25, 50)
 DEFAULT_SIZES_E2: tuple[int, ...] = tuple(c * SIZE_SCALE for c in DEFAULT_SIZES_CONTRACTS)
-
-_ORDERS = {
-    ActionType.BUY_YES: (Contract.YES, Side.BUY),
-    ActionType.SELL_YES: (Contract.YES, Side.SELL),
-    ActionType.BUY_NO: (Contract.NO, Side.BUY),
-    ActionType.SELL_NO: (Contract.NO, Side.SELL),
-}
-
-
-class Refusal(StrEnum):
-    """Why an action is not carried out (limit breaches use :class:`LimitBreach` values)."""
-
-    HOLD = "hold"  # not a refusal: nothing to do
-    UNTRUSTED = "untrusted"  # book unknown after a gap/resync
-    CLOSED = "closed"  # market closed or settled
-    NOT_HELD = "not_held"  # selling more than is held
-    NO_POSITION = "no_position"  # flatten with nothing held
-    NO_LIQUIDITY = "no_liquidity"  # nothing to take on the walked side
 
 
 def sizes_e2_from_contracts(contracts: Sequence[int]) -> tuple[int, ...]:
@@ -118,262 +97,3 @@ def decode(action_id: int, sizes_e2: Sequence[int] = DEFAULT_SIZES_E2) -> tuple[
     if action_type is ActionType.HOLD or action_type is ActionType.FLATTEN:
         return action_type, 0
     return action_type, int(sizes_e2[action_id % N_SIZES])
-
-
-@dataclass(frozen=True, slots=True)
-class Order:
-    """A taker order: which contract, buy or sell, how much (0.01 contract)."""
-
-    contract: Contract
-    side: Side
-    size_e2: int
-
-
-def order_for(action_type: ActionType, size_e2: int, position: MarketPosition) -> Order | None:
-    """The order an action places given the market's position; None for HOLD and for a
-    FLATTEN with nothing held.
-
-    Args:
-        action_type: the decoded type.
-        size_e2: the decoded size in 0.01 contract (ignored by HOLD and FLATTEN).
-        position: the market's current holdings.
-    """
-    if action_type is ActionType.HOLD:
-        return None
-    if action_type is ActionType.FLATTEN:
-        # After netting only one side is held; close it.
-        if position.yes_e2:
-            return Order(Contract.YES, Side.SELL, position.yes_e2)
-        if position.no_e2:
-            return Order(Contract.NO, Side.SELL, position.no_e2)
-        return None
-    contract, side = _ORDERS[action_type]
-    return Order(contract, side, size_e2)
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """What an action does now: the order, its fill and, when refused, why.
-
-    Attributes:
-        action_id: 0..29.
-        action_type: the decoded type.
-        size_e2: decoded size in 0.01 contract (0 for HOLD and FLATTEN).
-        order: the order placed, None for HOLD or when refused before pricing.
-        fill: the fill the order gets (present also when a limit refuses it, for logging).
-        refusal: None when the action is carried out; else the reason (``Refusal.HOLD`` for
-            a hold, which is allowed but trades nothing).
-    """
-
-    action_id: int
-    action_type: ActionType
-    size_e2: int
-    order: Order | None
-    fill: Fill | None
-    refusal: Refusal | LimitBreach | None
-
-    @property
-    def allowed(self) -> bool:
-        """True when the action may be taken (HOLD included)."""
-        return self.refusal is None or self.refusal is Refusal.HOLD
-
-    @property
-    def trades(self) -> bool:
-        """True when carrying it out changes the portfolio (an allowed, non-HOLD action)."""
-        return self.refusal is None
-
-
-class _Market:
-    """One market's context for evaluating actions; caches the walked levels per direction."""
-
-    __slots__ = (
-        "book",
-        "exposure_e6",
-        "fees",
-        "levels",
-        "market",
-        "max_levels",
-        "portfolio",
-        "position",
-    )
-
-    def __init__(
-        self,
-        *,
-        book: BookView,
-        portfolio: Portfolio,
-        market: str,
-        fees: FeeSchedule,
-        max_levels: int,
-    ) -> None:
-        self.book = book
-        self.portfolio = portfolio
-        self.market = market
-        self.fees = fees
-        self.max_levels = max_levels
-        self.position = portfolio.position(market)
-        self.exposure_e6 = portfolio.exposure_e6()
-        self.levels: dict[tuple[Contract, Side], list[Level]] = {}
-
-    def decide(
-        self, action_id: int, sizes_e2: Sequence[int], *, trusted: bool, is_open: bool
-    ) -> Decision:
-        action_type, size_e2 = decode(action_id, sizes_e2)
-        order: Order | None = None
-        fill: Fill | None = None
-        refusal: Refusal | LimitBreach | None = None
-        position = self.position
-        if action_type is ActionType.HOLD:
-            refusal = Refusal.HOLD
-        elif not trusted:
-            refusal = Refusal.UNTRUSTED
-        elif not is_open or position.settled:
-            refusal = Refusal.CLOSED
-        else:
-            order = order_for(action_type, size_e2, position)
-            if order is None:
-                refusal = Refusal.NO_POSITION
-            elif order.side is Side.SELL and order.size_e2 > (
-                position.yes_e2 if order.contract is Contract.YES else position.no_e2
-            ):
-                refusal = Refusal.NOT_HELD
-            else:
-                key = (order.contract, order.side)
-                levels = self.levels.get(key)
-                if levels is None:
-                    levels = taking_levels(self.book, order.contract, order.side, self.max_levels)
-                    self.levels[key] = levels
-                if not levels:
-                    refusal = Refusal.NO_LIQUIDITY
-                else:
-                    fill = fill_from_levels(
-                        levels,
-                        contract=order.contract,
-                        side=order.side,
-                        size_e2=order.size_e2,
-                        fees=self.fees,
-                    )
-                    breaches = self.portfolio.check_fill_given(position, fill, self.exposure_e6)
-                    if breaches:
-                        refusal = breaches[0]
-        return Decision(action_id, action_type, size_e2, order, fill, refusal)
-
-
-def decide(
-    action_id: int,
-    *,
-    book: BookView,
-    portfolio: Portfolio,
-    market: str,
-    trusted: bool = True,
-    is_open: bool = True,
-    sizes_e2: Sequence[int] = DEFAULT_SIZES_E2,
-    fees: FeeSchedule = STANDARD_FEES,
-    max_levels: int = BOOK_LEVELS,
-) -> Decision:
-    """Evaluate one action against the book and portfolio as they stand (nothing changes).
-
-    Args:
-        action_id: 0..29.
-        book: the market's book (OrderBook, ArrayBook, any BookView).
-        portfolio: the account.
-        market: the market ticker (the portfolio's key).
-        trusted: False while the book is unknown after a gap/resync.
-        is_open: False once the market is closed (or settled).
-        sizes_e2: the five order sizes in 0.01 contract.
-        fees: the market's fee schedule.
-        max_levels: bid levels visible per side (the env stores ``BOOK_LEVELS``).
-    """
-    ctx = _Market(book=book, portfolio=portfolio, market=market, fees=fees, max_levels=max_levels)
-    return ctx.decide(action_id, sizes_e2, trusted=trusted, is_open=is_open)
-
-
-def execute(
-    action_id: int,
-    *,
-    book: BookView,
-    portfolio: Portfolio,
-    market: str,
-    trusted: bool = True,
-    is_open: bool = True,
-    sizes_e2: Sequence[int] = DEFAULT_SIZES_E2,
-    fees: FeeSchedule = STANDARD_FEES,
-    max_levels: int = BOOK_LEVELS,
-) -> Decision:
-    """Carry out one action: :func:`decide`, then apply its fill to ``portfolio`` if allowed.
-
-    A refused action changes nothing (the env and the paper trader treat it as HOLD and log
-    the refusal). Arguments as for :func:`decide`.
-    """
-    decision = decide(
-        action_id,
-        book=book,
-        portfolio=portfolio,
-        market=market,
-        trusted=trusted,
-        is_open=is_open,
-        sizes_e2=sizes_e2,
-        fees=fees,
-        max_levels=max_levels,
-    )
-    if decision.trades:
-        assert decision.fill is not None
-        # decide() checked every limit against this exact portfolio state just now.
-        portfolio.apply_checked_fill(market, decision.fill)
-    return decision
-
-
-def action_mask(
-    *,
-    book: BookView,
-    portfolio: Portfolio,
-    market: str,
-    trusted: bool = True,
-    is_open: bool = True,
-    sizes_e2: Sequence[int] = DEFAULT_SIZES_E2,
-    fees: FeeSchedule = STANDARD_FEES,
-    max_levels: int = BOOK_LEVELS,
-) -> np.ndarray:
-    """(30,) bool: True where :func:`execute` would carry the action out (HOLD always True).
-
-    Arguments as for :func:`decide`.
-    """
-    mask = np.zeros(ACTIONS_PER_MARKET, dtype=bool)
-    mask[:N_SIZES] = True  # HOLD
-    if not trusted or not is_open:
-        return mask
-    ctx = _Market(book=book, portfolio=portfolio, market=market, fees=fees, max_levels=max_levels)
-
-    def allowed(action_id: int) -> bool:
-        return ctx.decide(action_id, sizes_e2, trusted=True, is_open=True).allowed
-
-    by_size = sorted(range(N_SIZES), key=lambda i: sizes_e2[i])
-    position = ctx.position
-    for action_type in _TYPES[1:-1]:
-        first = int(action_type) * N_SIZES
-        contract, side = _ORDERS[action_type]
-        other_held = position.no_e2 if contract is Contract.YES else position.yes_e2
-        if side is Side.BUY and not other_held:
-            # A buy that does not net against the other side is monotone in size: a larger
-            # order takes a superset of the levels, so it pays more, fees more, holds more and
-            # leaves less cash and capital. If the largest size passes every rule, all do;
-            # otherwise the allowed sizes are exactly those below the first that fails.
-            if allowed(first + by_size[-1]):
-                mask[first : first + N_SIZES] = True
-                continue
-            for i in by_size:
-                if not allowed(first + i):
-                    break
-                mask[first + i] = True
-            continue
-        for i in range(N_SIZES):
-            # Selling more than is held is refused before pricing (NOT_HELD): skip the call.
-            if side is Side.SELL and sizes_e2[i] > (
-                position.yes_e2 if contract is Contract.YES else position.no_e2
-            ):
-                continue
-            mask[first + i] = allowed(first + i)
-    # FLATTEN ignores the size: evaluate once, copy to its five ids.
-    flatten = int(ActionType.FLATTEN) * N_SIZES
-    mask[flatten:] = allowed(flatten)
-    return mask

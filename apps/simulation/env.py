@@ -5,17 +5,17 @@ once) and never touches the database. Each step:
 
 1. every market's action (6 types x 5 sizes, see :mod:`apps.simulation.actions`) is carried
    out, market by market, against the book as it stood at the current tick: a taker order
-   walks the opposite bid ladder (:mod:`apps.simulation.fills`) and pays Kalshi's fee
+   walks the opposite bid ladder (:mod:`apps.simulation.kernel`) and pays Kalshi's fee
    (:mod:`apps.simulation.fees`); a refused action is a hold (its reason is in ``info``);
 2. time moves one tick; a market past its close is settled at $1/$0 when its result is known,
    else closed at its last mid (``how: settled_at_mid`` in ``info["settled"]``);
 3. reward = change of portfolio value (marked to mid) / initial cash, minus
    ``risk_penalty`` x the increase of drawdown (0 by default).
 
-Speed: the account lives in int64 arrays and steps 1–2, the masks and the account's part of
-the observation run in :mod:`apps.simulation.kernel` (numba), the compiled twin of the
-reference rules in ``actions`` / ``fills`` / ``portfolio`` that the paper trader runs (their
-equality is tested). ``env.portfolio`` returns a :class:`Portfolio` snapshot for reading.
+The rules: the account lives in int64 arrays and steps 1–2, the masks and the account's part
+of the observation run in :mod:`apps.simulation.kernel` (numba), the one implementation of the
+trading rules, which the paper trader runs too. ``env.portfolio`` is a read-only
+:class:`Portfolio` view of the account.
 
 The observation is the precomputed :func:`~apps.simulation.features.static_features` row of
 the current tick (it only ever reads history rows up to that tick: see
@@ -26,11 +26,11 @@ end. A market whose book is untrusted (gap or resync in the recording) can only 
 next snapshot.
 
 ``info`` is small and array-based, so vectorised envs copy it cheaply: ``time_ns``, ``tick``,
-``fills`` ((n_markets, 9) int64, columns ``kernel.F_*``: action, type, size, filled, notional,
-fee, refusal code, contract, side), ``positions_e2`` ((n_markets, 2): YES and NO held),
-``cash_e6``, ``equity_e6``, ``fees_paid_e4``, ``drawdown`` and ``settled`` (a list of
-``{market, how, payout_e6}``). :func:`trades_from_info` and :func:`positions_from_info` turn
-them into readable dicts.
+``fills`` ((n_markets, 10) int64, columns ``layout.F_*``: action, type, size, filled,
+notional, fee, refusal code, contract, side, cash moved), ``positions_e2`` ((n_markets, 2):
+YES and NO held), ``cash_e6``, ``equity_e6``, ``fees_paid_e4``, ``drawdown`` and ``settled``
+(a list of ``{market, how, payout_e6}``). :func:`trades_from_info` and
+:func:`positions_from_info` turn them into readable dicts.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Any
 
 import gymnasium as gym
@@ -51,6 +50,7 @@ from apps.simulation.actions import (
     ActionType,
     sizes_e2_from_contracts,
 )
+from apps.simulation.books import ArrayBook
 from apps.simulation.features import (
     BOOK_LEVELS,
     FEATURES_PER_MARKET,
@@ -61,9 +61,14 @@ from apps.simulation.features import (
     static_features,
 )
 from apps.simulation.fees import STANDARD_FEES, FeeSchedule
-from apps.simulation.fills import ArrayBook
 from apps.simulation.history import RecordedHistory
-from apps.simulation.portfolio import MarketPosition, Portfolio, RiskLimits, settlement_price_e4
+from apps.simulation.portfolio import (
+    EquityPeak,
+    Portfolio,
+    RiskLimits,
+    new_account,
+    settlement_price_e4,
+)
 
 NS = 1_000_000_000
 
@@ -141,8 +146,8 @@ class KalshiTradingEnv(gym.Env):
         self.action_space = gym.spaces.MultiDiscrete([ACTIONS_PER_MARKET] * m)
         self._setup_rules()
         self._precompute()
-        self._pos = np.zeros((m, kernel.POS_COLUMNS), dtype=np.int64)
-        self._acct = np.zeros(kernel.ACCT_SIZE, dtype=np.int64)
+        self._pos, self._acct = new_account(m, self.initial_cash_e6)
+        self._peak = EquityPeak(self.initial_cash_e6)
         self._hold_fills = np.zeros((m, kernel.FILL_COLUMNS), dtype=np.int64)
         self._hold_fills[:, kernel.F_REFUSAL] = kernel.HOLD
         self._payouts = np.zeros(m, dtype=np.int64)
@@ -161,6 +166,7 @@ class KalshiTradingEnv(gym.Env):
         twin = copy.copy(self)
         twin._pos = np.zeros_like(self._pos)
         twin._acct = np.zeros_like(self._acct)
+        twin._peak = EquityPeak(self.initial_cash_e6)
         twin._hold_fills = self._hold_fills.copy()
         twin._payouts = np.zeros_like(self._payouts)
         twin._kernel_args = (self._px, self._sz, self._trusted, twin._pos, twin._acct, *self._rules)
@@ -253,9 +259,7 @@ class KalshiTradingEnv(gym.Env):
         self._pos[:] = 0
         self._acct[:] = 0
         self._acct[kernel.A_CASH] = self.initial_cash_e6
-        self._peak_x2 = 2 * self.initial_cash_e6
-        self._drawdown = 0.0
-        self._max_drawdown = 0.0
+        self._peak.reset(self.initial_cash_e6)
         self._n_settled = 0
         self._next_close = int(self._close_ns.min())
         self._equity_x2 = 2 * self.initial_cash_e6
@@ -284,7 +288,7 @@ class KalshiTradingEnv(gym.Env):
         self._new_account()
         settled = self._settle_due()
         self._equity_x2 = kernel.equity_x2(self._mid_e4x2, start, self._pos, self._acct)
-        self._record_equity(self._equity_x2)
+        self._peak.record(self._equity_x2)
         info = self._info(self._hold_fills.copy())
         info["settled"] = settled
         return self._observation(), info
@@ -305,8 +309,9 @@ class KalshiTradingEnv(gym.Env):
         self._steps += 1
         settled = self._settle_due() if self._times_list[self._t] >= self._next_close else []
         equity_x2 = kernel.equity_x2(self._mid_e4x2, self._t, self._pos, self._acct)
-        drawdown_before = self._drawdown
-        drawdown = self._record_equity(equity_x2)
+        peak = self._peak
+        drawdown_before = peak.drawdown
+        drawdown = peak.record(equity_x2)
         # Integer numerator over integer denominator: the exact change, rounded once.
         reward = (equity_x2 - self._equity_x2) / (2 * self.initial_cash_e6)
         if self.config.risk_penalty:
@@ -352,33 +357,15 @@ class KalshiTradingEnv(gym.Env):
 
     @property
     def portfolio(self) -> Portfolio:
-        """A snapshot of the account as a :class:`Portfolio` (positions, cash, fees, P&L,
-        drawdown). The env keeps the account in int64 arrays for its compiled step; changing
-        the snapshot does not change the env."""
-        cash, _, fees, realized, _ = self._acct.tolist()
-        positions = {
-            market: MarketPosition(
-                yes_e2=row[kernel.P_YES],
-                no_e2=row[kernel.P_NO],
-                yes_cost_e6=row[kernel.P_YES_COST],
-                no_cost_e6=row[kernel.P_NO_COST],
-                fees_e4=row[kernel.P_FEES],
-                realized_e6=row[kernel.P_REALIZED],
-                settled=bool(row[kernel.P_SETTLED]),
-            )
-            for market, row in zip(self.markets, self._pos.tolist(), strict=True)
-            if row[kernel.P_TOUCHED]
-        }
-        return Portfolio.restore(
+        """A read-only view of the live account (positions, cash, fees, P&L, drawdown): it
+        follows the env as it steps."""
+        return Portfolio(
+            markets=self.markets,
+            pos=self._pos,
+            acct=self._acct,
             initial_cash_e6=self.initial_cash_e6,
-            cash_e6=cash,
             limits=self.config.limits,
-            positions=positions,
-            fees_paid_e4=fees,
-            realized_e6=realized,
-            peak_equity_e6=Fraction(self._peak_x2, 2),
-            drawdown=self._drawdown,
-            max_drawdown=self._max_drawdown,
+            peak=self._peak,
         )
 
     # -- internals -----------------------------------------------------------------------------
@@ -409,20 +396,10 @@ class KalshiTradingEnv(gym.Env):
             self._acct,
             self.config.limits.max_position_e2,
             float(self.initial_cash_e6),
-            self._drawdown,
+            self._peak.drawdown,
             self._steps / self.config.episode_steps,
         )
         return out
-
-    def _record_equity(self, equity_x2: int) -> float:
-        """Track the equity peak and drawdown (``Portfolio.record_equity_x2``, same floats)."""
-        if equity_x2 > self._peak_x2:
-            self._peak_x2 = equity_x2
-        peak = self._peak_x2
-        self._drawdown = (peak - equity_x2) / peak if peak > 0 else 0.0
-        if self._drawdown > self._max_drawdown:
-            self._max_drawdown = self._drawdown
-        return self._drawdown
 
     def _settle_due(self) -> list[dict[str, Any]]:
         """Settle every market whose close has come (at the result, else at its mid)."""
@@ -459,7 +436,7 @@ class KalshiTradingEnv(gym.Env):
             "cash_e6": cash,
             "equity_e6": self._equity_x2 / 2,
             "fees_paid_e4": fees,
-            "drawdown": self._drawdown,
+            "drawdown": self._peak.drawdown,
         }
 
 

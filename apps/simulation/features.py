@@ -48,17 +48,20 @@ Portfolio (offset from 540): 0 ``cash`` — cash / starting cash − 1; 1 ``expo
 cost basis / starting cash; 2 ``fees_paid`` — fees / (1 % of starting cash); 3 ``drawdown``
 — fraction of the equity peak lost; 4 ``progress`` — episode progress in [0, 1].
 
-History features come from :class:`MarketHistory` (a ring buffer the paper trader pushes one
-sample per step into) or :func:`history_summaries` (the same numbers for a whole series at
-once, for the env); both read only samples at or before the current step. A step whose book
-is unknown (untrusted, or one side empty) records NaN and contributes no change.
+History features live in :mod:`apps.simulation.history_features` (re-exported here):
+:func:`history_summaries` for a whole series at once (the env), :class:`MarketHistory` and the
+paper trader's compiled ring (``LiveHistory``) for one step at a time; all read only samples
+at or before the current step. A step whose book is unknown (untrusted, or one side empty)
+records NaN and contributes no change.
 
 Inputs are plain typed state: one :class:`MarketState` per market (from a live OrderBook with
 :meth:`MarketState.from_book`, or from the env's top-K arrays with
 :meth:`MarketState.from_arrays`) and a :class:`PortfolioState`. The env can skip the per-market
-objects. The observation is built in two pieces that both paths share:
+objects. The observation is built in two pieces:
 :func:`static_features` (offsets 0–48: flags, book, history, time; elementwise numpy, so the
-env computes it once per tick of a whole recorded history) and the compiled
+env computes it once per tick of a whole recorded history; :func:`build_observation_batch`
+computes one tick with its compiled twin in :mod:`apps.simulation.tick_features`, equal bit
+for bit) and the compiled
 :func:`apps.simulation.kernel.write_position_features` (offsets 49–53 and the portfolio
 block). An env step therefore only copies a precomputed row and writes the account's part.
 Position features of a flat market are +0.0 (never −0.0), so observations compare bit for
@@ -72,64 +75,70 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from apps.marketdata.kalshi.units import PRICE_SCALE, SIZE_SCALE
 from apps.simulation import kernel
-from apps.simulation.fills import BOOK_LEVELS, BookView, book_to_arrays, validate_book_arrays
+from apps.simulation.books import BOOK_LEVELS, BookView, book_to_arrays, validate_book_arrays
+from apps.simulation.history_features import (
+    HISTORY_CAPACITY,
+    MarketHistory,
+    book_stats,
+    history_block,
+    history_summaries,
+    series_values,
+)
+from apps.simulation.layout import (
+    CHANGE_WINDOW,
+    DEPTH_LEVELS,
+    FEATURES_PER_MARKET,
+    FEES_CAPITAL_SHARE,
+    HISTORY_NAMES,
+    HISTORY_WINDOWS,
+    MARKET_FEATURE_NAMES,
+    N_FEATURES,
+    N_HISTORY,
+    N_MARKETS,
+    PORTFOLIO_FEATURE_NAMES,
+    PORTFOLIO_FEATURES,
+    PRICE_SCALE,
+    SIZE_SCALE,
+    UNREALIZED_CAPITAL_SHARE,
+)
 from apps.simulation.portfolio import MarketPosition, Portfolio
+from apps.simulation.tick_features import tick_static_features
+
+# The layout's names are part of this module's API (callers import them from here).
+__all__ = [
+    "BOOK_LEVELS",
+    "CHANGE_WINDOW",
+    "DEPTH_LEVELS",
+    "FEATURES_PER_MARKET",
+    "FEES_CAPITAL_SHARE",
+    "HISTORY_CAPACITY",
+    "HISTORY_NAMES",
+    "HISTORY_WINDOWS",
+    "MARKET_FEATURE_NAMES",
+    "N_FEATURES",
+    "N_HISTORY",
+    "N_MARKETS",
+    "OBSERVATION_SPEC_VERSION",
+    "PORTFOLIO_FEATURES",
+    "PORTFOLIO_FEATURE_NAMES",
+    "UNREALIZED_CAPITAL_SHARE",
+    "MarketBatch",
+    "MarketHistory",
+    "MarketState",
+    "PortfolioState",
+    "book_features",
+    "book_stats",
+    "build_observation",
+    "build_observation_batch",
+    "feature_names",
+    "history_block",
+    "history_summaries",
+    "series_values",
+    "static_features",
+]
 
 OBSERVATION_SPEC_VERSION = 1
-N_MARKETS = 10
-FEATURES_PER_MARKET = 54
-PORTFOLIO_FEATURES = 5
-N_FEATURES = N_MARKETS * FEATURES_PER_MARKET + PORTFOLIO_FEATURES  # 545
-DEPTH_LEVELS = 5  # per-level sizes and gaps shown for the top 5 levels
-
-HISTORY_WINDOWS = (1, 5, 30, 300)  # steps
-VOL_WINDOW = 30  # steps of 1-step mid changes
-CHANGE_WINDOW = 5  # steps for spread and depth changes
-HISTORY_CAPACITY = max(HISTORY_WINDOWS) + 1  # samples a ring buffer keeps
-HISTORY_NAMES = (
-    *(f"mid_change_{w}" for w in HISTORY_WINDOWS),
-    *(f"updates_{w}" for w in HISTORY_WINDOWS),
-    f"mid_vol_{VOL_WINDOW}",
-    f"spread_change_{CHANGE_WINDOW}",
-    f"yes_depth_change_{CHANGE_WINDOW}",
-    f"no_depth_change_{CHANGE_WINDOW}",
-)
-N_HISTORY = len(HISTORY_NAMES)  # 12 raw values per market
-
-MARKET_FEATURE_NAMES: tuple[str, ...] = (
-    "present",
-    "trusted",
-    "open",
-    "has_yes_bid",
-    "has_no_bid",
-    "mid",
-    "spread",
-    "yes_bid",
-    "yes_ask",
-    "no_bid",
-    "no_ask",
-    "microprice_offset",
-    "imbalance_1",
-    *(f"yes_size_{i}" for i in range(1, DEPTH_LEVELS + 1)),
-    *(f"no_size_{i}" for i in range(1, DEPTH_LEVELS + 1)),
-    *(f"yes_gap_{i}" for i in range(2, DEPTH_LEVELS + 1)),
-    *(f"no_gap_{i}" for i in range(2, DEPTH_LEVELS + 1)),
-    "imbalance_5",
-    f"imbalance_{BOOK_LEVELS}",
-    f"yes_depth_{BOOK_LEVELS}",
-    f"no_depth_{BOOK_LEVELS}",
-    *HISTORY_NAMES,
-    "time_to_close_log",
-    "time_to_close_1h",
-    "net_position",
-    "avg_entry",
-    "unrealized_per_contract",
-    "unrealized",
-    "exposure",
-)
-PORTFOLIO_FEATURE_NAMES: tuple[str, ...] = ("cash", "exposure", "fees_paid", "drawdown", "progress")
 
 # Column offsets, named so the builder reads like the layout above.
 _C = {name: i for i, name in enumerate(MARKET_FEATURE_NAMES)}
@@ -148,8 +157,6 @@ SPREAD_CHANGE_SCALE = 0.10
 DEPTH_CHANGE_SCALE = np.log(100.0)
 TIME_TO_CLOSE_LOG_SCALE = np.log1p(30 * 86_400.0)  # seconds
 TIME_TO_CLOSE_NEAR_S = 3_600.0
-UNREALIZED_CAPITAL_SHARE = 0.10
-FEES_CAPITAL_SHARE = 0.01
 
 _INV_MID_CHANGE = 1.0 / np.array(MID_CHANGE_SCALES)
 _INV_UPDATES = 1.0 / np.log1p(UPDATES_PER_STEP_SCALE * np.array(HISTORY_WINDOWS, dtype=np.float64))
@@ -165,198 +172,6 @@ def feature_names() -> list[str]:
     names = [f"m{i}.{name}" for i in range(N_MARKETS) for name in MARKET_FEATURE_NAMES]
     names += [f"portfolio.{name}" for name in PORTFOLIO_FEATURE_NAMES]
     return names
-
-
-# -- book statistics and rolling history ---------------------------------------------------
-
-
-def book_stats(
-    yes_px: np.ndarray, yes_sz: np.ndarray, no_px: np.ndarray, no_sz: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Mid, spread and top-5 depths of top-K ladders (any leading shape, levels last).
-
-    Args:
-        yes_px, no_px: bid prices in $0.0001, best first.
-        yes_sz, no_sz: bid sizes in 0.01 contract, 0 = empty slot.
-
-    Returns:
-        (mid in dollars, spread in dollars, YES top-5 contracts, NO top-5 contracts); mid and
-        spread are NaN unless both sides have a level.
-    """
-    # One formula for mid/spread/depth everywhere: the env's (series_values).
-    px = np.stack([np.asarray(yes_px), np.asarray(no_px)], axis=-2)
-    sz = np.stack([np.asarray(yes_sz), np.asarray(no_sz)], axis=-2)
-    return series_values(px, sz, np.ones(px.shape[:-2], dtype=bool))
-
-
-def _lag_change(series: np.ndarray, lag: int) -> np.ndarray:
-    """series[t] − series[t − lag], 0 where the earlier sample is missing or either is NaN."""
-    out = np.zeros_like(series)
-    if lag < len(series):
-        out[lag:] = series[lag:] - series[:-lag]
-    return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
-
-
-def series_values(
-    px: np.ndarray, sz: np.ndarray, trusted: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The raw inputs of :func:`history_summaries` for books at any leading shape.
-
-    The env calls it once over a whole recorded history and the paper trader once per tick:
-    one formula, so both feed ``history_summaries`` the same numbers bit for bit.
-
-    Args:
-        px: (..., 2, K) integer bid prices in $0.0001 ([..., 0, :] YES, [..., 1, :] NO).
-        sz: (..., 2, K) integer bid sizes in 0.01 contract.
-        trusted: (...) bool.
-
-    Returns:
-        (mid, spread) in dollars, NaN unless trusted and two-sided; (yes_depth, no_depth) in
-        contracts over the top ``DEPTH_LEVELS`` levels, NaN unless trusted. Each (...) float64.
-    """
-    yes_bid = px[..., 0, 0] / 1e4
-    no_bid = px[..., 1, 0] / 1e4
-    two = (sz[..., 0, 0] > 0) & (sz[..., 1, 0] > 0) & trusted
-    mid = np.where(two, (yes_bid + 1.0 - no_bid) / 2, np.nan)
-    spread = np.where(two, 1.0 - yes_bid - no_bid, np.nan)
-    yes_depth = np.where(trusted, sz[..., 0, :DEPTH_LEVELS].sum(axis=-1) / 100, np.nan)
-    no_depth = np.where(trusted, sz[..., 1, :DEPTH_LEVELS].sum(axis=-1) / 100, np.nan)
-    return mid, spread, yes_depth, no_depth
-
-
-def history_block(
-    px: np.ndarray, sz: np.ndarray, trusted: np.ndarray, updates: np.ndarray
-) -> np.ndarray:
-    """:func:`history_summaries` of every market of a recorded history: (T, M, N_HISTORY).
-
-    Args:
-        px, sz: (T, M, 2, K) integer bid prices and sizes (as :func:`series_values`).
-        trusted: (T, M) bool.
-        updates: (T, M) book updates applied during each step.
-    """
-    mid, spread, yes_depth, no_depth = series_values(px, sz, trusted)
-    out = np.zeros((*np.shape(trusted), N_HISTORY))
-    for j in range(out.shape[1]):
-        out[:, j] = history_summaries(
-            mid[:, j], spread[:, j], updates[:, j], yes_depth[:, j], no_depth[:, j]
-        )
-    return out
-
-
-def history_summaries(
-    mid: np.ndarray,
-    spread: np.ndarray,
-    updates: np.ndarray,
-    yes_depth: np.ndarray,
-    no_depth: np.ndarray,
-) -> np.ndarray:
-    """Raw history values (``HISTORY_NAMES``) for every step of a series: (T, 12) float64.
-
-    Row ``t`` uses samples 0..t only. A window reaching before the first sample, or touching
-    a NaN (no two-sided or no trusted book), contributes 0 for a change.
-
-    Args:
-        mid: (T,) YES mid in dollars, NaN when unknown.
-        spread: (T,) spread in dollars, NaN when unknown.
-        updates: (T,) book updates (snapshots + deltas) applied during each step, integers.
-        yes_depth, no_depth: (T,) contracts in the top 5 levels, NaN when unknown.
-    """
-    mid = np.asarray(mid, dtype=np.float64)
-    n = len(mid)
-    out = np.zeros((n, N_HISTORY), dtype=np.float64)
-    for j, w in enumerate(HISTORY_WINDOWS):
-        out[:, j] = _lag_change(mid, w)
-    counts = np.concatenate(([0], np.cumsum(np.asarray(updates, dtype=np.int64))))
-    ends = np.arange(1, n + 1)
-    for j, w in enumerate(HISTORY_WINDOWS):
-        out[:, 4 + j] = counts[ends] - counts[np.maximum(ends - w, 0)]
-    # Std of the last VOL_WINDOW one-step changes; summed offset by offset (not with a
-    # reduction) so every row adds in the same order however long the series is.
-    diffs = np.full(n + VOL_WINDOW - 1, np.nan)
-    if n > 1:
-        diffs[VOL_WINDOW:] = mid[1:] - mid[:-1]
-    total = np.zeros(n)
-    total_sq = np.zeros(n)
-    count = np.zeros(n)
-    for j in range(VOL_WINDOW):
-        window = diffs[j : j + n]
-        ok = np.isfinite(window)
-        value = np.where(ok, window, 0.0)
-        total += value
-        total_sq += value * value
-        count += ok
-    safe = np.maximum(count, 1)
-    mean = total / safe
-    var = np.maximum(total_sq / safe - mean * mean, 0.0)
-    out[:, 8] = np.where(count >= 2, np.sqrt(var), 0.0)
-    out[:, 9] = _lag_change(np.asarray(spread, dtype=np.float64), CHANGE_WINDOW)
-    out[:, 10] = _lag_change(np.log1p(np.asarray(yes_depth, dtype=np.float64)), CHANGE_WINDOW)
-    out[:, 11] = _lag_change(np.log1p(np.asarray(no_depth, dtype=np.float64)), CHANGE_WINDOW)
-    return out
-
-
-class MarketHistory:
-    """A fixed ring of the last ``HISTORY_CAPACITY`` samples of one market (paper trader).
-
-    Push one sample per step; :meth:`summary` returns what :func:`history_summaries` gives
-    for the latest step of the same sequence (it reruns that code on the ring, about 0.15 ms:
-    fine for a live trader, while the env should call :func:`history_summaries` once per
-    series).
-    """
-
-    __slots__ = ("_arrays", "_n")
-
-    def __init__(self) -> None:
-        # Rows: mid, spread, updates, yes_depth, no_depth; oldest first.
-        self._arrays = np.zeros((5, HISTORY_CAPACITY), dtype=np.float64)
-        self._n = 0
-
-    def __len__(self) -> int:
-        return self._n
-
-    def push(
-        self, *, mid: float, spread: float, updates: int, yes_depth: float, no_depth: float
-    ) -> None:
-        """Append one step.
-
-        Args:
-            mid: YES mid in dollars (NaN when unknown).
-            spread: spread in dollars (NaN when unknown).
-            updates: book updates applied during the step.
-            yes_depth, no_depth: contracts in the top 5 levels (NaN when unknown).
-        """
-        if self._n == HISTORY_CAPACITY:
-            self._arrays[:, :-1] = self._arrays[:, 1:]
-            self._n -= 1
-        self._arrays[:, self._n] = (mid, spread, updates, yes_depth, no_depth)
-        self._n += 1
-
-    def push_book(self, book: BookView, *, updates: int, trusted: bool = True) -> None:
-        """Append one step read from a book (an untrusted book records unknowns).
-
-        Args:
-            book: the market's book as it stands at the end of the step.
-            updates: book updates applied during the step.
-            trusted: False while the book is untrusted.
-        """
-        if not trusted:
-            self.push(mid=np.nan, spread=np.nan, updates=updates, yes_depth=np.nan, no_depth=np.nan)
-            return
-        mid, spread, yes_depth, no_depth = book_stats(*book_to_arrays(book, DEPTH_LEVELS))
-        self.push(
-            mid=float(mid),
-            spread=float(spread),
-            updates=updates,
-            yes_depth=float(yes_depth),
-            no_depth=float(no_depth),
-        )
-
-    def summary(self) -> np.ndarray:
-        """(12,) raw history values for the latest step (zeros before the first push)."""
-        if self._n == 0:
-            return np.zeros(N_HISTORY)
-        a = self._arrays[:, : self._n]
-        return history_summaries(a[0], a[1], a[2].astype(np.int64), a[3], a[4])[-1]
 
 
 # -- inputs -----------------------------------------------------------------------------------
@@ -589,34 +404,25 @@ _B_IMBALANCE = _B["imbalance_5"]  # imbalance_5, imbalance_10
 _B_DEPTH = _B[f"yes_depth_{BOOK_LEVELS}"]  # yes_depth_10, no_depth_10
 _B_HIST = _B[HISTORY_NAMES[0]]
 _C_TIME = _C["time_to_close_log"]  # time_to_close_log, time_to_close_1h
-_POSITION_NAMES = ("net_position", "avg_entry", "unrealized_per_contract", "unrealized", "exposure")
-
-
-def _check_kernel_layout() -> None:
-    """The compiled position features (apps.simulation.kernel) hard-code their offsets and
-    scales: refuse to import if they ever drift from this module's layout."""
-    kernel_layout = (
-        (kernel._HAS_YES, kernel._HAS_NO),
-        (kernel._NET, kernel._ENTRY, kernel._UNREAL_PC, kernel._UNREAL, kernel._EXPOSURE),
-        (kernel.FEATURES_PER_MARKET, kernel.N_MARKETS),
-        (kernel._UNREALIZED_CAPITAL_SHARE, kernel._FEES_CAPITAL_SHARE),
-    )
-    layout = (
-        (_C["has_yes_bid"], _C["has_no_bid"]),
-        tuple(_C[n] for n in _POSITION_NAMES),
-        (FEATURES_PER_MARKET, N_MARKETS),
-        (UNREALIZED_CAPITAL_SHARE, FEES_CAPITAL_SHARE),
-    )
-    if kernel_layout != layout:
-        raise RuntimeError(f"kernel feature layout {kernel_layout} != features {layout}")
-
-
-_check_kernel_layout()
 _INV_HISTORY = np.concatenate((_INV_MID_CHANGE, np.zeros(len(HISTORY_WINDOWS)), _INV_TAIL))
 _INV_LEVEL_SIZE = 1.0 / LEVEL_SIZE_LOG_SCALE
 _INV_TOTAL_DEPTH = 1.0 / TOTAL_DEPTH_LOG_SCALE
 _IMBALANCE_DEPTHS = np.array([0, _TOP - 1, BOOK_LEVELS - 1])  # cumulative-size columns
 _TINY = 1e-12  # a denominator guard; sizes are multiples of 0.01 contract
+# The scales tick_static_features reads, in its order.
+_TICK_SCALES = np.array(
+    [
+        1.0 / SPREAD_SCALE,
+        0.5 / MICROPRICE_SCALE,
+        1 / GAP_SCALE,
+        _INV_LEVEL_SIZE,
+        _INV_TOTAL_DEPTH,
+        1.0 / TIME_TO_CLOSE_LOG_SCALE,
+        1.0 / TIME_TO_CLOSE_NEAR_S,
+        *_INV_HISTORY,
+        *_INV_UPDATES,
+    ]
+)
 
 
 def book_features(
@@ -742,15 +548,18 @@ def static_features(
 def build_observation_batch(batch: MarketBatch, portfolio: PortfolioState) -> np.ndarray:
     """The (545,) float32 observation of a :class:`MarketBatch` (a fresh array).
 
-    The static part comes from :func:`static_features`, the position and portfolio part from
-    :func:`apps.simulation.kernel.write_position_features`: the same two pieces the env uses.
+    The static part comes from :func:`~apps.simulation.tick_features.tick_static_features`
+    (the compiled twin of :func:`static_features` for one tick, equal bit for bit), the
+    position and portfolio part from :func:`apps.simulation.kernel.write_position_features`,
+    which the env uses too.
 
     Args:
         batch: per-slot book, history, time and position arrays.
         portfolio: account-level values.
     """
     out = np.zeros(N_FEATURES, dtype=np.float32)
-    static_features(
+    static = out[: _M * FEATURES_PER_MARKET].reshape(_M, FEATURES_PER_MARKET)
+    args = (
         batch.px,
         batch.sz,
         batch.history,
@@ -758,8 +567,9 @@ def build_observation_batch(batch: MarketBatch, portfolio: PortfolioState) -> np
         batch.present,
         batch.is_open,
         batch.seconds_to_close,
-        out=out[: _M * FEATURES_PER_MARKET].reshape(_M, FEATURES_PER_MARKET),
     )
+    if tick_static_features(*args, _TICK_SCALES, static):
+        static_features(*args, out=static)  # names the NaN features in its error
     kernel.write_position_features(
         out,
         batch.present,

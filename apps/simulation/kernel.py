@@ -1,33 +1,31 @@
-"""The env's hot loop, compiled: one step's actions, masks, settlement, equity and the
+"""The trading rules, compiled: one step's actions, masks, settlement, equity and the
 portfolio-dependent features for all markets in a single call each.
 
-Why a second implementation: :mod:`apps.simulation.actions`, :mod:`~apps.simulation.fills`
-and :mod:`~apps.simulation.portfolio` are the readable reference (the paper trader runs them
-on the live book). Interpreted, they cost ~10 µs per traded market and ~50 µs per market mask,
-which made a 10-market step 18x CartPole's. This module carries out exactly the same rules on
-int64 arrays under numba (no Python objects in the loop), and
-``tests/simulation/test_kernel.py`` proves it equal to the reference on random books,
-portfolios and actions: same fills, fees, refusals, positions and cash.
+This is the only implementation of the rules that the product executes: the env steps it over
+recorded books and the paper trader (:mod:`apps.trading.actor`) runs it on arrays sampled from
+the live books, for masks and fills alike. A readable Python model of the same rules lives in
+the tests (``tests/simulation/oracle``), and ``tests/simulation/test_kernel.py`` runs the two in
+lockstep on random books, portfolios and actions: same fills, fees, refusals, positions and
+cash, integer for integer (a deliberately broken kernel rule must fail it:
+``tests/simulation/test_kernel_mutants.py``).
 
-Integer arithmetic only, like the reference (cash and cost in $0.000001, prices in $0.0001,
-sizes in 0.01 contract); :func:`check_int64_bounds` is how the env proves, before it starts,
-that no product below can leave int64 for its limits, cash and episode length.
+Integer arithmetic only (cash and cost in $0.000001, prices in $0.0001, sizes in 0.01
+contract); :func:`check_int64_bounds` is how the env and the paper trader prove, before they
+start, that no product below can leave int64 for its limits, cash and episode length.
 
-The one piece both paths share is :func:`_position_slot` (via :func:`write_position_features`
-for the paper trader's batch and :func:`write_env_observation` for the env): the
-portfolio-dependent features are one compiled function, so they are the same bits on both.
+Array layouts and codes (``pos``, ``acct``, ``limits``, ``fills``, refusal and result codes)
+are named in :mod:`apps.simulation.layout`, read here as compile-time constants.
+:class:`~apps.simulation.portfolio.Portfolio` is the read-only view of ``pos`` / ``acct``.
 
-Array layouts (constants below name the columns):
+The portfolio-dependent features are one compiled function, :func:`_position_slot` (via
+:func:`write_position_features` for the paper trader's batch and
+:func:`write_env_observation` for the env), so they are the same bits on both paths.
 
-* ``pos`` (n_markets, 8) int64 — per market: YES held, NO held, YES cost, NO cost, fees paid
-  (e4), realized P&L (e6), settled (0/1), touched (0/1: the market has a position record).
-* ``acct`` (5,) int64 — cash (e6), total exposure (e6), fees paid (e4), realized (e6), the
-  equity peak ×2 (e6).
-* ``limits`` (5,) int64 — max position (e2), concentration share num/den, exposure share
-  num/den.
-* ``fills`` (n_markets, 9) int64 — per market for the step: action id, type, decoded size,
-  filled, notional (e6), fee (e4), refusal code (``REFUSALS``), contract (0 YES, 1 NO), side
-  (0 buy, 1 sell).
+Netting: a position holds YES or NO, never both; after a buy, matched YES/NO pairs are
+redeemed for $1 each (Kalshi nets them). Selling removes ``cost × sold / held`` of the cost
+basis, rounded down to $0.000001 (the rest stays with the contracts still held). A limit only
+blocks an order that makes its own measure worse, so a position over a limit can always be
+reduced.
 """
 
 from __future__ import annotations
@@ -38,51 +36,72 @@ from typing import Any, NamedTuple
 import numpy as np
 from numba import njit
 
-PRICE_SCALE = 10_000
-N_SIZES = 5
-ACTIONS_PER_MARKET = 30
-FEATURES_PER_MARKET = 54
-N_MARKETS = 10
-
-# pos columns
-P_YES, P_NO, P_YES_COST, P_NO_COST, P_FEES, P_REALIZED, P_SETTLED, P_TOUCHED = range(8)
-POS_COLUMNS = 8
-# acct entries
-A_CASH, A_EXPOSURE, A_FEES, A_REALIZED, A_PEAK_X2 = range(5)
-ACCT_SIZE = 5
-# limits entries
-L_MAX_POSITION, L_CONC_NUM, L_CONC_DEN, L_EXP_NUM, L_EXP_DEN = range(5)
-# fills columns
-F_ACTION, F_TYPE, F_SIZE, F_FILLED, F_NOTIONAL, F_FEE, F_REFUSAL, F_CONTRACT, F_SIDE = range(9)
-FILL_COLUMNS = 9
-
-# Refusal codes: the names are the reference's Refusal / LimitBreach values (None = traded).
-TRADED, HOLD, UNTRUSTED, CLOSED, NOT_HELD, NO_POSITION, NO_LIQUIDITY = range(7)
-CASH, POSITION, CONCENTRATION, EXPOSURE = range(7, 11)
-REFUSALS: tuple[str | None, ...] = (
-    None,
-    "hold",
-    "untrusted",
-    "closed",
-    "not_held",
-    "no_position",
-    "no_liquidity",
-    "cash",
-    "position",
-    "concentration",
-    "exposure",
+from apps.simulation.layout import (
+    A_CASH,
+    A_EXPOSURE,
+    A_FEES,
+    A_REALIZED,
+    ACTIONS_PER_MARKET,
+    CASH,
+    CLOSED,
+    CONCENTRATION,
+    EXPOSURE,
+    F_ACTION,
+    F_CASH,
+    F_CONTRACT,
+    F_FEE,
+    F_FILLED,
+    F_NOTIONAL,
+    F_REFUSAL,
+    F_SIDE,
+    F_SIZE,
+    F_TYPE,
+    FEATURES_PER_MARKET,
+    FEES_CAPITAL_SHARE,
+    FILL_COLUMNS,
+    HOLD,
+    L_CONC_DEN,
+    L_CONC_NUM,
+    L_EXP_DEN,
+    L_EXP_NUM,
+    L_MAX_POSITION,
+    N_MARKETS,
+    N_SIZES,
+    NO_LIQUIDITY,
+    NO_POSITION,
+    NOT_HELD,
+    OFF_ENTRY,
+    OFF_EXPOSURE,
+    OFF_HAS_NO,
+    OFF_HAS_YES,
+    OFF_NET,
+    OFF_UNREAL,
+    OFF_UNREAL_PC,
+    P_FEES,
+    P_NO,
+    P_NO_COST,
+    P_REALIZED,
+    P_SETTLED,
+    P_TOUCHED,
+    P_YES,
+    P_YES_COST,
+    POSITION,
+    PRICE_SCALE,
+    RESULT_NO,
+    RESULT_SCALAR,
+    RESULT_YES,
+    TRADED,
+    UNREALIZED_CAPITAL_SHARE,
+    UNTRUSTED,
 )
 
-# Settlement codes of a market's known result (-1: unknown, close at the last mid).
-RESULT_UNKNOWN, RESULT_YES, RESULT_NO, RESULT_SCALAR = -1, 0, 1, 2
+# Read through this module by the env and the tests (kernel.REFUSALS, ...).
+from apps.simulation.layout import ACCT_SIZE as ACCT_SIZE
+from apps.simulation.layout import POS_COLUMNS as POS_COLUMNS
+from apps.simulation.layout import REFUSALS as REFUSALS
+from apps.simulation.layout import RESULT_UNKNOWN as RESULT_UNKNOWN
 
-# Feature offsets (must match apps.simulation.features' layout; asserted there at import).
-_HAS_YES, _HAS_NO = 3, 4
-_NET, _ENTRY, _UNREAL_PC, _UNREAL, _EXPOSURE = 49, 50, 51, 52, 53
-_UNREALIZED_CAPITAL_SHARE = 0.10
-_FEES_CAPITAL_SHARE = 0.01
 _TO_DOLLARS = 1.0 / PRICE_SCALE
-
 _INT64_MAX = 2**63 - 1
 
 
@@ -181,31 +200,12 @@ def trading_rules(
     return Rules(np.array(sizes_e2, dtype=np.int64), fee_nums, fee_dens, limit_array)
 
 
-def account_arrays(portfolio: Any, markets: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """``(pos, acct)`` arrays of a :class:`~apps.simulation.portfolio.Portfolio` for
-    ``markets`` (the paper trader keeps a Portfolio and asks the kernel for its masks)."""
-    pos = np.zeros((len(markets), POS_COLUMNS), dtype=np.int64)
-    for j, market in enumerate(markets):
-        p = portfolio.positions.get(market)
-        if p is not None:
-            pos[j] = (
-                p.yes_e2, p.no_e2, p.yes_cost_e6, p.no_cost_e6, p.fees_e4, p.realized_e6,
-                p.settled, 1,
-            )  # fmt: skip
-    acct = np.array(
-        [portfolio.cash_e6, portfolio.exposure_e6(), portfolio.fees_paid_e4,
-         portfolio.realized_e6, 0],
-        dtype=np.int64,
-    )  # fmt: skip
-    return pos, acct
-
-
 # -- one order ----------------------------------------------------------------------------------
 
 
 @njit(cache=True, nogil=True)
 def _after_fill(yes, no, ycost, ncost, realized, is_yes, is_buy, filled, notional, fee_e4):
-    """Holdings after a fill and the cash change: ``portfolio._after_fill``."""
+    """Holdings after a fill and the cash change (the oracle's ``portfolio._after_fill``)."""
     if is_buy:
         cash = -notional - fee_e4 * 100
         if is_yes:
@@ -243,7 +243,7 @@ def _after_fill(yes, no, ycost, ncost, realized, is_yes, is_buy, filled, notiona
 
 @njit(cache=True, nogil=True)
 def _decide(px, sz, t, j, action, trusted, pos, acct, sizes, fee_num, fee_den, limits, rec):
-    """Evaluate ``action`` for market ``j`` at tick ``t`` (``actions._Market.decide``).
+    """Evaluate ``action`` for market ``j`` at tick ``t`` (the oracle's ``_Market.decide``).
 
     Writes the decision into ``rec`` (a ``fills`` row) and returns its refusal code.
     """
@@ -257,6 +257,7 @@ def _decide(px, sz, t, j, action, trusted, pos, acct, sizes, fee_num, fee_den, l
     rec[F_FEE] = 0
     rec[F_CONTRACT] = 0
     rec[F_SIDE] = 0
+    rec[F_CASH] = 0
     yes = pos[j, P_YES]
     no = pos[j, P_NO]
     if kind == 0:
@@ -315,7 +316,7 @@ def _decide(px, sz, t, j, action, trusted, pos, acct, sizes, fee_num, fee_den, l
     rec[F_FILLED] = filled
     rec[F_NOTIONAL] = notional
     rec[F_FEE] = fee
-    # Limits (Portfolio.check_fill_given; the first breach in its order is reported).
+    # Limits, checked in this order; the first breach is reported.
     ycost = pos[j, P_YES_COST]
     ncost = pos[j, P_NO_COST]
     n_yes, n_no, n_ycost, n_ncost, _, cash_delta = _after_fill(
@@ -345,7 +346,7 @@ def _decide(px, sz, t, j, action, trusted, pos, acct, sizes, fee_num, fee_den, l
 
 @njit(cache=True, nogil=True)
 def _apply(j, rec, pos, acct):
-    """Book a decided fill (``Portfolio.apply_checked_fill``)."""
+    """Book a decided fill: holdings, cost basis, netting, cash, fees, realized P&L."""
     filled = rec[F_FILLED]
     if filled == 0:
         return
@@ -363,6 +364,7 @@ def _apply(j, rec, pos, acct):
     )
     acct[A_EXPOSURE] += ycost + ncost - pos[j, P_YES_COST] - pos[j, P_NO_COST]
     acct[A_CASH] += cash_delta
+    rec[F_CASH] = cash_delta
     acct[A_FEES] += rec[F_FEE]
     acct[A_REALIZED] += realized - pos[j, P_REALIZED]
     pos[j, P_YES] = yes
@@ -382,7 +384,7 @@ def execute_all(px, sz, trusted, pos, acct, sizes, fee_nums, fee_dens, limits, t
     """Carry out one action per market, in market order, against the books at tick ``t``.
 
     Each market sees the account as the previous markets left it (like calling
-    ``actions.execute`` market by market). Returns the index of the first action outside
+    the oracle's ``execute`` market by market). Returns the index of the first action outside
     0..29 (nothing is changed then), or -1.
     """
     m = actions.shape[0]
@@ -413,10 +415,10 @@ def execute_all(px, sz, trusted, pos, acct, sizes, fee_nums, fee_dens, limits, t
 @njit(cache=True, nogil=True)
 def action_masks(px, sz, trusted, pos, acct, sizes, fee_nums, fee_dens, limits, t, out):
     """(n_markets × 30,) True where :func:`execute_all` would trade that action now (HOLD
-    always True): ``actions.action_mask`` for every market against the current account."""
+    always True), for every market against the current account."""
     m = pos.shape[0]
     rec = np.zeros(FILL_COLUMNS, dtype=np.int64)
-    by_size = np.argsort(sizes, kind="mergesort")  # stable, like the reference's sorted()
+    by_size = np.argsort(sizes, kind="mergesort")  # stable, like the oracle's sorted()
     out[:] = False
     for j in range(m):
         base = j * ACTIONS_PER_MARKET
@@ -431,7 +433,8 @@ def action_masks(px, sz, trusted, pos, acct, sizes, fee_nums, fee_dens, limits, 
             is_yes = kind == 1 or kind == 2
             other_held = pos[j, P_NO] if is_yes else pos[j, P_YES]
             if (kind == 1 or kind == 3) and other_held == 0:
-                # A buy that does not net is monotone in size (actions.action_mask): if the
+                # A buy that does not net is monotone in size (a larger order takes a superset of
+                # the levels: pays, fees and holds more, leaves less cash): if the
                 # largest passes, all do; else exactly the sizes below the first failure.
                 largest = first + by_size[N_SIZES - 1]
                 code = _decide(
@@ -464,7 +467,7 @@ def action_masks(px, sz, trusted, pos, acct, sizes, fee_nums, fee_dens, limits, 
 
 @njit(cache=True, nogil=True)
 def settle_due(t, times_ns, close_ns, results, values_e4, mid_e4x2, pos, acct, payouts):
-    """Settle every unsettled market whose close has come at tick ``t`` (``env._settle_due``).
+    """Settle every unsettled market whose close has come at tick ``t``.
 
     A known result pays $1/$0 (or the scalar value); an unknown one closes at the last mid
     seen up to ``t`` ($0.50 if there never was one). Writes each settled market's payout
@@ -508,7 +511,7 @@ def settle_due(t, times_ns, close_ns, results, values_e4, mid_e4x2, pos, acct, p
 
 @njit(cache=True, nogil=True)
 def equity_x2(mid_e4x2, t, pos, acct):
-    """Twice the equity in $0.000001 at tick ``t``'s marks (``Portfolio.equity_e6x2``):
+    """Twice the equity in $0.000001 at tick ``t``'s marks (the oracle's ``Portfolio.equity_e6x2``):
     a market without a trusted two-sided book is valued at cost."""
     total = 2 * acct[A_CASH]
     for j in range(pos.shape[0]):
@@ -541,27 +544,27 @@ def _position_slot(out, base, yes, no, cost, best_yes_e4, best_no_e4, max_positi
     be written first: the mark needs a trusted two-sided book.
     """
     held = yes + no
-    out[base + _NET] = _clip32((yes - no) * (1.0 / max_position_e2))
+    out[base + OFF_NET] = _clip32((yes - no) * (1.0 / max_position_e2))
     if held <= 0:
-        out[base + _ENTRY] = 0.0
-        out[base + _UNREAL_PC] = 0.0
-        out[base + _UNREAL] = 0.0
-        out[base + _EXPOSURE] = _clip32(cost * (1.0 / initial))
+        out[base + OFF_ENTRY] = 0.0
+        out[base + OFF_UNREAL_PC] = 0.0
+        out[base + OFF_UNREAL] = 0.0
+        out[base + OFF_EXPOSURE] = _clip32(cost * (1.0 / initial))
         return
     # cost_e6 / held_e2 is a price in $0.0001 of the held contract.
     entry = cost / held * _TO_DOLLARS
-    out[base + _ENTRY] = _clip32(2.0 * entry - 1.0)
+    out[base + OFF_ENTRY] = _clip32(2.0 * entry - 1.0)
     per_contract = 0.0
-    if out[base + _HAS_YES] > 0 and out[base + _HAS_NO] > 0:
+    if out[base + OFF_HAS_YES] > 0 and out[base + OFF_HAS_NO] > 0:
         yes_mid = (best_yes_e4 - best_no_e4 + PRICE_SCALE) * (0.5 * _TO_DOLLARS)
         mark = yes_mid if yes > 0 else 1.0 - yes_mid
         per_contract = mark - entry
-    out[base + _UNREAL_PC] = _clip32(per_contract)
+    out[base + OFF_UNREAL_PC] = _clip32(per_contract)
     # per_contract (dollars) × held (0.01 contract) / (share × starting cash in dollars)
-    out[base + _UNREAL] = _clip32(
-        per_contract * held * (1e4 / (_UNREALIZED_CAPITAL_SHARE * initial))
+    out[base + OFF_UNREAL] = _clip32(
+        per_contract * held * (1e4 / (UNREALIZED_CAPITAL_SHARE * initial))
     )
-    out[base + _EXPOSURE] = _clip32(cost * (1.0 / initial))
+    out[base + OFF_EXPOSURE] = _clip32(cost * (1.0 / initial))
 
 
 @njit(cache=True, nogil=True)
@@ -569,7 +572,7 @@ def _portfolio_block(out, cash, initial, exposure, fees_paid_e4, drawdown, progr
     base = N_MARKETS * FEATURES_PER_MARKET
     out[base] = _clip32(cash / initial - 1.0)
     out[base + 1] = _clip32(exposure / initial)
-    out[base + 2] = _clip32(fees_paid_e4 * 100 / (_FEES_CAPITAL_SHARE * initial))
+    out[base + 2] = _clip32(fees_paid_e4 * 100 / (FEES_CAPITAL_SHARE * initial))
     out[base + 3] = _clip32(drawdown)
     out[base + 4] = _clip32(progress)
 
@@ -629,3 +632,41 @@ def write_env_observation(
             initial,
         )
     _portfolio_block(out, acct[A_CASH], initial, acct[A_EXPOSURE], acct[A_FEES], drawdown, progress)
+
+
+# -- the paper trader's tick --------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def tick_marks(px, sz, trusted, out):
+    """Twice each market's YES mid in $0.0001 for one tick of books (M, 2, K), -1 without a
+    trusted two-sided book: the env's ``_mid_e4x2`` row for that tick."""
+    for j in range(px.shape[0]):
+        if sz[j, 0, 0] > 0 and sz[j, 1, 0] > 0 and trusted[j]:
+            out[j] = px[j, 0, 0] + PRICE_SCALE - px[j, 1, 0]
+        else:
+            out[j] = -1
+
+
+@njit(cache=True, nogil=True)
+def market_values_x2(mid_e4x2, t, pos, out):
+    """Twice each market's holdings value in $0.000001 at tick ``t``'s marks (the terms
+    :func:`equity_x2` sums; at cost without a mark)."""
+    for j in range(pos.shape[0]):
+        mark = mid_e4x2[t, j]
+        if mark >= 0:
+            out[j] = pos[j, P_YES] * mark + pos[j, P_NO] * (2 * PRICE_SCALE - mark)
+        else:
+            out[j] = 2 * (pos[j, P_YES_COST] + pos[j, P_NO_COST])
+
+
+@njit(cache=True, nogil=True)
+def mask_bits(masks, out):
+    """Each market's (30,) mask as an int, bit ``a`` set when action ``a`` is allowed (how
+    the paper trader logs masks)."""
+    for j in range(masks.shape[0]):
+        bits = 0
+        for a in range(masks.shape[1]):
+            if masks[j, a]:
+                bits |= 1 << a
+        out[j] = bits

@@ -1,4 +1,8 @@
-"""Cash, positions, fees, P&L, settlement and risk limits of one simulated account.
+"""One simulated account, read-only: a view over the kernel's ``pos`` / ``acct`` arrays.
+
+The rules that change an account (fills, netting, fees, limits, settlement) are the compiled
+:mod:`apps.simulation.kernel`; the env and the paper trader keep their account in its int64
+arrays (layout in :mod:`apps.simulation.layout`) and hand out a :class:`Portfolio` to read it.
 
 Units, all exact integers:
 
@@ -12,12 +16,8 @@ Units, all exact integers:
   what :meth:`OrderBook.mid_e4x2` returns), so a half-tick mid stays an integer.
 
 A market position holds YES or NO contracts, never both: Kalshi nets a YES and a NO of the same
-market into $1 (buying NO at q while long YES is economically selling YES at 1 − q), so after
-every fill matched pairs are redeemed for $1 each. We never short: selling needs holdings.
-
-Cost basis is the average cost of the contracts held. Selling part of a position removes
-``cost × sold / held`` (rounded down to a micro-dollar, the remainder stays with the contracts
-still held, so no money is created or lost). The accounting identity
+market into $1, so after every fill matched pairs are redeemed for $1 each. We never short.
+Cost basis is the average cost of the contracts held; the accounting identity
 
     equity − initial cash = realized P&L + unrealized P&L − fees paid
 
@@ -29,43 +29,39 @@ worthless. **Capital** is cash + total exposure (equity valued at cost, independ
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from fractions import Fraction
 
-from apps.marketdata.kalshi.units import PRICE_SCALE
+import numpy as np
+
 from apps.simulation.fees import as_fraction
-from apps.simulation.fills import Contract, Fill, Side
+from apps.simulation.layout import (
+    A_CASH,
+    A_EXPOSURE,
+    A_FEES,
+    A_REALIZED,
+    ACCT_SIZE,
+    P_FEES,
+    P_NO,
+    P_NO_COST,
+    P_REALIZED,
+    P_SETTLED,
+    P_TOUCHED,
+    P_YES,
+    P_YES_COST,
+    POS_COLUMNS,
+    PRICE_SCALE,
+)
 
 ONE_DOLLAR_E4 = PRICE_SCALE
-_E6_PER_E4 = 100  # $0.0001 = 100 × $0.000001
 
 
 class SettlementResult(StrEnum):
     YES = "yes"
     NO = "no"
     SCALAR = "scalar"
-
-
-class LimitBreach(StrEnum):
-    """Why a fill may not be applied (names are stable: they are logged and tested)."""
-
-    SETTLED = "settled"  # the market has settled; nothing trades any more
-    NOT_HELD = "not_held"  # selling more than is held (we never short)
-    CASH = "cash"  # cash would go negative
-    POSITION = "position"  # contracts held in the market above max_position_e2
-    CONCENTRATION = "concentration"  # the market's exposure above max_market_share × capital
-    EXPOSURE = "exposure"  # total exposure above max_exposure_share × capital
-
-
-class LimitError(ValueError):
-    """A fill that would break a rule; ``breaches`` lists which."""
-
-    def __init__(self, market: str, breaches: list[LimitBreach]) -> None:
-        self.market = market
-        self.breaches = breaches
-        super().__init__(f"{market}: fill breaks {', '.join(b.value for b in breaches)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,9 +108,10 @@ def settlement_price_e4(result: SettlementResult | str, value_e4: int | None = N
     return value_e4
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class MarketPosition:
-    """One market's holdings and P&L (see the module docstring for units)."""
+    """One market's holdings and P&L, as read from a ``pos`` row (units in the module
+    docstring)."""
 
     yes_e2: int = 0
     no_e2: int = 0
@@ -157,267 +154,203 @@ class MarketPosition:
         return Fraction(self.value_e6x2(mark_e4x2) - 2 * self.cost_e6, 2)
 
 
-def _after_fill(pos: MarketPosition, fill: Fill) -> tuple[MarketPosition, int]:
-    """The position after a fill and the cash change (e6); ``pos`` is not modified."""
-    new = MarketPosition(
-        yes_e2=pos.yes_e2,
-        no_e2=pos.no_e2,
-        yes_cost_e6=pos.yes_cost_e6,
-        no_cost_e6=pos.no_cost_e6,
-        fees_e4=pos.fees_e4 + fill.fee_e4,
-        realized_e6=pos.realized_e6,
-        settled=pos.settled,
-    )
-    size = fill.filled_e2
-    cash = fill.cash_delta_e6
-    is_yes = fill.contract is Contract.YES
-    if fill.side is Side.BUY:
-        if is_yes:
-            new.yes_e2 += size
-            new.yes_cost_e6 += fill.notional_e6
-        else:
-            new.no_e2 += size
-            new.no_cost_e6 += fill.notional_e6
-        pairs = min(new.yes_e2, new.no_e2)
-        if pairs:
-            # Kalshi nets YES against NO: each matched pair is redeemed for $1.
-            yes_out = new.yes_cost_e6 * pairs // new.yes_e2
-            no_out = new.no_cost_e6 * pairs // new.no_e2
-            payout = pairs * ONE_DOLLAR_E4
-            new.yes_e2 -= pairs
-            new.no_e2 -= pairs
-            new.yes_cost_e6 -= yes_out
-            new.no_cost_e6 -= no_out
-            new.realized_e6 += payout - yes_out - no_out
-            cash += payout
-    else:
-        held = new.yes_e2 if is_yes else new.no_e2
-        cost = new.yes_cost_e6 if is_yes else new.no_cost_e6
-        removed = cost * size // held if held else 0
-        if is_yes:
-            new.yes_e2 -= size
-            new.yes_cost_e6 -= removed
-        else:
-            new.no_e2 -= size
-            new.no_cost_e6 -= removed
-        new.realized_e6 += fill.notional_e6 - removed
-    return new, cash
+class EquityPeak:
+    """The equity peak and drawdown of an account (what ``record`` saw), in exact integers.
+
+    Equity comes as twice its value in $0.000001 (``kernel.equity_x2``); the drawdown is
+    ``(peak − equity) / peak``, one correctly rounded int / int division.
+    """
+
+    __slots__ = ("drawdown", "max_drawdown", "peak_x2")
+
+    def __init__(self, initial_cash_e6: int) -> None:
+        self.reset(initial_cash_e6)
+
+    def reset(self, initial_cash_e6: int) -> None:
+        self.peak_x2 = 2 * initial_cash_e6
+        self.drawdown = 0.0  # fraction of the peak lost, at the last record()
+        self.max_drawdown = 0.0
+
+    def record(self, equity_x2: int) -> float:
+        """Track the peak; returns the current drawdown."""
+        if equity_x2 > self.peak_x2:
+            self.peak_x2 = equity_x2
+        peak = self.peak_x2
+        self.drawdown = (peak - equity_x2) / peak if peak > 0 else 0.0
+        if self.drawdown > self.max_drawdown:
+            self.max_drawdown = self.drawdown
+        return self.drawdown
+
+
+def new_account(n_markets: int, cash_e6: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fresh ``(pos, acct)`` arrays: no positions, ``cash_e6`` in cash."""
+    if cash_e6 < 0:
+        raise ValueError(f"starting cash must be ≥ 0, got {cash_e6}")
+    pos = np.zeros((n_markets, POS_COLUMNS), dtype=np.int64)
+    acct = np.zeros(ACCT_SIZE, dtype=np.int64)
+    acct[A_CASH] = cash_e6
+    return pos, acct
 
 
 class Portfolio:
-    """One account: cash, per-market positions, fees, P&L, drawdown, limits."""
+    """A read-only view of one account: cash, per-market positions, fees, P&L, drawdown.
 
-    def __init__(self, *, cash_e6: int, limits: RiskLimits | None = None) -> None:
+    It reads the arrays it is given as they are now (a view of a live account changes as the
+    account does); nothing here changes them.
+    """
+
+    __slots__ = ("_acct", "_index", "_peak", "_pos", "initial_cash_e6", "limits", "markets")
+
+    def __init__(
+        self,
+        *,
+        markets: Sequence[str],
+        pos: np.ndarray,
+        acct: np.ndarray,
+        initial_cash_e6: int,
+        limits: RiskLimits,
+        peak: EquityPeak | None = None,
+    ) -> None:
         """Args:
-        cash_e6: starting cash in $0.000001 (e.g. 1_000 dollars = 1_000_000_000).
-        limits: risk limits (defaults to :class:`RiskLimits`).
+        markets: the market of each ``pos`` row.
+        pos, acct: the kernel's account arrays (``layout.P_*`` columns, ``layout.A_*``).
+        initial_cash_e6: the starting cash in $0.000001.
+        limits: the account's risk limits.
+        peak: the equity peak tracker (None: no equity recorded, drawdown 0).
         """
-        if cash_e6 < 0:
-            raise ValueError(f"starting cash must be ≥ 0, got {cash_e6}")
-        self.initial_cash_e6 = cash_e6
-        self.cash_e6 = cash_e6
-        self.limits = limits or RiskLimits()
-        self.positions: dict[str, MarketPosition] = {}
-        # Σ cost basis, kept up to date by apply_fill and settle (the only writers of
-        # positions): the env asks for it several times per market per step.
-        self._exposure_e6 = 0
-        self.fees_paid_e4 = 0
-        self.realized_e6 = 0
-        self.peak_equity_e6: Fraction = Fraction(cash_e6)
-        self.drawdown = 0.0  # fraction of the peak lost, at the last record_equity()
-        self.max_drawdown = 0.0
+        self.markets = list(markets)
+        self._index = {market: j for j, market in enumerate(self.markets)}
+        self._pos = pos
+        self._acct = acct
+        self.initial_cash_e6 = initial_cash_e6
+        self.limits = limits
+        self._peak = peak if peak is not None else EquityPeak(initial_cash_e6)
 
     @classmethod
-    def restore(
+    def of(
         cls,
         *,
-        initial_cash_e6: int,
         cash_e6: int,
-        limits: RiskLimits | None,
-        positions: Mapping[str, MarketPosition],
-        fees_paid_e4: int,
-        realized_e6: int,
-        peak_equity_e6: Fraction,
-        drawdown: float,
-        max_drawdown: float,
+        positions: Mapping[str, MarketPosition] | None = None,
+        initial_cash_e6: int | None = None,
+        limits: RiskLimits | None = None,
     ) -> Portfolio:
-        """An account rebuilt from its parts (the env keeps them in arrays)."""
-        portfolio = cls(cash_e6=initial_cash_e6, limits=limits)
-        portfolio.cash_e6 = cash_e6
-        portfolio.positions = dict(positions)
-        portfolio._exposure_e6 = sum(pos.cost_e6 for pos in positions.values())
-        portfolio.fees_paid_e4 = fees_paid_e4
-        portfolio.realized_e6 = realized_e6
-        portfolio.peak_equity_e6 = peak_equity_e6
-        portfolio.drawdown = drawdown
-        portfolio.max_drawdown = max_drawdown
-        return portfolio
+        """A view over fresh arrays holding ``positions`` and ``cash_e6`` (for reports and
+        tests that need an account without trading one)."""
+        positions = dict(positions or {})
+        markets = list(positions)
+        pos, acct = new_account(len(markets), cash_e6)
+        for j, p in enumerate(positions.values()):
+            pos[j] = (
+                p.yes_e2, p.no_e2, p.yes_cost_e6, p.no_cost_e6, p.fees_e4, p.realized_e6,
+                int(p.settled), 1,
+            )  # fmt: skip
+        acct[A_EXPOSURE] = pos[:, P_YES_COST].sum() + pos[:, P_NO_COST].sum()
+        acct[A_FEES] = pos[:, P_FEES].sum()
+        acct[A_REALIZED] = pos[:, P_REALIZED].sum()
+        initial = cash_e6 if initial_cash_e6 is None else initial_cash_e6
+        return cls(
+            markets=markets,
+            pos=pos,
+            acct=acct,
+            initial_cash_e6=initial,
+            limits=limits or RiskLimits(),
+        )
 
-    # -- reading ---------------------------------------------------------------------------
+    # -- account ---------------------------------------------------------------------------
 
-    def position(self, market: str) -> MarketPosition:
-        """The market's position (an empty one if it never traded; not stored)."""
-        return self.positions.get(market) or MarketPosition()
+    @property
+    def cash_e6(self) -> int:
+        return int(self._acct[A_CASH])
 
-    def __iter__(self) -> Iterator[tuple[str, MarketPosition]]:
-        return iter(self.positions.items())
+    @property
+    def fees_paid_e4(self) -> int:
+        return int(self._acct[A_FEES])
 
-    def exposure_e6(self, market: str | None = None) -> int:
-        """Cost basis of open contracts in one market, or in all, in $0.000001."""
-        if market is not None:
-            pos = self.positions.get(market)
-            return pos.cost_e6 if pos else 0
-        return self._exposure_e6
+    @property
+    def realized_e6(self) -> int:
+        return int(self._acct[A_REALIZED])
+
+    @property
+    def drawdown(self) -> float:
+        """Fraction of the equity peak lost at the last recorded equity."""
+        return self._peak.drawdown
+
+    @property
+    def max_drawdown(self) -> float:
+        return self._peak.max_drawdown
+
+    @property
+    def peak_equity_e6(self) -> Fraction:
+        return Fraction(self._peak.peak_x2, 2)
 
     @property
     def capital_e6(self) -> int:
         """Cash + total exposure (equity valued at cost), in $0.000001."""
         return self.cash_e6 + self.exposure_e6()
 
-    def equity_e6(self, marks_e4x2: Mapping[str, int | None]) -> Fraction:
-        """Cash + holdings at the marks, in $0.000001 (exact).
+    def exposure_e6(self, market: str | None = None) -> int:
+        """Cost basis of open contracts in one market, or in all, in $0.000001."""
+        if market is None:
+            return int(self._acct[A_EXPOSURE])
+        j = self._index.get(market)
+        if j is None:
+            return 0
+        return int(self._pos[j, P_YES_COST] + self._pos[j, P_NO_COST])
+
+    # -- positions -------------------------------------------------------------------------
+
+    def position(self, market: str) -> MarketPosition:
+        """The market's position (an empty one if it never traded)."""
+        j = self._index.get(market)
+        if j is None:
+            return MarketPosition()
+        return _position(self._pos[j].tolist())
+
+    @property
+    def positions(self) -> dict[str, MarketPosition]:
+        """Every market with a position record (it traded or settled)."""
+        return dict(iter(self))
+
+    def __iter__(self) -> Iterator[tuple[str, MarketPosition]]:
+        for market, row in zip(self.markets, self._pos.tolist(), strict=True):
+            if row[P_TOUCHED]:
+                yield market, _position(row)
+
+    def held_e2(self) -> np.ndarray:
+        """(n_markets,) contracts held per market (row order), a fresh array."""
+        return self._pos[:, P_YES] + self._pos[:, P_NO]
+
+    # -- marked to market ------------------------------------------------------------------
+
+    def equity_e6x2(self, marks_e4x2: Mapping[str, int | None]) -> int:
+        """Twice the equity (cash + holdings at the marks) in $0.000001, as an integer.
 
         Args:
             marks_e4x2: market -> twice its YES mid in $0.0001; a missing market or None marks
                 that market at cost.
         """
-        return Fraction(self.equity_e6x2(marks_e4x2), 2)
-
-    def equity_e6x2(self, marks_e4x2: Mapping[str, int | None]) -> int:
-        """Twice :meth:`equity_e6`, as an integer (the env's hot path avoids Fractions)."""
         total_x2 = 2 * self.cash_e6
-        for market, pos in self.positions.items():
+        for market, pos in self:
             total_x2 += pos.value_e6x2(marks_e4x2.get(market))
         return total_x2
+
+    def equity_e6(self, marks_e4x2: Mapping[str, int | None]) -> Fraction:
+        """Cash + holdings at the marks, in $0.000001 (exact)."""
+        return Fraction(self.equity_e6x2(marks_e4x2), 2)
 
     def unrealized_e6(self, marks_e4x2: Mapping[str, int | None]) -> Fraction:
         """Σ value at the marks − cost basis, in $0.000001."""
         return self.equity_e6(marks_e4x2) - self.capital_e6
 
-    # -- limits ----------------------------------------------------------------------------
 
-    def check_fill(self, market: str, fill: Fill) -> list[LimitBreach]:
-        """Which rules applying ``fill`` to ``market`` would break ([] = it may be applied)."""
-        return self.check_fill_given(self.position(market), fill, self.exposure_e6())
-
-    def check_fill_given(
-        self, pos: MarketPosition, fill: Fill, total_before: int
-    ) -> list[LimitBreach]:
-        """:meth:`check_fill` with the market's position and the total exposure (in
-        $0.000001) already looked up, for callers that price many fills on the same state."""
-        if pos.settled:
-            return [LimitBreach.SETTLED]
-        if fill.side is Side.SELL:
-            held = pos.yes_e2 if fill.contract is Contract.YES else pos.no_e2
-            if fill.filled_e2 > held:
-                return [LimitBreach.NOT_HELD]
-        new, cash_delta = _after_fill(pos, fill)
-        breaches = []
-        cash_after = self.cash_e6 + cash_delta
-        if cash_after < 0:
-            breaches.append(LimitBreach.CASH)
-        total_after = total_before - pos.cost_e6 + new.cost_e6
-        capital_after = cash_after + total_after
-        limits = self.limits
-        # A limit only blocks a fill that makes its own measure worse, so a position that is
-        # over a limit (capital fell after losses) can always be reduced.
-        if new.held_e2 > limits.max_position_e2 and new.held_e2 > pos.held_e2:
-            breaches.append(LimitBreach.POSITION)
-        share = limits.max_market_share
-        if (
-            new.cost_e6 * share.denominator > share.numerator * capital_after
-            and new.cost_e6 > pos.cost_e6
-        ):
-            breaches.append(LimitBreach.CONCENTRATION)
-        share = limits.max_exposure_share
-        if (
-            total_after * share.denominator > share.numerator * capital_after
-            and total_after > total_before
-        ):
-            breaches.append(LimitBreach.EXPOSURE)
-        return breaches
-
-    # -- changing --------------------------------------------------------------------------
-
-    def apply_fill(self, market: str, fill: Fill, *, enforce: bool = True) -> MarketPosition:
-        """Book a fill: cash, holdings, cost basis, fees, realized P&L, YES/NO netting.
-
-        Args:
-            market: the market ticker.
-            fill: the result of :func:`apps.simulation.fills.fill_order`.
-            enforce: refuse (``LimitError``) a fill that :meth:`check_fill` rejects. Holdings
-                and settlement are enforced even when False.
-
-        Returns:
-            The market's position after the fill.
-        """
-        breaches = self.check_fill(market, fill)
-        hard = [b for b in breaches if b in (LimitBreach.SETTLED, LimitBreach.NOT_HELD)]
-        if hard or (enforce and breaches):
-            raise LimitError(market, hard or breaches)
-        return self.apply_checked_fill(market, fill)
-
-    def apply_checked_fill(self, market: str, fill: Fill) -> MarketPosition:
-        """Book a fill that :meth:`check_fill` just passed against this very state (the
-        env's hot path: ``actions.execute`` checks before it books, so checking twice would
-        only cost time). Anything else must call :meth:`apply_fill`."""
-        if fill.filled_e2 == 0:
-            return self.position(market)
-        pos = self.positions.get(market) or MarketPosition()
-        new, cash_delta = _after_fill(pos, fill)
-        self.positions[market] = new
-        self._exposure_e6 += new.cost_e6 - pos.cost_e6
-        self.cash_e6 += cash_delta
-        self.fees_paid_e4 += fill.fee_e4
-        self.realized_e6 += new.realized_e6 - pos.realized_e6
-        return new
-
-    def settle(
-        self, market: str, result: SettlementResult | str, value_e4: int | None = None
-    ) -> int:
-        """Pay out a settled market and close its position; returns the payout in $0.000001.
-
-        Args:
-            market: the market ticker.
-            result: ``yes``, ``no`` or ``scalar``.
-            value_e4: for ``scalar``, the YES settlement value in $0.0001.
-        """
-        yes_pays_e4 = settlement_price_e4(result, value_e4)
-        pos = self.positions.get(market) or MarketPosition()
-        if pos.settled:
-            raise ValueError(f"{market} is already settled")
-        payout = pos.yes_e2 * yes_pays_e4 + pos.no_e2 * (ONE_DOLLAR_E4 - yes_pays_e4)
-        pos.realized_e6 += payout - pos.cost_e6
-        self.realized_e6 += payout - pos.cost_e6
-        self.cash_e6 += payout
-        self._exposure_e6 -= pos.cost_e6
-        pos.yes_e2 = pos.no_e2 = pos.yes_cost_e6 = pos.no_cost_e6 = 0
-        pos.settled = True
-        self.positions[market] = pos
-        return payout
-
-    def record_equity_x2(self, equity_e6x2: int) -> float:
-        """:meth:`record_equity` for twice the equity as an integer: the same peak, drawdown
-        and result, in integer arithmetic (int / int division rounds like Fraction's float)."""
-        peak = self.peak_equity_e6
-        n, d = peak.numerator, peak.denominator
-        if equity_e6x2 * d > 2 * n:
-            self.peak_equity_e6 = Fraction(equity_e6x2, 2)
-            n, d = self.peak_equity_e6.numerator, self.peak_equity_e6.denominator
-        # (peak − equity) / peak with peak = n/d and equity = e/2 is (2n − e·d) / (2n).
-        self.drawdown = (2 * n - equity_e6x2 * d) / (2 * n) if n > 0 else 0.0
-        self.max_drawdown = max(self.max_drawdown, self.drawdown)
-        return self.drawdown
-
-    def record_equity(self, equity_e6: Fraction | int) -> float:
-        """Track the equity peak; returns the current drawdown (fraction of the peak lost).
-
-        Args:
-            equity_e6: current equity in $0.000001 (e.g. :meth:`equity_e6`).
-        """
-        if equity_e6 > self.peak_equity_e6:
-            self.peak_equity_e6 = Fraction(equity_e6)
-        peak = self.peak_equity_e6
-        self.drawdown = float((peak - equity_e6) / peak) if peak > 0 else 0.0
-        self.max_drawdown = max(self.max_drawdown, self.drawdown)
-        return self.drawdown
+def _position(row: list[int]) -> MarketPosition:
+    return MarketPosition(
+        yes_e2=row[P_YES],
+        no_e2=row[P_NO],
+        yes_cost_e6=row[P_YES_COST],
+        no_cost_e6=row[P_NO_COST],
+        fees_e4=row[P_FEES],
+        realized_e6=row[P_REALIZED],
+        settled=bool(row[P_SETTLED]),
+    )

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 from numba import njit
 
-PRICE_SCALE = 10_000
+from apps.simulation.layout import PRICE_SCALE
+
 GRID = PRICE_SCALE + 1
 
 T_TRUSTED, T_CONN, T_SID, T_SEQ, T_DIRTY = range(5)

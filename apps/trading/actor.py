@@ -13,14 +13,16 @@ actions and fills (``tests/trading/test_parity.py``):
    close, positions, cash, fees, drawdown, and progress = decisions / the model's training
    episode length, held at 1 after it: a paper session is open-ended, the model only ever saw
    progress up to 1);
-4. masks come from :func:`apps.simulation.kernel.action_masks`, the env's compiled twin of
-   :func:`~apps.simulation.actions.action_mask` (MaskablePPO receives them; every model's
-   are logged), the policy predicts deterministically;
-5. each market's action is carried out by :func:`~apps.simulation.actions.execute` against
-   the sampled book (an :class:`~apps.simulation.fills.ArrayBook` of it, the env's view) with
-   the env's sizes, fees and risk limits, market by market in slot order.
+4. masks come from :func:`apps.simulation.kernel.action_masks` (MaskablePPO receives them;
+   every model's are logged), the policy predicts deterministically;
+5. the actions are carried out by :func:`apps.simulation.kernel.execute_all` against the
+   sampled books (a tick axis of one) with the env's sizes, fees and risk limits, market by
+   market in slot order: the env's own compiled rules, on the actor's own account arrays.
 
-Money follows :mod:`apps.simulation.portfolio` (cash in $0.000001). A decision's ``reward``
+The account is the kernel's ``pos`` / ``acct`` arrays (cash in $0.000001), read through a
+:class:`~apps.simulation.portfolio.Portfolio` view; the hot path reads the arrays directly and
+keeps equity as an exact integer (twice its value), so a decision makes no Fraction. A
+decision's ``reward``
 per market is the change of that market's value marked to mid since the previous decision
 plus the cash its fills moved, over the starting cash: the rewards of all markets sum to the
 change of the portfolio's marked equity, so their total over a session is its return. (The
@@ -47,8 +49,7 @@ from apps.simulation import kernel
 from apps.simulation.actions import (
     ACTIONS_PER_MARKET,
     N_SIZES,
-    decode,
-    execute,
+    ActionType,
     sizes_e2_from_contracts,
 )
 from apps.simulation.env import NS, EnvConfig
@@ -58,12 +59,45 @@ from apps.simulation.features import (
     PortfolioState,
     build_observation_batch,
 )
-from apps.simulation.fills import ArrayBook
-from apps.simulation.portfolio import Portfolio
+from apps.simulation.layout import (
+    A_CASH,
+    A_EXPOSURE,
+    A_FEES,
+    F_CASH,
+    F_FEE,
+    F_FILLED,
+    F_NOTIONAL,
+    F_REFUSAL,
+    FILL_COLUMNS,
+    P_NO,
+    P_NO_COST,
+    P_YES,
+    P_YES_COST,
+    REFUSALS,
+    TRADED,
+)
+from apps.simulation.portfolio import EquityPeak, Portfolio, new_account
 from apps.trading.risk import KILL_SWITCH, KillSwitch
 from apps.trading.sampling import BookSample, LiveHistory
 
-_MASK_WEIGHTS = np.left_shift(np.int64(1), np.arange(ACTIONS_PER_MARKET, dtype=np.int64))
+
+def _round_half_even(numerator: int, denominator: int) -> int:
+    """``round(Fraction(numerator, denominator))`` for a positive denominator, in integers."""
+    quotient, remainder = divmod(numerator, denominator)
+    twice = 2 * remainder
+    if twice > denominator or (twice == denominator and quotient % 2):
+        return quotient + 1
+    return quotient
+
+
+def _decoded_size(action_id: int, sizes_e2: tuple[int, ...]) -> int:
+    """The size of an action in 0.01 contract (0 for HOLD and FLATTEN), as ``decode``."""
+    kind = action_id // N_SIZES
+    if kind == ActionType.HOLD or kind == ActionType.FLATTEN:
+        return 0
+    return sizes_e2[action_id % N_SIZES]
+
+
 _UNKNOWN_CLOSE_NS = np.iinfo(np.int64).max  # the env's close time for a market without one
 
 
@@ -129,12 +163,13 @@ class DecisionOutcome:
         step: 0-based decision number.
         sample: the books as decided on.
         observation: (N_FEATURES,) float32 shown to the policy.
-        masks: (M, 30) bool, what :func:`execute` would carry out.
+        masks: (M, 30) bool, what ``kernel.execute_all`` would carry out.
         actions: (M,) int64 what the policy chose (before the kill switch).
         rows: one :class:`ActionRow` per market, slot order.
         forward_ns: the policy's ``predict`` time in ns.
         halted: the kill switch held this decision.
-        equity_e6: equity after the fills, marked to the sampled mids, in $0.000001.
+        equity_e6x2: twice the equity after the fills, marked to the sampled mids, in
+            $0.000001 (exact).
     """
 
     step: int
@@ -145,7 +180,7 @@ class DecisionOutcome:
     rows: list[ActionRow]
     forward_ns: int
     halted: bool
-    equity_e6: Fraction
+    equity_e6x2: int
 
 
 @dataclass
@@ -199,8 +234,18 @@ class PaperActor:
         self.sizes_e2 = sizes_e2_from_contracts(config.sizes_contracts)
         self.fees = [config.fees_by_market.get(m, config.fees) for m in self.markets]
         self.initial_cash_e6 = round(config.initial_cash_dollars * 1_000_000)
-        self.portfolio = Portfolio(cash_e6=self.initial_cash_e6, limits=config.limits)
-        # The training env accepted these settings; the masks come from its kernel.
+        # The account: the kernel's arrays, as in the env.
+        self._pos, self._acct = new_account(self.n_markets, self.initial_cash_e6)
+        self._peak = EquityPeak(self.initial_cash_e6)
+        self.portfolio = Portfolio(
+            markets=self.markets,
+            pos=self._pos,
+            acct=self._acct,
+            initial_cash_e6=self.initial_cash_e6,
+            limits=config.limits,
+            peak=self._peak,
+        )
+        # The training env accepted these settings; the same rules run here.
         self._rules = kernel.trading_rules(
             fees=self.fees,
             limits=config.limits,
@@ -216,8 +261,16 @@ class PaperActor:
         self._batch = MarketBatch.empty()
         self._batch.present[: self.n_markets] = True
         self._batch.is_open[: self.n_markets] = True
-        self._values_x2 = [0] * self.n_markets  # each market's value after the last decision
-        self._equity_after_e6: Fraction = Fraction(self.initial_cash_e6)
+        # Each market's value (×2) after the last decision, for the per-market rewards.
+        self._values_x2 = np.zeros(self.n_markets, dtype=np.int64)
+        self._values_after_x2 = np.zeros(self.n_markets, dtype=np.int64)
+        self._mask_bits = np.zeros(self.n_markets, dtype=np.int64)
+        self._equity_after_x2 = 2 * self.initial_cash_e6
+        self._fills = np.zeros((self.n_markets, FILL_COLUMNS), dtype=np.int64)
+        self._holds = np.zeros(self.n_markets, dtype=np.int64)
+        self._marks = np.zeros((1, self.n_markets), dtype=np.int64)
+        self._masks = np.zeros(self.n_markets * ACTIONS_PER_MARKET, dtype=bool)
+        self._action_names = [t.name for t in ActionType]
         self.stats.equity_curve.append(1.0)
 
     # -- control ----------------------------------------------------------------------------
@@ -231,15 +284,16 @@ class PaperActor:
     @property
     def equity_e6(self) -> Fraction:
         """Equity after the last decision, marked to its sampled mids, in $0.000001."""
-        return self._equity_after_e6
+        return Fraction(self._equity_after_x2, 2)
 
     @property
     def pnl_dollars(self) -> float:
-        return float(self._equity_after_e6 - self.initial_cash_e6) / 1e6
+        return (self._equity_after_x2 - 2 * self.initial_cash_e6) / 2e6
 
     def positions_contracts(self) -> dict[str, float]:
         """Net contracts per market with a position (+ YES, − NO)."""
-        return {m: p.net_e2 / 100 for m, p in self.portfolio if p.net_e2}
+        net = (self._pos[:, P_YES] - self._pos[:, P_NO]).tolist()
+        return {m: n / 100 for m, n in zip(self.markets, net, strict=True) if n}
 
     # -- deciding ---------------------------------------------------------------------------
 
@@ -247,14 +301,17 @@ class PaperActor:
         """Take one decision on ``sample`` (the books now); see the module docstring."""
         m = self.n_markets
         step = self.steps
-        portfolio = self.portfolio
+        pos, acct, peak = self._pos, self._acct, self._peak
         history = self.history.push(sample)
-        marks = self._marks(sample)
-        # The env's integer path (equity_e6x2 / record_equity_x2), so drawdown is its number.
-        equity_x2 = portfolio.equity_e6x2(marks)
-        portfolio.record_equity_x2(equity_x2)
+        # The books as a tick axis of one, the env's layout for the kernels.
+        px, sz, trusted = sample.px[None], sample.sz[None], sample.trusted[None]
+        marks = self._marks
+        kernel.tick_marks(sample.px, sample.sz, sample.trusted, marks[0])
+        # The env's order: mark and record equity at the new tick, then decide.
+        equity_x2 = kernel.equity_x2(marks, 0, pos, acct)
+        peak.record(equity_x2)
         halted = self.kill_switch.check(
-            portfolio=portfolio, equity_e6=Fraction(equity_x2, 2), time_ns=sample.time_ns
+            portfolio=self.portfolio, equity_e6x2=equity_x2, time_ns=sample.time_ns
         )
 
         batch = self._batch
@@ -263,33 +320,24 @@ class PaperActor:
         batch.history[:m] = history
         batch.trusted[:m] = sample.trusted
         batch.seconds_to_close[:m] = (self._close_ns - np.int64(sample.time_ns)) / NS
-        for j, market in enumerate(self.markets):
-            batch.set_position(j, portfolio.position(market))
-        state = PortfolioState.from_portfolio(
-            portfolio, progress=min(step / self.episode_steps, 1.0)
+        batch.yes_held_e2[:m] = pos[:, P_YES]
+        batch.no_held_e2[:m] = pos[:, P_NO]
+        batch.cost_e6[:m] = pos[:, P_YES_COST] + pos[:, P_NO_COST]
+        cash, exposure, fees_paid = int(acct[A_CASH]), int(acct[A_EXPOSURE]), int(acct[A_FEES])
+        state = PortfolioState(
+            cash_e6=cash,
+            initial_cash_e6=self.initial_cash_e6,
+            exposure_e6=exposure,
+            fees_paid_e4=fees_paid,
+            drawdown=peak.drawdown,
+            progress=min(step / self.episode_steps, 1.0),
+            max_position_e2=self.config.limits.max_position_e2,
         )
         observation = build_observation_batch(batch, state)
 
-        books = [
-            ArrayBook(
-                sample.px[j, 0], sample.sz[j, 0], sample.px[j, 1], sample.sz[j, 1], validate=False
-            )
-            for j in range(m)
-        ]
-        # The env's compiled masks (kernel.action_masks, tested equal to actions.action_mask)
-        # on this account and these books: a tick axis of one.
-        pos, acct = kernel.account_arrays(portfolio, self.markets)
-        masks = np.empty((m, ACTIONS_PER_MARKET), dtype=bool)
-        kernel.action_masks(
-            sample.px[None],
-            sample.sz[None],
-            sample.trusted[None],
-            pos,
-            acct,
-            *self._rules,
-            0,
-            masks.reshape(-1),
-        )
+        flat_masks = self._masks
+        kernel.action_masks(px, sz, trusted, pos, acct, *self._rules, 0, flat_masks)
+        masks = flat_masks.reshape(m, ACTIONS_PER_MARKET).copy()
         policy = self.policy
         started = time.perf_counter_ns()
         if policy.masked:
@@ -304,70 +352,20 @@ class PaperActor:
             raise ValueError(
                 f"v{policy.version} answered actions of shape {actions.shape}, expected ({m},)"
             )
+        if actions.min() < 0 or actions.max() >= ACTIONS_PER_MARKET:
+            j = int(np.flatnonzero((actions < 0) | (actions >= ACTIONS_PER_MARKET))[0])
+            raise ValueError(f"v{policy.version} chose action {actions[j]} for {self.markets[j]}")
 
-        when = utc_from_ns(sample.time_ns)
-        rows = []
-        cash_moves = [0] * m
-        fills = []
-        for j, market in enumerate(self.markets):
-            action_id = int(actions[j])
-            if not 0 <= action_id < ACTIONS_PER_MARKET:
-                raise ValueError(f"v{policy.version} chose action {action_id} for {market}")
-            refusal = ""
-            decision = None
-            if action_id >= N_SIZES:  # ids 0..4 are HOLD: nothing to evaluate (as the env)
-                if halted:
-                    refusal = KILL_SWITCH
-                else:
-                    cash_before = portfolio.cash_e6
-                    decision = execute(
-                        action_id,
-                        book=books[j],
-                        portfolio=portfolio,
-                        market=market,
-                        trusted=bool(sample.trusted[j]),
-                        is_open=True,
-                        sizes_e2=self.sizes_e2,
-                        fees=self.fees[j],
-                    )
-                    cash_moves[j] = portfolio.cash_e6 - cash_before
-                    if not decision.trades:
-                        refusal = str(decision.refusal)
-            fills.append((action_id, decision, refusal))
-
-        equity_after = Fraction(portfolio.equity_e6x2(marks), 2)
-        self.kill_switch.check(portfolio=portfolio, equity_e6=equity_after, time_ns=sample.time_ns)
-        initial_x2 = 2 * self.initial_cash_e6
-        for j, market in enumerate(self.markets):
-            action_id, decision, refusal = fills[j]
-            position = portfolio.position(market)
-            value_x2 = position.value_e6x2(marks[market])
-            reward = (value_x2 - self._values_x2[j] + 2 * cash_moves[j]) / initial_x2
-            self._values_x2[j] = value_x2
-            action_type, size_e2 = decode(action_id, self.sizes_e2)
-            fill = decision.fill if decision is not None and decision.trades else None
-            filled = fill is not None and fill.filled_e2 > 0
-            if filled:
-                self.stats.trades += 1
-            rows.append(
-                ActionRow(
-                    step=step,
-                    time=when,
-                    market_ticker=market,
-                    action_id=action_id,
-                    action_type=action_type.name,
-                    action_size=size_e2 // 100,
-                    mask_bits=int(masks[j].astype(np.int64) @ _MASK_WEIGHTS),
-                    price_e4=round(fill.avg_price_e4) if filled else None,
-                    quantity_filled_e2=fill.filled_e2 if fill is not None else 0,
-                    fee_e4=fill.fee_e4 if fill is not None else 0,
-                    position_after_e2=position.net_e2,
-                    cash_after_e4=portfolio.cash_e6 // 100,
-                    reward=reward,
-                    model_version=policy.version,
-                    refusal=refusal,
-                )
-            )
+        # The kill switch holds every market: nothing is executed, what was asked is logged.
+        fills = self._fills
+        kernel.execute_all(
+            px, sz, trusted, pos, acct, *self._rules, 0, self._holds if halted else actions, fills
+        )
+        equity_after = kernel.equity_x2(marks, 0, pos, acct)
+        self.kill_switch.check(
+            portfolio=self.portfolio, equity_e6x2=equity_after, time_ns=sample.time_ns
+        )
+        rows = self._rows(step, sample.time_ns, actions, masks, halted)
         self._record(equity_after)
         self.steps += 1
         return DecisionOutcome(
@@ -379,26 +377,74 @@ class PaperActor:
             rows=rows,
             forward_ns=forward_ns,
             halted=halted,
-            equity_e6=equity_after,
+            equity_e6x2=equity_after,
         )
+
+    def _rows(
+        self, step: int, time_ns: int, actions: np.ndarray, masks: np.ndarray, halted: bool
+    ) -> list[ActionRow]:
+        """One :class:`ActionRow` per market from the kernel's fills and the account after."""
+        pos = self._pos
+        values_x2 = self._values_after_x2
+        kernel.market_values_x2(self._marks, 0, pos, values_x2)
+        previous_x2 = self._values_x2.tolist()
+        self._values_x2[:] = values_x2
+        initial_x2 = 2 * self.initial_cash_e6
+        net = (pos[:, P_YES] - pos[:, P_NO]).tolist()
+        bits_out = self._mask_bits
+        kernel.mask_bits(masks, bits_out)
+        bits = bits_out.tolist()
+        cash_after_e4 = int(self._acct[A_CASH]) // 100
+        when = utc_from_ns(time_ns)
+        version = self.policy.version
+        names = self._action_names
+        rows = []
+        for j, (action_id, row, value_x2) in enumerate(
+            zip(actions.tolist(), self._fills.tolist(), values_x2.tolist(), strict=True)
+        ):
+            code = row[F_REFUSAL]
+            did_trade = code == TRADED
+            # reward × 2 × initial = value change (×2) + 2 × the cash the fills moved
+            gain_x2 = value_x2 - previous_x2[j] + (2 * row[F_CASH] if did_trade else 0)
+            if action_id < N_SIZES:  # HOLD (as the env: nothing to evaluate)
+                refusal = ""
+            elif halted:
+                refusal = KILL_SWITCH
+            else:
+                refusal = "" if did_trade else str(REFUSALS[code])
+            filled = row[F_FILLED] if did_trade else 0
+            if filled:
+                self.stats.trades += 1
+            rows.append(
+                ActionRow(
+                    step=step,
+                    time=when,
+                    market_ticker=self.markets[j],
+                    action_id=action_id,
+                    action_type=names[action_id // N_SIZES],
+                    # The decoded size (0 for HOLD and FLATTEN), in whole contracts.
+                    action_size=_decoded_size(action_id, self.sizes_e2) // 100,
+                    mask_bits=bits[j],
+                    price_e4=_round_half_even(row[F_NOTIONAL], filled) if filled else None,
+                    quantity_filled_e2=filled,
+                    fee_e4=row[F_FEE] if did_trade else 0,
+                    position_after_e2=net[j],
+                    cash_after_e4=cash_after_e4,
+                    reward=gain_x2 / initial_x2,
+                    model_version=version,
+                    refusal=refusal,
+                )
+            )
+        return rows
 
     # -- internals --------------------------------------------------------------------------
 
-    def _marks(self, sample: BookSample) -> dict[str, int | None]:
-        """Twice the YES mid in $0.0001 per market, None unless trusted and two-sided (the
-        env's marks)."""
-        px, sz = sample.px, sample.sz
-        marks: dict[str, int | None] = {}
-        for j, market in enumerate(self.markets):
-            two = sz[j, 0, 0] > 0 and sz[j, 1, 0] > 0 and sample.trusted[j]
-            marks[market] = int(px[j, 0, 0] + 10_000 - px[j, 1, 0]) if two else None
-        return marks
-
-    def _record(self, equity_after: Fraction) -> None:
+    def _record(self, equity_after_x2: int) -> None:
         stats = self.stats
-        initial = self.initial_cash_e6
-        step_return = float((equity_after - self._equity_after_e6) / initial)
-        self._equity_after_e6 = equity_after
+        initial_x2 = 2 * self.initial_cash_e6
+        # Exact integers over an integer: rounded once, like the Fractions they replace.
+        step_return = (equity_after_x2 - self._equity_after_x2) / initial_x2
+        self._equity_after_x2 = equity_after_x2
         stats.decisions += 1
         stats.total_reward += step_return
         stats.step_returns += 1
@@ -408,7 +454,7 @@ class PaperActor:
             stats.moving_steps += 1
             stats.winning_steps += step_return > 0
         if stats.decisions % stats.curve_every == 0:
-            stats.equity_curve.append(round(float(equity_after / initial), 8))
+            stats.equity_curve.append(round(equity_after_x2 / initial_x2, 8))
             if len(stats.equity_curve) > self._max_curve_points:
                 # Keep every other point and sample half as often from now on.
                 stats.equity_curve = stats.equity_curve[::2]
@@ -427,15 +473,17 @@ class PaperActor:
         return {
             "steps": stats.decisions,
             "total_reward": stats.total_reward,
-            "total_return": float(self._equity_after_e6 / self.initial_cash_e6) - 1.0,
+            "total_return": self._equity_after_x2 / (2 * self.initial_cash_e6) - 1.0,
             "sharpe": sharpe,
-            "max_drawdown": self.portfolio.max_drawdown,
+            "max_drawdown": self._peak.max_drawdown,
             "win_rate": stats.winning_steps / stats.moving_steps if stats.moving_steps else None,
-            "fees_paid_e4": self.portfolio.fees_paid_e4,
+            "fees_paid_e4": int(self._acct[A_FEES]),
             "final_positions": {
-                m: {"yes_e2": p.yes_e2, "no_e2": p.no_e2}
-                for m, p in self.portfolio
-                if p.yes_e2 or p.no_e2
+                m: {"yes_e2": yes, "no_e2": no}
+                for m, (yes, no) in zip(
+                    self.markets, self._pos[:, P_YES : P_NO + 1].tolist(), strict=True
+                )
+                if yes or no
             },
             "equity_curve": list(stats.equity_curve),
         }

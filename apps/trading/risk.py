@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from fractions import Fraction
 
 from apps.simulation.portfolio import Portfolio
 
@@ -75,24 +74,25 @@ class KillSwitch:
         self.reason = ""
         self.engaged_at_ns: int | None = None
         self._day: int | None = None
-        self._day_start_equity_e6: Fraction = Fraction(0)
+        self._day_start_equity_x2 = 0  # twice the equity in $0.000001 when the day began
 
-    def check(self, *, portfolio: Portfolio, equity_e6: Fraction | int, time_ns: int) -> bool:
+    def check(self, *, portfolio: Portfolio, equity_e6x2: int, time_ns: int) -> bool:
         """Engage the switch if a limit is breached now; returns whether it is engaged.
 
         Args:
             portfolio: the account after whatever fills happened so far.
-            equity_e6: its equity marked to mid, in $0.000001.
+            equity_e6x2: twice its equity marked to mid, in $0.000001 (an exact integer, as
+                ``kernel.equity_x2`` gives it).
             time_ns: Unix time of the check in ns (sets the UTC day of the loss limit).
         """
         day = time_ns // NS_PER_DAY
         if day != self._day:
             # A new UTC day (or the first check): losses count from here.
             self._day = day
-            self._day_start_equity_e6 = Fraction(equity_e6)
+            self._day_start_equity_x2 = equity_e6x2
         if self.engaged:
             return True
-        reason = self._breach(portfolio, Fraction(equity_e6))
+        reason = self._breach(portfolio, equity_e6x2)
         if reason:
             self.engaged = True
             self.reason = reason
@@ -100,23 +100,25 @@ class KillSwitch:
             log.warning("paper kill switch engaged: %s; every further decision holds", reason)
         return self.engaged
 
-    def _breach(self, portfolio: Portfolio, equity_e6: Fraction) -> str:
-        for market, position in portfolio:
-            if position.held_e2 > self._max_position_e2:
-                return (
-                    f"{market}: {position.held_e2 / 100:g} contracts held > max "
-                    f"{self.limits.max_position_contracts:g} (RL_PAPER_MAX_POSITION_CONTRACTS)"
-                )
+    def _breach(self, portfolio: Portfolio, equity_e6x2: int) -> str:
+        held = portfolio.held_e2()
+        over = (held > self._max_position_e2).nonzero()[0]
+        if over.size:
+            j = int(over[0])
+            return (
+                f"{portfolio.markets[j]}: {int(held[j]) / 100:g} contracts held > max "
+                f"{self.limits.max_position_contracts:g} (RL_PAPER_MAX_POSITION_CONTRACTS)"
+            )
         exposure_e6 = portfolio.exposure_e6()
         if exposure_e6 > self._max_exposure_e6:
             return (
                 f"exposure ${exposure_e6 / 1e6:,.2f} > max "
                 f"${self.limits.max_exposure_dollars:,.2f} (RL_PAPER_MAX_EXPOSURE_DOLLARS)"
             )
-        loss_e6 = self._day_start_equity_e6 - equity_e6
-        if loss_e6 >= self._max_loss_e6:
+        loss_x2 = self._day_start_equity_x2 - equity_e6x2
+        if loss_x2 >= 2 * self._max_loss_e6:
             return (
-                f"loss today ${float(loss_e6) / 1e6:,.2f} >= max "
+                f"loss today ${loss_x2 / 2e6:,.2f} >= max "
                 f"${self.limits.max_daily_loss_dollars:,.2f} (RL_PAPER_MAX_DAILY_LOSS_DOLLARS)"
             )
         return ""

@@ -6,15 +6,14 @@ trusted flag, and the number of book updates since the previous tick. :class:`Bo
 takes exactly that row from the live :class:`~apps.marketdata.book.OrderBook` objects at each
 decision, so a paper session is itself a history the env can replay (the parity test does).
 
-History features (mid changes, update counts, volatility, spread and depth changes) come from
-:func:`~apps.simulation.features.history_summaries` over the per-tick series of mid, spread
+History features (mid changes, update counts, volatility, spread and depth changes) are those
+of :func:`~apps.simulation.features.history_summaries` over the per-tick series of mid, spread
 and top-5 depth. Those series come from :func:`~apps.simulation.features.series_values`, the
 very function ``KalshiTradingEnv._precompute`` applies to its whole history, so the series here
-are the env's series bit for
-bit; :class:`LiveHistory` keeps the last ``HISTORY_CAPACITY`` ticks of them and reruns
-``history_summaries`` on that ring. Row ``t`` of ``history_summaries`` reads ticks
-``t − 300 … t`` only and adds in the same order however long the series is, so the ring gives
-the env's row exactly. ``tests/trading/test_sampling.py`` checks every tick of a history
+are the env's series bit for bit; :class:`LiveHistory` keeps the last ``HISTORY_CAPACITY``
+ticks of them and computes the latest row only, compiled. Row ``t`` of ``history_summaries``
+reads ticks ``t − 300 … t`` only and adds in a fixed order, so the ring gives the env's row
+exactly. ``tests/trading/test_sampling.py`` checks every tick of a history
 against the env's own precomputed rows.
 """
 
@@ -25,8 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from apps.simulation.features import HISTORY_CAPACITY, history_summaries, series_values
-from apps.simulation.fills import BOOK_LEVELS, BookView
+from apps.simulation.books import BOOK_LEVELS, BookView
+from apps.simulation.features import HISTORY_CAPACITY, N_HISTORY
+from apps.simulation.history_features import push_history, tick_series
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,53 +69,68 @@ class BookSampler:
             time_ns: Unix time of the sample in ns.
         """
         m = self.n_markets
-        px = np.zeros((m, 2, BOOK_LEVELS), dtype=np.int64)
-        sz = np.zeros((m, 2, BOOK_LEVELS), dtype=np.int64)
-        updates = np.zeros(m, dtype=np.int64)
-        ok = np.zeros(m, dtype=bool)
+        # Plain lists first, one array at the end: element stores into numpy cost more.
+        empty = [0] * (2 * BOOK_LEVELS)
+        prices: list[list[int]] = []
+        sizes: list[list[int]] = []
+        counts = [0] * m
+        is_trusted = [False] * m
         for j, book in enumerate(books):
             count = getattr(book, "updates", 0)
             previous = self._seen_updates[j]
             # The first sample counts the updates up to then, like the first tick of a load.
-            updates[j] = count - previous if previous is not None else count
+            counts[j] = count - previous if previous is not None else count
             self._seen_updates[j] = count
             if not trusted[j]:
+                prices.append(empty)
+                sizes.append(empty)
                 continue
-            ok[j] = True
-            for side in (0, 1):
-                levels = book.depth("yes" if side == 0 else "no", BOOK_LEVELS)
-                for i, (price_e4, size_e2) in enumerate(levels):
-                    px[j, side, i] = price_e4
-                    sz[j, side, i] = size_e2
+            is_trusted[j] = True
+            row_px = [0] * (2 * BOOK_LEVELS)
+            row_sz = [0] * (2 * BOOK_LEVELS)
+            for side, name in ((0, "yes"), (1, "no")):
+                base = side * BOOK_LEVELS
+                for i, (price_e4, size_e2) in enumerate(book.depth(name, BOOK_LEVELS)):
+                    row_px[base + i] = price_e4
+                    row_sz[base + i] = size_e2
+            prices.append(row_px)
+            sizes.append(row_sz)
+        shape = (m, 2, BOOK_LEVELS)
+        px = np.array(prices, dtype=np.int64).reshape(shape)
+        sz = np.array(sizes, dtype=np.int64).reshape(shape)
+        updates = np.array(counts, dtype=np.int64)
+        ok = np.array(is_trusted, dtype=bool)
         return BookSample(time_ns=time_ns, px=px, sz=sz, trusted=ok, updates=updates)
 
 
 class LiveHistory:
     """The history features of M markets over their last ``HISTORY_CAPACITY`` ticks.
 
-    One ring of (mid, spread, updates, yes_depth, no_depth) per market, like
-    :class:`~apps.simulation.features.MarketHistory`, but all markets in one array and
-    summarised with one :func:`~apps.simulation.features.history_summaries` call over the
-    markets' rings laid end to end. Before a ring is full its oldest slots hold NaN (and 0
-    updates): ``history_summaries`` treats a NaN sample exactly as a window reaching before the
-    first sample (a change of 0, no update, no volatility term), so each ring's last row is
-    what the env computes at that tick, and no window of one market reaches into another's
-    ring (windows span at most ``HISTORY_CAPACITY`` ticks).
+    One ring per market of (mid, spread, log1p YES depth, log1p NO depth) and of the update
+    counts, like :class:`~apps.simulation.features.MarketHistory`; each push appends the tick
+    and computes every market's latest row with the compiled
+    :func:`~apps.simulation.history_features.push_history`, which does the arithmetic of
+    :func:`~apps.simulation.features.history_summaries` at that row in the same order. Before a
+    ring is full its oldest slots hold NaN (and 0 updates): a NaN sample counts exactly as a
+    window reaching before the first sample (a change of 0, no update, no volatility term),
+    so each row is what the env computes at that tick. The tick's series values are
+    :func:`~apps.simulation.features.series_values`' arithmetic (compiled, same operations)
+    and their log1p is numpy's, as in the env.
     """
 
     def __init__(self, n_markets: int) -> None:
         self.n_markets = n_markets
-        self._series = np.full((4, n_markets, HISTORY_CAPACITY), np.nan)  # mid, spread, depths
+        self._ring = np.full((4, n_markets, HISTORY_CAPACITY), np.nan)
         self._updates = np.zeros((n_markets, HISTORY_CAPACITY), dtype=np.int64)
-        self._last_rows = np.arange(1, n_markets + 1) * HISTORY_CAPACITY - 1
+        self._values = np.empty((4, n_markets))
 
     def push(self, sample: BookSample) -> np.ndarray:
-        """Append one tick; returns the (M, N_HISTORY) raw history values for it (float64)."""
-        series, updates = self._series, self._updates
-        series[:, :, :-1] = series[:, :, 1:]
-        updates[:, :-1] = updates[:, 1:]
-        series[:, :, -1] = series_values(sample.px, sample.sz, sample.trusted)
-        updates[:, -1] = sample.updates
-        mid, spread, yes_depth, no_depth = (s.reshape(-1) for s in series)
-        rows = history_summaries(mid, spread, updates.reshape(-1), yes_depth, no_depth)
-        return rows[self._last_rows]
+        """Append one tick; returns the (M, N_HISTORY) raw history values for it (float64,
+        a fresh array)."""
+        values = self._values
+        tick_series(sample.px, sample.sz, sample.trusted, values)
+        # The env takes log1p of the depth series with numpy: the same function here.
+        np.log1p(values[2:], out=values[2:])
+        out = np.empty((self.n_markets, N_HISTORY))
+        push_history(self._ring, self._updates, values, sample.updates, out)
+        return out

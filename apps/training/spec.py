@@ -400,8 +400,8 @@ def env_bytes(ticks: int, markets: int) -> tuple[int, int]:
     list (an 8-byte slot and a 32-byte int each). Transient: the float64 history block of
     10 markets and the temporaries of one slice of static features.
     """
+    from apps.simulation.books import BOOK_LEVELS
     from apps.simulation.features import FEATURES_PER_MARKET, N_HISTORY, N_MARKETS
-    from apps.simulation.fills import BOOK_LEVELS
 
     per_tick = (
         2 * N_MARKETS * 2 * BOOK_LEVELS * 8  # _px, _sz

@@ -1,4 +1,6 @@
-"""Action ids, masks that forbid exactly the impossible, and execution through the same code."""
+"""Action ids (the product's table), and the oracle's masks that forbid exactly the impossible
+and its execution through the same code (the kernel is checked against this oracle in
+``test_kernel.py``)."""
 
 from __future__ import annotations
 
@@ -14,17 +16,15 @@ from apps.simulation.actions import (
     ACTIONS_PER_MARKET,
     DEFAULT_SIZES_E2,
     ActionType,
-    Refusal,
-    action_mask,
-    decide,
     decode,
     encode,
-    execute,
     sizes_e2_from_contracts,
 )
-from apps.simulation.fills import ArrayBook, Contract
-from apps.simulation.portfolio import LimitBreach, Portfolio, RiskLimits
+from apps.simulation.books import ArrayBook
 from tests.simulation import book_from
+from tests.simulation.oracle.actions import Refusal, action_mask, decide, execute
+from tests.simulation.oracle.fills import Contract
+from tests.simulation.oracle.portfolio import LimitBreach, Portfolio, RiskLimits
 
 DOLLAR_E6 = 1_000_000
 DEEP = book_from({3_000: 10**7}, {6_900: 10**7})  # YES 0.30 bid / 0.31 ask, 100k contracts each

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from apps.simulation import features
+from apps.simulation.books import BOOK_LEVELS, book_to_arrays
 from apps.simulation.features import (
     FEATURES_PER_MARKET,
     HISTORY_CAPACITY,
@@ -29,8 +30,8 @@ from apps.simulation.features import (
     history_summaries,
     static_features,
 )
-from apps.simulation.fills import BOOK_LEVELS, book_to_arrays
 from apps.simulation.portfolio import MarketPosition
+from apps.simulation.tick_features import tick_static_features
 from tests.simulation import book_from, ladders
 
 NAMES = feature_names()
@@ -325,6 +326,40 @@ def test_static_features_give_the_same_bits_per_tick_and_per_history_for_signed_
             assert row.tobytes() == alone.tobytes(), ticks
     time_log = alone[:, features._C_TIME]
     assert not np.signbit(time_log[[0, 1, 2, 3, 4, 5, 7, 8]]).any()
+
+
+def test_the_compiled_tick_features_equal_static_features_bit_for_bit() -> None:
+    """``tick_static_features`` (the paper trader's per-decision path) against the env's numpy
+    ``static_features`` on random ladders (thin, deep, fractional, at the $0/$1 edges, empty
+    sides), untrusted and absent slots, signed-zero and NaN times, random history values."""
+    rng = np.random.default_rng(11)
+    fields = ("px", "sz", "history", "trusted", "present", "is_open", "seconds_to_close")
+    checked = 0
+    for _ in range(300):
+        batch = MarketBatch.empty()
+        for m in range(N_MARKETS):
+            for side in range(2):
+                n = int(rng.integers(0, BOOK_LEVELS + 1))
+                top = 10_000 if rng.random() < 0.1 else int(rng.integers(0, 10_001))
+                prices = np.sort(rng.choice(top + 1, size=min(n, top + 1), replace=False))[::-1]
+                batch.px[m, side, : len(prices)] = prices
+                high = 10 ** int(rng.integers(1, 10))
+                batch.sz[m, side, : len(prices)] = rng.integers(1, high, size=len(prices))
+        batch.history[:] = rng.normal(scale=0.3, size=(N_MARKETS, N_HISTORY))
+        batch.history[:, 4:8] = rng.integers(0, 10**5, size=(N_MARKETS, 4))
+        batch.present[:] = rng.random(N_MARKETS) < 0.8
+        batch.trusted[:] = rng.random(N_MARKETS) < 0.8
+        batch.is_open[:] = rng.random(N_MARKETS) < 0.9
+        batch.seconds_to_close[:] = rng.choice(
+            [-0.0, 0.0, np.nan, -5.0, 1e-9, 59.5, 3_600.0, 4e6, 1e12], size=N_MARKETS
+        )
+        args = [getattr(batch, f) for f in fields]
+        expected = static_features(*args)
+        got = np.empty_like(expected)
+        assert not tick_static_features(*args, features._TICK_SCALES, got)
+        assert got.tobytes() == expected.tobytes()
+        checked += int(batch.present.sum())
+    assert checked > 2_000
 
 
 def test_book_features_over_a_whole_history_equal_per_step_rows() -> None:

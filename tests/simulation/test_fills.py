@@ -1,4 +1,5 @@
-"""Taker fills walk the shown book and nothing else, identically on an OrderBook and on arrays."""
+"""The oracle's taker fills walk the shown book and nothing else, identically on an OrderBook and
+on arrays; the book-array layout (apps.simulation.books) they read."""
 
 from __future__ import annotations
 
@@ -10,17 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from apps.simulation import fees
-from apps.simulation.fills import (
+from apps.simulation.books import (
     BOOK_LEVELS,
     ArrayBook,
     BookArrayError,
-    Contract,
-    Side,
     book_to_arrays,
-    fill_order,
     validate_book_arrays,
 )
 from tests.simulation import book_from, ladders
+from tests.simulation.oracle.fills import Contract, Side, fill_order
 
 # The §4 snapshot, top levels only: YES bids 0.29/0.30, NO bids 0.68/0.69 -> YES ask 0.31.
 YES = {2_900: 7_910_183, 3_000: 10_970_666}

@@ -1,20 +1,24 @@
-"""The compiled kernel (``apps.simulation.kernel``) equals the reference rules it twins.
+"""The compiled kernel (``apps.simulation.kernel``, the product's only trading rules) equals
+the readable oracle in ``tests/simulation/oracle``.
 
 Random books (empty sides, thin ladders, sub-cent and edge prices), untrusted ticks, settling
 markets, random limits, cash, order sizes and fee schedules run through the kernel and, in
-lockstep, through ``actions.execute`` / ``actions.action_mask`` on a reference
+lockstep, through the oracle's ``execute`` / ``action_mask`` on its mutable
 :class:`Portfolio`: every decision, fill, refusal, mask, settlement, equity and account field
-must be the same integers. Coverage counters make sure the random cases reach every refusal
-code, partial fills, netting and each kind of settlement. Then: the int64 bound check, and the
-env's observation against ``features.build_observation_batch`` built on the reference account.
+must be the same integers, and the product's read-only ``Portfolio`` view of the kernel's
+arrays must read the oracle's account. Coverage counters make sure the random cases reach
+every refusal code, partial fills, netting and each kind of settlement. Then: the int64 bound
+check, and the env's observation against ``features.build_observation_batch`` built on the
+oracle's account.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import astuple, replace
 from fractions import Fraction
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -22,15 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from apps.simulation import kernel
-from apps.simulation.actions import (
-    ACTIONS_PER_MARKET,
-    DEFAULT_SIZES_E2,
-    N_SIZES,
-    Decision,
-    action_mask,
-    decode,
-    execute,
-)
+from apps.simulation.actions import ACTIONS_PER_MARKET, DEFAULT_SIZES_E2, N_SIZES, decode
+from apps.simulation.books import ArrayBook, validate_book_arrays
 from apps.simulation.env import EnvConfig, KalshiTradingEnv, MarketInfo
 from apps.simulation.features import (
     BOOK_LEVELS,
@@ -41,9 +38,11 @@ from apps.simulation.features import (
     build_observation_batch,
 )
 from apps.simulation.fees import STANDARD_FEES, FeeSchedule, FeeType
-from apps.simulation.fills import ArrayBook, Contract, Side, fill_order, validate_book_arrays
-from apps.simulation.portfolio import LimitBreach, MarketPosition, Portfolio, RiskLimits
+from apps.simulation.portfolio import Portfolio as PortfolioView
 from apps.simulation.synthetic import synthetic_history
+from tests.simulation.oracle.actions import Decision, action_mask, execute
+from tests.simulation.oracle.fills import Contract, Side, fill_order
+from tests.simulation.oracle.portfolio import LimitBreach, MarketPosition, Portfolio, RiskLimits
 
 K = BOOK_LEVELS
 NS = 1_000_000_000
@@ -185,6 +184,32 @@ def assert_same_account(
     assert acct[kernel.A_EXPOSURE] == int(
         pos[:, kernel.P_YES_COST].sum() + pos[:, kernel.P_NO_COST].sum()
     )
+    # The product's read-only view of the arrays reads the oracle's account.
+    view = view_of(portfolio, markets, pos, acct)
+    assert {mk: astuple(p) for mk, p in view} == {
+        mk: astuple(p) for mk, p in portfolio.positions.items()
+    }
+    assert (view.cash_e6, view.exposure_e6(), view.capital_e6) == (
+        portfolio.cash_e6,
+        portfolio.exposure_e6(),
+        portfolio.capital_e6,
+    )
+    assert (view.fees_paid_e4, view.realized_e6) == (portfolio.fees_paid_e4, portfolio.realized_e6)
+    for market in markets:
+        assert view.exposure_e6(market) == portfolio.exposure_e6(market)
+        assert astuple(view.position(market)) == astuple(portfolio.position(market))
+
+
+def view_of(
+    portfolio: Portfolio, markets: Sequence[str], pos: np.ndarray, acct: np.ndarray
+) -> PortfolioView:
+    return PortfolioView(
+        markets=markets,
+        pos=pos,
+        acct=acct,
+        initial_cash_e6=portfolio.initial_cash_e6,
+        limits=portfolio.limits,
+    )
 
 
 def assert_same_decision(row: np.ndarray, decision: Decision, action_id: int) -> None:
@@ -319,7 +344,10 @@ def run_lockstep(
     fees: Sequence[FeeSchedule],
     prior_fills: int,
     coverage: Counter[str],
+    rules: ModuleType = kernel,
 ) -> None:
+    """One random multi-step case through ``rules`` (the kernel, or a mutant of it) and the
+    oracle in lockstep; any difference fails an assertion."""
     rng = np.random.default_rng(seed)
     ticks = steps + 1
     markets = [f"KX-K-{j}" for j in range(m)]
@@ -351,7 +379,7 @@ def run_lockstep(
     payouts = np.zeros(m, dtype=np.int64)
 
     def settle(t: int) -> None:
-        count = kernel.settle_due(t, times, close_ns, results, values_e4, mid, pos, acct, payouts)
+        count = rules.settle_due(t, times, close_ns, results, values_e4, mid, pos, acct, payouts)
         expected, how = reference_settle(
             portfolio, markets, t, times, close_ns, results, values_e4, mid
         )
@@ -362,8 +390,10 @@ def run_lockstep(
 
     def equity() -> None:
         for t in range(ticks):  # the current account at every tick's marks
-            assert kernel.equity_x2(mid, t, pos, acct) == portfolio.equity_e6x2(
-                marks_at(markets, mid, t)
+            marks = marks_at(markets, mid, t)
+            assert rules.equity_x2(mid, t, pos, acct) == portfolio.equity_e6x2(marks)
+            assert view_of(portfolio, markets, pos, acct).equity_e6x2(marks) == (
+                portfolio.equity_e6x2(marks)
             )
 
     settle(0)
@@ -381,7 +411,7 @@ def run_lockstep(
             }
             for j in range(m)
         ]
-        kernel.action_masks(
+        rules.action_masks(
             px, sz, trusted, pos, acct, sizes, fee_nums, fee_dens, limits_arr, t, masks
         )
         expected_masks = np.stack(
@@ -399,7 +429,7 @@ def run_lockstep(
                 actions.append(int(rng.choice(allowed)))
             else:
                 actions.append(int(rng.integers(N_SIZES)))
-        bad = kernel.execute_all(
+        bad = rules.execute_all(
             px,
             sz,
             trusted,

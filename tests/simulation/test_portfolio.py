@@ -1,4 +1,5 @@
-"""Portfolio accounting: cash, positions, netting, P&L, settlement, limits, drawdown."""
+"""The oracle's portfolio accounting (tests/simulation/oracle): cash, positions, netting, P&L,
+settlement, limits, drawdown."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from apps.simulation.fees import NO_FEES
-from apps.simulation.fills import Contract, Fill, Side, fill_order
-from apps.simulation.portfolio import (
+from tests.simulation import book_from
+from tests.simulation.oracle.fills import Contract, Fill, Side, fill_order
+from tests.simulation.oracle.portfolio import (
     LimitBreach,
     LimitError,
     MarketPosition,
@@ -18,7 +20,6 @@ from apps.simulation.portfolio import (
     RiskLimits,
     settlement_price_e4,
 )
-from tests.simulation import book_from
 
 DOLLAR_E6 = 1_000_000
 BOOK = book_from({5_000: 10**8, 4_000: 10**8}, {5_000: 10**8, 4_500: 10**8})  # YES 0.50 / 0.50

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from fractions import Fraction
-
 import numpy as np
 import pytest
 
 from apps.simulation.actions import ActionType, encode
 from apps.simulation.env import EnvConfig, KalshiTradingEnv, traded_count
-from apps.simulation.fills import Contract, Fill, Side
-from apps.simulation.portfolio import Portfolio
+from apps.simulation.portfolio import MarketPosition, Portfolio
 from apps.simulation.synthetic import synthetic_history
 from apps.trading.actor import PaperActor, PolicyVersion
 from apps.trading.risk import KILL_SWITCH, KillSwitch, RiskSettings
@@ -123,45 +120,53 @@ def test_the_kill_switch_turns_every_later_decision_into_a_hold_and_says_why() -
     assert actor.kill_switch.as_dict()["engaged"] is True
 
 
-def buy(price_e4: int, size_e2: int) -> Fill:
-    return Fill(
-        contract=Contract.YES,
-        side=Side.BUY,
-        requested_e2=size_e2,
-        filled_e2=size_e2,
-        fills=((price_e4, size_e2),),
-        notional_e6=price_e4 * size_e2,
-        fee_e4=0,
-    )
+def yes_bought(price_e4: int, size_e2: int) -> MarketPosition:
+    """A position of ``size_e2`` YES bought at ``price_e4`` (no fee)."""
+    return MarketPosition(yes_e2=size_e2, yes_cost_e6=price_e4 * size_e2)
 
 
 def test_the_exposure_limit_engages_on_the_cost_of_open_contracts() -> None:
-    portfolio = Portfolio(cash_e6=1_000_000_000)
     switch = KillSwitch(RiskSettings(max_exposure_dollars=30))
-    portfolio.apply_fill("A", buy(5_000, 5_000))  # 50 contracts at $0.50 = $25
-    assert not switch.check(portfolio=portfolio, equity_e6=portfolio.cash_e6, time_ns=0)
-    portfolio.apply_fill("B", buy(5_000, 2_000))  # + $10
-    assert switch.check(portfolio=portfolio, equity_e6=portfolio.cash_e6, time_ns=1)
+    a = yes_bought(5_000, 5_000)  # 50 contracts at $0.50 = $25
+    portfolio = Portfolio.of(cash_e6=975_000_000, positions={"A": a})
+    assert not switch.check(portfolio=portfolio, equity_e6x2=2 * 10**9, time_ns=0)
+    b = yes_bought(5_000, 2_000)  # + $10
+    portfolio = Portfolio.of(cash_e6=965_000_000, positions={"A": a, "B": b})
+    assert switch.check(portfolio=portfolio, equity_e6x2=2 * 10**9, time_ns=1)
     assert "exposure $35.00 > max $30.00" in switch.reason
 
 
+def test_the_position_limit_names_the_market_over_it() -> None:
+    switch = KillSwitch(RiskSettings(max_position_contracts=40))
+    positions = {"A": yes_bought(5_000, 4_000), "B": MarketPosition(no_e2=4_001, no_cost_e6=1)}
+    portfolio = Portfolio.of(cash_e6=10**9, positions=positions)
+    assert switch.check(portfolio=portfolio, equity_e6x2=2 * 10**9, time_ns=0)
+    assert switch.reason.startswith("B: 40.01 contracts held > max 40")
+
+
 def test_the_daily_loss_counts_from_the_start_of_each_utc_day_and_latches() -> None:
-    portfolio = Portfolio(cash_e6=1_000_000_000)
+    portfolio = Portfolio.of(cash_e6=1_000_000_000)
     switch = KillSwitch(RiskSettings(max_daily_loss_dollars=10))
     day = 86_400 * NS
     start = 20_000 * day + 3_600 * NS
-    assert not switch.check(portfolio=portfolio, equity_e6=1_000_000_000, time_ns=start)
-    assert not switch.check(portfolio=portfolio, equity_e6=991_000_000, time_ns=start + NS)
+
+    def check(equity_e6: int, time_ns: int) -> bool:
+        return switch.check(portfolio=portfolio, equity_e6x2=2 * equity_e6, time_ns=time_ns)
+
+    assert not check(1_000_000_000, start)
+    assert not check(991_000_000, start + NS)
     # A new day: the $9 lost yesterday does not count; $9.99 today does not reach $10 ...
     next_day = start + day
-    assert not switch.check(portfolio=portfolio, equity_e6=991_000_000, time_ns=next_day)
-    assert not switch.check(portfolio=portfolio, equity_e6=981_010_000, time_ns=next_day + NS)
-    # ... $10 does, and the switch stays on even if equity recovers.
-    assert switch.check(
-        portfolio=portfolio, equity_e6=Fraction(981_000_000), time_ns=next_day + 2 * NS
+    assert not check(991_000_000, next_day)
+    assert not check(981_010_000, next_day + NS)
+    # Half a micro-dollar short of $10 (equity is exact to $0.0000005) does not either ...
+    assert not switch.check(
+        portfolio=portfolio, equity_e6x2=2 * 981_000_000 + 1, time_ns=next_day + NS
     )
+    # ... $10 does, and the switch stays on even if equity recovers.
+    assert check(981_000_000, next_day + 2 * NS)
     assert "loss today $10.00 >= max $10.00" in switch.reason
-    assert switch.check(portfolio=portfolio, equity_e6=2_000_000_000, time_ns=next_day + 3 * NS)
+    assert check(2_000_000_000, next_day + 3 * NS)
 
 
 def test_limits_must_be_positive() -> None:
