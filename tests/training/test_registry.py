@@ -124,11 +124,19 @@ def test_admin_actions_drive_the_services(recorded_markets, admin_client) -> Non
     url = "/admin/training/rlmodel/"
     page = admin_client.get(url)
     assert page.status_code == 200 and b"Held-out Sharpe" in page.content
+    # Promotion and rollback act only on the confirmation page's post.
     admin_client.post(url, {"action": "promote", "_selected_action": [v1.pk]})
-    admin_client.post(url, {"action": "promote", "_selected_action": [v2.pk]})
+    assert active_model_for("tiny") is None
+    confirm = {"confirm": "promote"}
+    admin_client.post(url, {"action": "promote", "_selected_action": [v1.pk], **confirm})
+    admin_client.post(url, {"action": "promote", "_selected_action": [v2.pk], **confirm})
     assert active_model_for("tiny").pk == v2.pk
     assert RLModel.objects.get(pk=v2.pk).promoted_by.username == "admin"
     admin_client.post(url, {"action": "rollback", "_selected_action": [v2.pk]})
+    assert active_model_for("tiny").pk == v2.pk
+    admin_client.post(
+        url, {"action": "rollback", "_selected_action": [v2.pk], "confirm": "rollback"}
+    )
     assert active_model_for("tiny").pk == v1.pk
     response = admin_client.post(
         url, {"action": "cancel", "_selected_action": [v1.pk]}, follow=True
