@@ -30,9 +30,7 @@ class TradingActionAdmin(admin.ModelAdmin):
         "cash_after",
         "reward_display",
         "refusal",
-        "step",
-        "episode",
-        "model_version",
+        "decision_of",
     )
     list_filter = (
         ("time", TimeRangeFilter),
@@ -95,7 +93,7 @@ class TradingActionAdmin(admin.ModelAdmin):
     def time_ms(self, obj: TradingAction) -> str:
         return formatting.ms_time(obj.time)
 
-    @admin.display(description="requested (contracts)", ordering="action_size")
+    @admin.display(description="asked (contracts)", ordering="action_size")
     def requested(self, obj: TradingAction) -> str:
         return f"{obj.action_size:,d}"
 
@@ -122,6 +120,11 @@ class TradingActionAdmin(admin.ModelAdmin):
     @admin.display(description="reward", ordering="reward")
     def reward_display(self, obj: TradingAction) -> str:
         return formatting.number(obj.reward, places=6, signed=True)
+
+    @admin.display(description="episode · model", ordering="episode")
+    def decision_of(self, obj: TradingAction) -> str:
+        episode = obj.episode
+        return f"#{episode.pk} {episode.mode} · {episode.model.name} v{obj.model_version}"
 
     @admin.display(description="allowed action ids")
     def allowed(self, obj: TradingAction) -> str:

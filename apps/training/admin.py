@@ -230,6 +230,10 @@ class RLModelAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # runs start through the "Start a training run" form
 
+    def get_fieldsets(self, request: HttpRequest, obj: RLModel | None = None) -> list:
+        # The failure section only for a run that failed (or was cancelled with a note).
+        return [f for f in self.fieldsets if f[0] != "Failure" or (obj and obj.error)]
+
     def has_change_permission(self, request: HttpRequest, obj: RLModel | None = None) -> bool:
         # A version is a record: its page is read-only (no Save). The registry's actions
         # (promote, roll back, retire, cancel) still need the user's change permission.
