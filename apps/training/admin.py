@@ -1,4 +1,9 @@
-"""The model registry in the admin: actions call the services; a form starts a run."""
+"""The model registry in the admin: a read-only report per version, a side-by-side
+comparison, confirmation pages before promotion and rollback, and a form that starts a run.
+
+Actions call the services; the pages' data comes from :mod:`apps.training.selectors`, their
+charts from :mod:`apps.training.charts` and every number's format from
+:mod:`apps.dashboard.formatting`."""
 
 from __future__ import annotations
 
@@ -171,18 +176,6 @@ class TrainingRunForm(forms.Form):
             episode_steps=data["episode_steps"],
             n_envs=data.get("n_envs") or 1,
         )
-
-
-def compare_rows(reports: list[selectors.ModelReport]) -> list[tuple[str, str, list]]:
-    """The comparison table: per held-out metric of the agent, one cell per version."""
-    rows = []
-    for index, name in enumerate(selectors.REPORT_METRICS):
-        cells = []
-        for report in reports:
-            agent = next((p for p in report.policies if p.key == "agent"), None)
-            cells.append(agent.cells[index] if agent else None)
-        rows.append((name, formatting.metric_label(name), cells))
-    return rows
 
 
 @admin.register(RLModel)
@@ -446,7 +439,7 @@ class RLModelAdmin(admin.ModelAdmin):
             "compare.html",
             title="Compare versions",
             reports=reports,
-            rows=compare_rows(reports),
+            rows=selectors.compare_rows(reports),
             same_period=len(periods) == 1,
             chart=charts.equity_drawdown_svg(
                 {f"{r.model.name} v{r.model.version}": r.equity_curves for r in reports},

@@ -343,6 +343,19 @@ def model_report(model: RLModel, *, with_learning_curve: bool = True) -> ModelRe
     )
 
 
+def compare_rows(reports: list[ModelReport]) -> list[tuple[str, list[MetricCell | None]]]:
+    """The comparison table: per held-out metric of the agent, one cell per version (None
+    when the version has no held-out evaluation)."""
+    rows = []
+    for index, name in enumerate(REPORT_METRICS):
+        cells: list[MetricCell | None] = []
+        for report in reports:
+            agent = next((p for p in report.policies if p.key == "agent"), None)
+            cells.append(agent.cells[index] if agent else None)
+        rows.append((name, cells))
+    return rows
+
+
 def models_by_ids(ids: list[int]) -> list[RLModel]:
     """The registry rows ``ids`` in name and version order (missing ids are skipped)."""
     return list(
