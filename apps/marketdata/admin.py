@@ -28,8 +28,10 @@ from apps.marketdata.selectors import snapshot_ladder
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
-    # Counting a table of millions of rows on every page load is slow: show "more" instead.
+    # Counting a table of millions of rows on every page load is slow: show "more" instead,
+    # and no per-filter-value counts ("Show counts" would count each of them).
     show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

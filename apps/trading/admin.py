@@ -42,6 +42,7 @@ class TradingActionAdmin(admin.ModelAdmin):
     search_fields = ("market_ticker", "action_type", "refusal", "episode__model__name")
     list_select_related = ("episode__model",)
     show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER  # no per-value counts over the whole decision log
     date_hierarchy = "time"
     ordering = ("-time", "market_ticker")
     fields = (

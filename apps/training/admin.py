@@ -19,6 +19,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from apps.dashboard import formatting
+from apps.dashboard.admin_filters import TimeRangeFilter
 from apps.training import charts, selectors, services
 from apps.training.artifacts import ArtifactError
 from apps.training.models import ModelStatus, RLModel, TradingEpisode
@@ -520,7 +521,7 @@ class TradingEpisodeAdmin(EpisodeFormats, admin.ModelAdmin):
         "win_rate_display",
         "fees_display",
     )
-    list_filter = ("mode", "model__name")
+    list_filter = (("started_at", TimeRangeFilter), "mode", "model__name")
     list_select_related = ("model",)
     date_hierarchy = "started_at"
     fields = (

@@ -197,3 +197,29 @@ def test_a_snapshot_shows_its_book_as_a_ladder(admin_client, book) -> None:
     assert "best YES bid $0.4400, best YES ask $0.4700, spread $0.0300" in page
     assert "[[4000" not in page and "yes_levels" not in page
     assert 'name="_save"' not in html and "deletelink" not in html
+
+
+def test_episodes_list_formats_and_filters_by_time(admin_client) -> None:
+    model = RLModel.objects.create(
+        name="desk", version=1, algorithm="PPO", status="ready", markets=["KXA-1"]
+    )
+    for minute in range(3):
+        TradingEpisode.objects.create(
+            model=model,
+            mode="evaluation",
+            markets=["KXA-1"],
+            started_at=T0 + timedelta(minutes=minute, milliseconds=40),
+            total_return=0.0125 * (minute - 1),
+            max_drawdown=0.0388,
+            fees_paid_e4=1200,
+        )
+    url = "/admin/training/tradingepisode/"
+    window = admin_client.get(
+        url, {"started_at__gte": "2026-11-03T14:01:00", "started_at__lt": "2026-11-03T14:02:00"}
+    )
+    assert rows(window, "started") == ["2026-11-03 14:01:00.040 UTC"]
+    assert rows(window, "return_display") == ["0.000%"]
+    everything = admin_client.get(url)
+    assert rows(everything, "return_display") == ["+1.250%", "0.000%", "−1.250%"]
+    assert set(rows(everything, "drawdown_display")) == {"3.88%"}
+    assert set(rows(everything, "fees_display")) == {"$0.12"}
