@@ -316,7 +316,9 @@ class RLModelAdmin(admin.ModelAdmin):
             return ""
         return str(selectors.promotion_check(obj))
 
-    def _confirm_page(self, request: HttpRequest, template: str, **context: object):  # type: ignore[no-untyped-def]
+    def _confirm_page(
+        self, request: HttpRequest, template: str, **context: object
+    ) -> TemplateResponse:
         return TemplateResponse(
             request,
             f"admin/training/rlmodel/{template}",
