@@ -1,8 +1,14 @@
-"""The model registry in the admin: actions call the services; a form starts a run."""
+"""The model registry in the admin: a read-only report per version, a side-by-side
+comparison, confirmation pages before promotion and rollback, and a form that starts a run.
+
+Actions call the services; the pages' data comes from :mod:`apps.training.selectors`, their
+charts from :mod:`apps.training.charts` and every number's format from
+:mod:`apps.dashboard.formatting`."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from urllib.parse import urlencode
 
 from django import forms
 from django.contrib import admin, messages
@@ -12,7 +18,9 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from apps.training import selectors, services
+from apps.dashboard import formatting
+from apps.dashboard.admin_filters import TimeRangeFilter
+from apps.training import charts, selectors, services
 from apps.training.artifacts import ArtifactError
 from apps.training.models import ModelStatus, RLModel, TradingEpisode
 from apps.training.spec import ALGORITHMS, RunSpec, SpecError, parse_json, validate_spec
@@ -33,19 +41,48 @@ def episode_plot_img(episode: TradingEpisode, *, width_px: int) -> str:
     )
 
 
-class TradingEpisodeInline(admin.TabularInline):
+class EpisodeFormats:
+    """Formatted columns of an episode, shared by the inline and the episode list."""
+
+    @admin.display(description="started", ordering="started_at")
+    def started(self, obj: TradingEpisode) -> str:
+        return formatting.ms_time(obj.started_at)
+
+    @admin.display(description="return", ordering="total_return")
+    def return_display(self, obj: TradingEpisode) -> str:
+        return formatting.percent(obj.total_return, places=3, signed=True)
+
+    @admin.display(description="Sharpe per sqrt(h)", ordering="sharpe")
+    def sharpe_display(self, obj: TradingEpisode) -> str:
+        return formatting.number(obj.sharpe, signed=True)
+
+    @admin.display(description="max drawdown", ordering="max_drawdown")
+    def drawdown_display(self, obj: TradingEpisode) -> str:
+        return formatting.percent(obj.max_drawdown)
+
+    @admin.display(description="win rate", ordering="win_rate")
+    def win_rate_display(self, obj: TradingEpisode) -> str:
+        return formatting.percent(obj.win_rate, places=1)
+
+    @admin.display(description="fees", ordering="fees_paid_e4")
+    def fees_display(self, obj: TradingEpisode) -> str:
+        return formatting.dollars_e4(obj.fees_paid_e4)
+
+
+class TradingEpisodeInline(EpisodeFormats, admin.TabularInline):
     model = TradingEpisode
     extra = 0
     can_delete = False
     show_change_link = True
     fields = (
         "mode",
-        "started_at",
+        "started",
         "steps",
-        "total_return",
-        "sharpe",
-        "max_drawdown",
-        "win_rate",
+        "return_display",
+        "sharpe_display",
+        "drawdown_display",
+        "win_rate_display",
+        "fees_display",
         "plot",
     )
     readonly_fields = fields
@@ -144,12 +181,16 @@ class TrainingRunForm(forms.Form):
 
 @admin.register(RLModel)
 class RLModelAdmin(admin.ModelAdmin):
+    """The registry. A version's page is a read-only report (see ``change_view``); promotion
+    and rollback ask for confirmation on a page that shows what would change."""
+
     list_display = (
         "name",
         "version",
         "algorithm",
         "status",
         "progress_display",
+        "held_out_pnl",
         "held_out_return",
         "held_out_sharpe",
         "vs_no_trading",
@@ -159,13 +200,40 @@ class RLModelAdmin(admin.ModelAdmin):
     )
     list_filter = ("status", "algorithm", "name")
     search_fields = ("name",)
-    readonly_fields = [*(f.name for f in RLModel._meta.fields), "tensorboard"]
+    fieldsets = (
+        (None, {"fields": ("name", "version", "algorithm", "status", "markets_display")}),
+        ("Times", {"fields": ("created_display", "trained_display", "progress_display")}),
+        ("Failure", {"fields": ("error",), "classes": ("collapse",)}),
+    )
+    readonly_fields = (
+        "name",
+        "version",
+        "algorithm",
+        "status",
+        "markets_display",
+        "created_display",
+        "trained_display",
+        "progress_display",
+        "error",
+    )
     inlines = [TradingEpisodeInline]
-    actions = ["promote", "force_promote", "rollback", "retire", "cancel"]
+    actions = ["promote", "force_promote", "rollback", "compare", "retire", "cancel"]
     change_list_template = "admin/training/rlmodel/change_list.html"
+    change_form_template = "admin/training/rlmodel/change_form.html"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # runs start through the "Start a training run" form
+
+    def get_fieldsets(self, request: HttpRequest, obj: RLModel | None = None) -> list:
+        # The failure section only for a run that failed (or was cancelled with a note).
+        return [f for f in self.fieldsets if f[0] != "Failure" or (obj and obj.error)]
+
+    def has_change_permission(self, request: HttpRequest, obj: RLModel | None = None) -> bool:
+        # A version is a record: its page is read-only (no Save). The registry's actions
+        # (promote, roll back, retire, cancel) still need the user's change permission.
+        if obj is not None:
+            return False
+        return super().has_change_permission(request)
 
     def has_delete_permission(self, request: HttpRequest, obj: RLModel | None = None) -> bool:
         # An active model, or one with paper episodes (their decisions are the audit trail,
@@ -180,35 +248,64 @@ class RLModelAdmin(admin.ModelAdmin):
         actions.pop("delete_selected", None)
         return actions
 
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict | None = None,
+    ) -> HttpResponse:
+        model = self.get_object(request, object_id)
+        context = dict(extra_context or {})
+        if model is not None and self.has_view_permission(request, model):
+            report = selectors.model_report(model)
+            context["report"] = report
+            context["charts"] = {
+                "learning": charts.learning_curve_svg(
+                    report.learning_curve, title=f"{model.name} v{model.version}: training"
+                ),
+                "equity": charts.equity_drawdown_svg(
+                    {f"v{model.version}": report.equity_curves},
+                    title=f"{model.name} v{model.version}: held-out evaluation",
+                ),
+            }
+        return super().change_view(request, object_id, form_url, context)
+
+    @admin.display(description="markets")
+    def markets_display(self, obj: RLModel) -> str:
+        return ", ".join(str(m) for m in obj.markets or [])
+
+    @admin.display(description="created")
+    def created_display(self, obj: RLModel) -> str:
+        return formatting.seconds_time(obj.created_at)
+
+    @admin.display(description="trained")
+    def trained_display(self, obj: RLModel) -> str:
+        return formatting.seconds_time(obj.trained_at)
+
     @admin.display(description="progress")
     def progress_display(self, obj: RLModel) -> str:
         fraction = (obj.progress or {}).get("fraction")
-        return "" if fraction is None else f"{fraction:.0%}"
+        return "" if fraction is None else formatting.percent(fraction, places=0)
+
+    @admin.display(description="held-out P&L per hour")
+    def held_out_pnl(self, obj: RLModel) -> str:
+        value = (obj.metrics.get("evaluation") or {}).get("pnl_per_hour_dollars")
+        return "" if value is None else formatting.metric(value, "pnl_per_hour_dollars")
 
     @admin.display(description="held-out return")
     def held_out_return(self, obj: RLModel) -> str:
         value = (obj.metrics.get("evaluation") or {}).get("mean_return")
-        return "" if value is None else f"{value:+.3%}"
+        return "" if value is None else formatting.percent(value, places=3, signed=True)
 
     @admin.display(description="held-out Sharpe per sqrt(h)")
     def held_out_sharpe(self, obj: RLModel) -> str:
         value = (obj.metrics.get("evaluation") or {}).get("sharpe")
-        return "" if value is None else f"{value:.2f}"
+        return "" if value is None else formatting.number(value)
 
     @admin.display(description="beats no trading", boolean=True)
     def vs_no_trading(self, obj: RLModel) -> bool | None:
         return obj.metrics.get("beats_no_trading")
-
-    @admin.display(description="TensorBoard")
-    def tensorboard(self, obj: RLModel) -> str:
-        folder = services.tensorboard_dir(name=obj.name, version=obj.version)
-        if not folder.is_dir():
-            return "no TensorBoard run (yet)"
-        return format_html(
-            "<code>.venv/bin/tensorboard --logdir {}</code> (SB3's training scalars and the "
-            "held-out metrics under heldout/)",
-            folder,
-        )
 
     @admin.display(description="promotion gate")
     def gate(self, obj: RLModel) -> str:
@@ -219,7 +316,19 @@ class RLModelAdmin(admin.ModelAdmin):
             return ""
         return str(selectors.promotion_check(obj))
 
-    @admin.action(description="Force promotion past the gate (asks for a reason, recorded)")
+    def _confirm_page(
+        self, request: HttpRequest, template: str, **context: object
+    ) -> TemplateResponse:
+        return TemplateResponse(
+            request,
+            f"admin/training/rlmodel/{template}",
+            {**self.admin_site.each_context(request), "opts": self.model._meta, **context},
+        )
+
+    @admin.action(
+        description="Force promotion past the gate (asks for a reason, recorded)",
+        permissions=["change"],
+    )
     def force_promote(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
         reason = (request.POST.get("override_reason") or "").strip()
         if request.POST.get("confirm") and reason:
@@ -232,15 +341,14 @@ class RLModelAdmin(admin.ModelAdmin):
                 ),
             )
             return None
-        context = {
-            **self.admin_site.each_context(request),
-            "title": "Force a promotion past the gate",
-            "checks": [(m, selectors.promotion_check(m)) for m in queryset],
-            "reason": reason,
-            "error": "a reason is required" if request.POST.get("confirm") else "",
-            "opts": self.model._meta,
-        }
-        return TemplateResponse(request, "admin/training/rlmodel/force_promote.html", context)
+        return self._confirm_page(
+            request,
+            "force_promote.html",
+            title="Force a promotion past the gate",
+            checks=[(m, selectors.promotion_check(m)) for m in queryset],
+            reason=reason,
+            error="a reason is required" if request.POST.get("confirm") else "",
+        )
 
     def _each(self, request: HttpRequest, queryset: QuerySet, verb: str, call) -> None:
         for model in queryset:
@@ -251,32 +359,96 @@ class RLModelAdmin(admin.ModelAdmin):
             else:
                 self.message_user(request, f"{verb}: {result}", messages.SUCCESS)
 
-    @admin.action(description="Promote to active")
-    def promote(self, request: HttpRequest, queryset: QuerySet) -> None:
-        self._each(
+    @admin.action(description="Promote to active (asks for confirmation)", permissions=["change"])
+    def promote(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+        # The first post shows what would change; only the confirmation form's post promotes.
+        if request.POST.get("confirm") == "promote":
+            self._each(
+                request,
+                queryset,
+                "promoted",
+                lambda m: services.promote_model(model=m, promoted_by=request.user),
+            )
+            return None
+        previews = [selectors.promotion_preview(m) for m in queryset.order_by("name", "version")]
+        return self._confirm_page(
             request,
-            queryset,
-            "promoted",
-            lambda m: services.promote_model(model=m, promoted_by=request.user),
+            "confirm_promote.html",
+            title="Promote to active?",
+            previews=previews,
+            all_promotable=all(p.gate.promotable and p.status_ok for p in previews),
+            any_refused=any(p.status_ok and not p.gate.promotable for p in previews),
         )
 
-    @admin.action(description="Roll back to the previously active version")
-    def rollback(self, request: HttpRequest, queryset: QuerySet) -> None:
-        for name in sorted(set(queryset.values_list("name", flat=True))):
+    @admin.action(
+        description="Roll back to the previously active version (asks for confirmation)",
+        permissions=["change"],
+    )
+    def rollback(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+        names = sorted(set(queryset.values_list("name", flat=True)))
+        if request.POST.get("confirm") != "rollback":
+            previews = [selectors.rollback_preview(name) for name in names]
+            return self._confirm_page(
+                request,
+                "confirm_rollback.html",
+                title="Roll back?",
+                previews=previews,
+                any_possible=any(p.possible for p in previews),
+                selected=list(queryset.values_list("pk", flat=True)),
+            )
+        for name in names:
             try:
                 model = services.rollback_model(name=name, promoted_by=request.user)
             except (services.RegistryError, ArtifactError) as exc:
                 self.message_user(request, f"{name}: {exc}", messages.ERROR)
             else:
                 self.message_user(request, f"rolled back: {model} is active", messages.SUCCESS)
+        return None
 
-    @admin.action(description="Retire")
+    @admin.action(description="Compare the selected versions side by side")
+    def compare(self, request: HttpRequest, queryset: QuerySet) -> HttpResponse | None:
+        ids = sorted(queryset.values_list("pk", flat=True))
+        if len(ids) < 2:
+            self.message_user(request, "select two or more versions to compare", messages.WARNING)
+            return None
+        url = reverse("admin:training_rlmodel_compare")
+        return HttpResponseRedirect(f"{url}?{urlencode({'ids': ','.join(map(str, ids))})}")
+
+    @admin.action(description="Retire", permissions=["change"])
     def retire(self, request: HttpRequest, queryset: QuerySet) -> None:
         self._each(request, queryset, "retired", lambda m: services.retire_model(model=m))
 
-    @admin.action(description="Cancel training")
+    @admin.action(description="Cancel training", permissions=["change"])
     def cancel(self, request: HttpRequest, queryset: QuerySet) -> None:
         self._each(request, queryset, "cancelled", lambda m: services.cancel_training_run(model=m))
+
+    def compare_view(self, request: HttpRequest) -> HttpResponse:
+        """Two or more versions side by side: held-out metrics with intervals, the gate, the
+        periods, and their held-out equity curves overlaid."""
+        if not self.has_view_permission(request):
+            return HttpResponse("Forbidden", status=403)
+        raw = request.GET.get("ids", "")
+        ids = [int(part) for part in raw.split(",") if part.strip().isdigit()][:10]
+        reports = [
+            selectors.model_report(m, with_learning_curve=False)
+            for m in selectors.models_by_ids(ids)
+        ]
+        if len(reports) < 2:
+            self.message_user(request, "select two or more versions to compare", messages.WARNING)
+            return HttpResponseRedirect(reverse("admin:training_rlmodel_changelist"))
+        periods = {r.held_out_period for r in reports}
+        return self._confirm_page(
+            request,
+            "compare.html",
+            title="Compare versions",
+            reports=reports,
+            rows=selectors.compare_rows(reports),
+            same_period=len(periods) == 1,
+            chart=charts.equity_drawdown_svg(
+                {f"{r.model.name} v{r.model.version}": r.equity_curves for r in reports},
+                title="held-out equity, overlaid",
+            ),
+        )
 
     def get_urls(self):  # type: ignore[no-untyped-def]
         custom = [
@@ -284,7 +456,12 @@ class RLModelAdmin(admin.ModelAdmin):
                 "start/",
                 self.admin_site.admin_view(self.start_view),
                 name="training_rlmodel_start",
-            )
+            ),
+            path(
+                "compare/",
+                self.admin_site.admin_view(self.compare_view),
+                name="training_rlmodel_compare",
+            ),
         ]
         return custom + super().get_urls()
 
@@ -333,21 +510,74 @@ class RLModelAdmin(admin.ModelAdmin):
 
 
 @admin.register(TradingEpisode)
-class TradingEpisodeAdmin(admin.ModelAdmin):
+class TradingEpisodeAdmin(EpisodeFormats, admin.ModelAdmin):
     list_display = (
+        "__str__",
         "model",
         "mode",
-        "started_at",
+        "started",
         "steps",
-        "total_return",
-        "sharpe",
-        "max_drawdown",
-        "win_rate",
-        "fees_paid_e4",
+        "return_display",
+        "sharpe_display",
+        "drawdown_display",
+        "win_rate_display",
+        "fees_display",
     )
-    list_filter = ("mode", "model__name")
+    list_filter = (("started_at", TimeRangeFilter), "mode", "model__name")
+    list_select_related = ("model",)
     date_hierarchy = "started_at"
-    readonly_fields = ["equity_plot", *(f.name for f in TradingEpisode._meta.fields)]
+    fields = (
+        "equity_plot",
+        "model",
+        "mode",
+        "markets_display",
+        "started",
+        "ended",
+        "steps",
+        "return_display",
+        "sharpe_display",
+        "drawdown_display",
+        "win_rate_display",
+        "fees_display",
+        "positions_display",
+    )
+    readonly_fields = fields
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict | None = None,
+    ) -> HttpResponse:
+        # A record, not a form: no Save and no Delete link (an episode goes only with its
+        # model, from the model's deletion page).
+        context = {**(extra_context or {}), "show_delete": False}
+        return super().change_view(request, object_id, form_url, context)
+
+    @admin.display(description="markets")
+    def markets_display(self, obj: TradingEpisode) -> str:
+        return ", ".join(str(m) for m in obj.markets or [])
+
+    @admin.display(description="ended")
+    def ended(self, obj: TradingEpisode) -> str:
+        return formatting.ms_time(obj.ended_at)
+
+    @admin.display(description="final positions (contracts)")
+    def positions_display(self, obj: TradingEpisode) -> str:
+        positions = obj.final_positions if isinstance(obj.final_positions, dict) else {}
+        parts = []
+        for market, held in positions.items():
+            if isinstance(held, dict):  # {"yes_e2": ..., "no_e2": ...} from the simulator
+                sides = [
+                    f"{formatting.contracts_e2(held.get(key))} {label}"
+                    for key, label in (("yes_e2", "YES"), ("no_e2", "NO"))
+                    if held.get(key)
+                ]
+                parts.append(f"{market}: {' + '.join(sides) or 'flat'}")
+            else:
+                parts.append(f"{market}: {held}")
+        return "; ".join(parts) or "flat"
 
     @admin.display(description="equity and drawdown")
     def equity_plot(self, obj: TradingEpisode) -> str:

@@ -18,6 +18,7 @@ from django.utils import timezone
 from apps.training.artifacts import ArtifactError
 from apps.training.models import EpisodeMode, ModelStatus, RLModel, TradingEpisode
 from apps.training.selectors import (  # noqa: F401  (spec_of re-exported)
+    previous_promoted,
     promotion_check,
     running_training_count,
     spec_of,
@@ -151,18 +152,9 @@ def rollback_model(*, name: str, promoted_by: Any = None) -> RLModel:
     current = RLModel.objects.select_for_update().filter(name=name, status="active").first()
     if current is None:
         raise RegistryError(f"{name} has no active version to roll back")
-    # The version promoted most recently before the current one: repeated rollbacks walk
-    # back through the promotion history (a rolled-back version keeps its promotion time).
-    previous = (
-        RLModel.objects.select_for_update()
-        .filter(
-            name=name,
-            status=ModelStatus.RETIRED,
-            promoted_at__lt=current.promoted_at,
-        )
-        .order_by("-promoted_at")
-        .first()
-    )
+    # The version promoted most recently before the current one (the confirmation page shows
+    # the same selector's answer).
+    previous = previous_promoted(current, for_update=True)
     if previous is None:
         raise RegistryError(f"{name} v{current.version} has no earlier promoted version")
     _check_artifact(previous)

@@ -91,9 +91,15 @@ def test_the_admin_shows_why_and_forces_only_with_a_reason(
     changelist = reverse("admin:training_rlmodel_changelist")
     page = client.get(changelist).content.decode()
     assert "lower bound is not above zero" in page
-    # Plain promotion: refused with the reason as an error message.
+    # Plain promotion: the confirmation page shows the gate's refusal and offers only the
+    # forced path; confirming anyway is refused with the reason as an error message.
+    confirm = client.post(changelist, {"action": "promote", "_selected_action": [model.pk]})
+    assert b"lower bound is not above zero" in confirm.content
+    assert b'name="confirm" value="promote"' not in confirm.content
     refused = client.post(
-        changelist, {"action": "promote", "_selected_action": [model.pk]}, follow=True
+        changelist,
+        {"action": "promote", "_selected_action": [model.pk], "confirm": "promote"},
+        follow=True,
     ).content.decode()
     assert "is not promotable" in refused
     assert RLModel.objects.get(pk=model.pk).status == ModelStatus.READY

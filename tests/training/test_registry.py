@@ -3,12 +3,14 @@ test_celery_worker.py runs it on a real worker)."""
 
 from __future__ import annotations
 
+import html
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from apps.dashboard import formatting
 from apps.training import services
 from apps.training.artifacts import ArtifactError
 from apps.training.models import ModelStatus, RLModel, TradingEpisode
@@ -124,11 +126,19 @@ def test_admin_actions_drive_the_services(recorded_markets, admin_client) -> Non
     url = "/admin/training/rlmodel/"
     page = admin_client.get(url)
     assert page.status_code == 200 and b"Held-out Sharpe" in page.content
+    # Promotion and rollback act only on the confirmation page's post.
     admin_client.post(url, {"action": "promote", "_selected_action": [v1.pk]})
-    admin_client.post(url, {"action": "promote", "_selected_action": [v2.pk]})
+    assert active_model_for("tiny") is None
+    confirm = {"confirm": "promote"}
+    admin_client.post(url, {"action": "promote", "_selected_action": [v1.pk], **confirm})
+    admin_client.post(url, {"action": "promote", "_selected_action": [v2.pk], **confirm})
     assert active_model_for("tiny").pk == v2.pk
     assert RLModel.objects.get(pk=v2.pk).promoted_by.username == "admin"
     admin_client.post(url, {"action": "rollback", "_selected_action": [v2.pk]})
+    assert active_model_for("tiny").pk == v2.pk
+    admin_client.post(
+        url, {"action": "rollback", "_selected_action": [v2.pk], "confirm": "rollback"}
+    )
     assert active_model_for("tiny").pk == v1.pk
     response = admin_client.post(
         url, {"action": "cancel", "_selected_action": [v1.pk]}, follow=True
@@ -138,6 +148,12 @@ def test_admin_actions_drive_the_services(recorded_markets, admin_client) -> Non
     assert active_model_for("tiny") is None
     detail = admin_client.get(f"{url}{v1.pk}/change/")
     assert detail.status_code == 200 and b"evaluation" in detail.content
+    # The page shows the trained model's own held-out figures with their intervals.
+    agent = RLModel.objects.get(pk=v1.pk).metrics["evaluation"]
+    page = html.unescape(detail.content.decode())
+    ci = formatting.interval(agent["pnl_per_hour_dollars_ci"], "pnl_per_hour_dollars")
+    assert ci and f"95% CI {ci}" in page
+    assert formatting.metric(agent["pnl_per_hour_dollars"], "pnl_per_hour_dollars") in page
 
 
 def test_the_admin_start_form_queues_a_run_and_rejects_bad_input(
