@@ -31,7 +31,7 @@ import time
 import uuid
 from collections.abc import Callable
 
-from apps.marketdata.book import OrderBook
+from apps.marketdata.kalshi.book import OrderBook
 from apps.marketdata.kalshi.messages import (
     FrameDecoder,
     OrderbookDelta,

@@ -140,7 +140,7 @@ def tight_decision_loop(markets: int, *, decisions: int = 2_000) -> list[int]:
     fill)."""
     import numpy as np
 
-    from apps.marketdata.book import OrderBook
+    from apps.marketdata.kalshi.book import OrderBook
     from apps.simulation.env import EnvConfig
     from apps.simulation.synthetic import synthetic_history
     from apps.trading.actor import PaperActor, PolicyVersion

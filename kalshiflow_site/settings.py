@@ -51,6 +51,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "apps.ui",
     "apps.workers",
     "apps.marketdata",
     "apps.simulation",

@@ -14,7 +14,7 @@ from typing import Any
 
 from django.db.models import Count, Max, QuerySet, Sum
 
-from apps.marketdata.book import BookError, OrderBook
+from apps.marketdata.kalshi.book import BookError, OrderBook
 from apps.marketdata.live import DEPTH_LEVELS, top_of_book
 from apps.marketdata.models import OrderbookDelta, OrderbookSnapshot, RecordingConnection
 from apps.marketdata.selectors import RebuiltBook, rebuild_latest_book

@@ -2,7 +2,7 @@
 millisecond, never edits it.
 
 Prices in dollars, sizes in contracts, times to the millisecond (formats from
-:mod:`apps.dashboard.formatting`); a snapshot's page draws its book as a ladder.
+:mod:`apps.ui.formatting`); a snapshot's page draws its book as a ladder.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from apps.dashboard import formatting
-from apps.dashboard.admin_filters import TimeRangeFilter
 from apps.marketdata.kalshi.urls import redact_url
 from apps.marketdata.models import (
     OrderbookDelta,
@@ -25,6 +23,8 @@ from apps.marketdata.models import (
     RecordingEvent,
 )
 from apps.marketdata.selectors import snapshot_ladder
+from apps.ui import formatting
+from apps.ui.admin_filters import TimeRangeFilter
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):

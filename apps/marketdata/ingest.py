@@ -30,7 +30,6 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.utils import timezone
 
-from apps.marketdata.book import OrderBook
 from apps.marketdata.endpoints import (
     EndpointError,
     check_exchange,
@@ -38,6 +37,7 @@ from apps.marketdata.endpoints import (
     resolve_endpoint,
     rest_base_for,
 )
+from apps.marketdata.kalshi.book import OrderBook
 from apps.marketdata.kalshi.client import ClientConfig, FeedSink, HandshakeRejected, KalshiClient
 from apps.marketdata.kalshi.messages import OrderbookDelta, OrderbookSnapshot, Trade
 from apps.marketdata.kalshi.units import utc_from_ms, utc_from_ns

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from apps.marketdata.book import OrderBook
+from apps.marketdata.kalshi.book import OrderBook
 from apps.marketdata.kalshi.units import PRICE_SCALE
 from apps.marketdata.models import OrderbookDelta, OrderbookSnapshot, RecordingEvent
 

@@ -3,7 +3,8 @@
 Kalshi publishes bids only (kalshi-protocol.md §4): a NO bid at q is a YES ask at $1 − q. A
 ladder is the best ``BOOK_LEVELS`` bids of one side, best first, prices in $0.0001 and sizes in
 0.01 contract, empty slots (price 0, size 0) after the real levels. The live
-:class:`~apps.marketdata.book.OrderBook` and :class:`ArrayBook` both satisfy :class:`BookView`
+:class:`~apps.marketdata.kalshi.book.OrderBook` and :class:`ArrayBook` both satisfy
+:class:`BookView`
 (``depth(side, n)``: the best ``n`` bids of a side as (price_e4, size_e2)), so a live book and a
 recorded one are read the same way. Which ladder an order walks, and at what price, is the
 kernel's rule (:mod:`apps.simulation.kernel`).

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from apps.marketdata.book import BookError, OrderBook
+from apps.marketdata.kalshi.book import BookError, OrderBook
 from apps.simulation import replay
 
 # The per-tick arrays of a RecordedHistory (the builder keeps the same names while it works).

@@ -8,7 +8,7 @@ and the trust checks are integer comparisons, so a million deltas replay in mill
 instead of the seconds a Python loop over sorted dicts takes. Snapshots and markers are rare
 and stay in Python (they write the same arrays).
 
-Rules (the recorder's, as :class:`~apps.marketdata.book.OrderBook` applies them): a delta
+Rules (the recorder's, as :class:`~apps.marketdata.kalshi.book.OrderBook` applies them): a delta
 applies only to a trusted book, from the same connection and sid, with a higher seq; a size
 that would go negative (or a price outside [0, 10000]) is a book error that untrusts the
 market; added size that meets the other side's best bid (crossed) untrusts it too. Untrusted

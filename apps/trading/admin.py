@@ -2,7 +2,7 @@
 
 Prices and money in dollars, sizes in contracts, times to the millisecond (decisions are a
 tenth of a second apart); search by market, action, refusal or model name (``?q=``); a
-from/to time filter to the millisecond. Formats come from :mod:`apps.dashboard.formatting`.
+from/to time filter to the millisecond. Formats come from :mod:`apps.ui.formatting`.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from __future__ import annotations
 from django.contrib import admin
 from django.http import HttpRequest, HttpResponse
 
-from apps.dashboard import formatting
-from apps.dashboard.admin_filters import TimeRangeFilter
 from apps.trading.models import TradingAction
 from apps.training.services import episode_may_go
+from apps.ui import formatting
+from apps.ui.admin_filters import TimeRangeFilter
 
 
 @admin.register(TradingAction)

@@ -3,7 +3,7 @@
 The env sees a market as rows of a :class:`~apps.simulation.history.RecordedHistory`: at each
 tick, the top ``BOOK_LEVELS`` bids of each side (0 where absent, all 0 while untrusted), the
 trusted flag, and the number of book updates since the previous tick. :class:`BookSampler`
-takes exactly that row from the live :class:`~apps.marketdata.book.OrderBook` objects at each
+takes exactly that row from the live :class:`~apps.marketdata.kalshi.book.OrderBook` objects at each
 decision, so a paper session is itself a history the env can replay (the parity test does).
 
 History features (mid changes, update counts, volatility, spread and depth changes) are those

@@ -3,7 +3,7 @@ comparison, confirmation pages before promotion and rollback, and a form that st
 
 Actions call the services; the pages' data comes from :mod:`apps.training.selectors`, their
 charts from :mod:`apps.training.charts` and every number's format from
-:mod:`apps.dashboard.formatting`."""
+:mod:`apps.ui.formatting`."""
 
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from apps.dashboard import formatting
-from apps.dashboard.admin_filters import TimeRangeFilter
 from apps.training import charts, selectors, services
 from apps.training.artifacts import ArtifactError
 from apps.training.models import ModelStatus, RLModel, TradingEpisode
 from apps.training.spec import ALGORITHMS, RunSpec, SpecError, parse_json, validate_spec
+from apps.ui import formatting
+from apps.ui.admin_filters import TimeRangeFilter
 
 
 def episode_plot_img(episode: TradingEpisode, *, width_px: int) -> str:

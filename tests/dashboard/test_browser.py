@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from apps.marketdata.book import OrderBook
+from apps.marketdata.kalshi.book import OrderBook
 from apps.marketdata.live import BookPublisher
 from tests.conftest import REPO_ROOT, require_service
 from tests.dashboard.conftest import STAFF_PASSWORD, World, make_world

@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db import connections
 
 from apps.dashboard.consumers import LIVE_WS_PATH, LiveConsumer
-from apps.marketdata.book import OrderBook
+from apps.marketdata.kalshi.book import OrderBook
 from apps.marketdata.live import BookPublisher
 from kalshiflow_site.asgi import application
 from tests.dashboard.conftest import KEY_ID, PRIVATE_KEY, SECRET_MARKERS, make_world

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from apps.marketdata.book import BookError, OrderBook
+from apps.marketdata.kalshi.book import BookError, OrderBook
 
 prices = st.integers(min_value=1, max_value=9_999)
 sizes = st.integers(min_value=1, max_value=10_000_000)

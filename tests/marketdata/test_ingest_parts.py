@@ -8,11 +8,11 @@ import pytest
 from channels.layers import get_channel_layer
 from channels.testing import ApplicationCommunicator
 
-from apps.marketdata.book import OrderBook
 from apps.marketdata.consumers import IngestWorker, options_from_message
 from apps.marketdata.endpoints import EndpointError, load_signer, resolve_ws_url
 from apps.marketdata.exchange import ExchangeThread
 from apps.marketdata.ingest import IngestError, IngestOptions, resolve_markets, run_ingest
+from apps.marketdata.kalshi.book import OrderBook
 from apps.marketdata.live import BookPublisher, book_group
 from tests.marketdata.exchange_support import make_exchange
 

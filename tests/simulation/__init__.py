@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from apps.marketdata.book import OrderBook
+from apps.marketdata.kalshi.book import OrderBook
 
 # Whole-book strategies: bid ladders as {price_e4: size_e2}. Prices cover sub-cent ticks and
 # the $0 / $1 edges; sizes go from 0.01 contract to 10 million contracts.

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from apps.marketdata.book import BookError, OrderBook
+from apps.marketdata.kalshi.book import BookError, OrderBook
 from apps.simulation.history import HistoryBuilder
 
 NS = 1_000_000_000

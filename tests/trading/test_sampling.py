@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from apps.marketdata.book import OrderBook
+from apps.marketdata.kalshi.book import OrderBook
 from apps.simulation.env import EnvConfig, KalshiTradingEnv
 from apps.simulation.features import HISTORY_CAPACITY, history_block
 from apps.simulation.synthetic import synthetic_history

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from apps.dashboard import formatting
 from apps.training import services
 from apps.training.artifacts import ArtifactError
 from apps.training.models import ModelStatus, RLModel, TradingEpisode
 from apps.training.selectors import active_model_for, model_history
 from apps.training.spec import RunSpec
 from apps.training.tasks import train_model_task
+from apps.ui import formatting
 from tests.training.conftest import small_spec
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]

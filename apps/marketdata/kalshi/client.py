@@ -1,7 +1,7 @@
 """The Kalshi market-data client: connect -> sign -> subscribe -> read, with its own watchdogs.
 
 One :class:`KalshiClient` owns one logical feed (a list of markets). It keeps one in-memory
-:class:`~apps.marketdata.book.OrderBook` per market and hands every frame it receives to a
+:class:`~apps.marketdata.kalshi.book.OrderBook` per market and hands every frame it receives to a
 :class:`FeedSink` (the recorder stores them; tests and the demo print them). Rules:
 
 * ``seq`` is checked per sid. A gap makes every book on that sid untrusted (a new book
@@ -46,7 +46,7 @@ from typing import Protocol
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
-from apps.marketdata.book import BookError, OrderBook
+from apps.marketdata.kalshi.book import BookError, OrderBook
 from apps.marketdata.kalshi.commands import CommandBuilder
 from apps.marketdata.kalshi.messages import (
     ErrorMessage,

@@ -1,7 +1,7 @@
 """How numbers read on the operator's pages: dollars, percentages, contracts, millisecond times.
 
 One place for every format the admin shows (the template filters in
-``apps/dashboard/templatetags/kf_format.py`` call these), so a price reads the same in every
+``apps/ui/templatetags/kf_format.py`` call these), so a price reads the same in every
 list and a metric the same on the model page, the comparison and the confirmation pages.
 Storage units are those of the models: ``*_e4`` prices and money in $0.0001, ``*_e2`` sizes
 in 0.01 contract, ratios as fractions (0.05 = 5 %). Missing values read "n/a".

@@ -1,7 +1,7 @@
 """Template filters for the operator's pages: ``{% load kf_format %}`` then
 ``{{ value|metric:"pnl_per_hour_dollars" }}``, ``{{ ci|interval:"win_rate" }}``,
 ``{{ price|price_e4 }}``, ``{{ size|contracts_e2 }}``, ``{{ at|ms_time }}``. Every format is
-defined in :mod:`apps.dashboard.formatting`."""
+defined in :mod:`apps.ui.formatting`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from datetime import datetime
 
 from django import template
 
-from apps.dashboard import formatting
+from apps.ui import formatting
 
 register = template.Library()
 

@@ -1,11 +1,11 @@
-"""The operator pages' formats (apps/dashboard/formatting.py): one definition of how a price,
+"""The operator pages' formats (apps/ui/formatting.py): one definition of how a price,
 a size, a metric and a time read, with missing and non-finite values as "n/a"."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from apps.dashboard import formatting as f
+from apps.ui import formatting as f
 
 
 def test_money_prices_and_sizes_in_their_units() -> None:
