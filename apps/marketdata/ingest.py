@@ -39,6 +39,7 @@ from apps.marketdata.kalshi.signer import KalshiSigner, SignerError
 from apps.marketdata.kalshi.urls import redact_url
 from apps.marketdata.models import OrderbookSnapshot as SnapshotModel
 from apps.marketdata.orphans import start_sweep
+from apps.marketdata.partitions import ensure_in_background
 from apps.marketdata.writer import (
     CONNECTION,
     CONNECTION_CLOSE,
@@ -552,7 +553,8 @@ async def _housekeeping(
     started_at: datetime,
     started: float,
 ) -> None:
-    """Periodic snapshots, top-of-book publishing, progress lines and heartbeats."""
+    """Periodic snapshots, top-of-book publishing, progress lines, heartbeats and time
+    partitions created ahead."""
     from apps.marketdata.live import BookPublisher
 
     publisher = BookPublisher()
@@ -561,10 +563,16 @@ async def _housekeeping(
     next_progress = time.monotonic() + options.progress_interval_s
     next_status = time.monotonic()
     next_publish = time.monotonic()
+    # Time partitions ahead of now (PostgreSQL): at start, then every RL_PARTITION_ENSURE_S.
+    next_partitions = time.monotonic()
+    partitioner = None
     last_messages, last_time = 0, time.monotonic()
     while True:
         await asyncio.sleep(tick)
         now = time.monotonic()
+        if now >= next_partitions:
+            next_partitions = now + getattr(settings, "RL_PARTITION_ENSURE_S", 3600.0)
+            partitioner = ensure_in_background(partitioner)
         if options.snapshot_interval_s and now >= next_snapshot and client.connection_id:
             next_snapshot = now + options.snapshot_interval_s
             for market, book in client.books.items():
