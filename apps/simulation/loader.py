@@ -2,9 +2,10 @@
 
 On PostgreSQL the deltas stream through a binary ``COPY ... TO STDOUT`` whose fixed-width rows
 are decoded in chunks by numpy, so no Python object is made per row until the replay loop
-itself; elsewhere (SQLite) ``values_list`` iteration in chunks. Snapshots and markers are few
-and read with the ORM. Results are cached as ``.npz`` under ``var/history`` keyed by the query,
-the archives it read and the code version.
+itself; a helper thread reads the stream one chunk ahead while the compiled replay (which
+releases the GIL) applies the previous chunk; elsewhere (SQLite) ``values_list`` iteration
+in chunks. Snapshots and markers are few and read with the ORM. Results are cached as
+``.npz`` under ``var/history`` keyed by the query, the archives it read and the code version.
 
 Archived partitions (:mod:`apps.marketdata.partitions`: old time partitions written to Parquet
 and dropped) are read transparently: the window is cut at the archives' bounds; a piece no
@@ -27,7 +28,9 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -37,6 +40,7 @@ from typing import Any
 import numpy as np
 from django.conf import settings
 from django.db import connection
+from django.db.models import Count
 from psycopg import sql
 from tqdm import tqdm
 
@@ -136,11 +140,19 @@ def load(
     # The last snapshot before the window starts each book, so the window begins trusted.
     first_ts = _prime_start(markets, start)
     snapshots = _snapshot_events(markets, first_ts, end)
-    markers = _marker_events(markets, first_ts, end)
+    # One scan gives both the connections that sent deltas and the row count (progress bar).
+    per_connection = dict(
+        OrderbookDelta.objects.filter(
+            market_ticker__in=markets, received_at__gte=first_ts, received_at__lt=end
+        )
+        .order_by()  # no default ordering: GROUP BY must not drag received_at along
+        .values_list("connection_id")
+        .annotate(rows=Count("id"))
+    )
+    markers = _marker_events(markets, first_ts, end, set(per_connection))
     side_events = sorted(snapshots + markers, key=lambda e: e[0])
-    total = OrderbookDelta.objects.filter(
-        market_ticker__in=markets, received_at__gte=first_ts, received_at__lt=end
-    ).count()
+    total = sum(per_connection.values())
+    total += sum(a.rows for a in archived(DELTAS, first_ts, end))  # at most: whole partitions
     show = progress if progress is not None else sys.stderr.isatty()
     bar = tqdm(total=total, unit="rows", desc="loading history", disable=not show)
     pending = iter(side_events)
@@ -290,16 +302,26 @@ def _snapshot_call(
     return apply
 
 
-def _marker_events(markets: list[str], first: datetime, end: datetime) -> list[Event]:
+def _marker_events(
+    markets: list[str],
+    first: datetime,
+    end: datetime,
+    connections: set[uuid.UUID] | None = None,
+) -> list[Event]:
+    """Markers of the connections involved in the window and the ends of those without a
+    close record. ``connections``: those that sent deltas in it, when the caller knows (the
+    snapshots' and the archives' are added here)."""
     events: list[Event] = []
-    connections = set(
-        OrderbookDelta.objects.filter(
-            market_ticker__in=markets, received_at__gte=first, received_at__lt=end
+    if connections is None:
+        connections = set(
+            OrderbookDelta.objects.filter(
+                market_ticker__in=markets, received_at__gte=first, received_at__lt=end
+            )
+            .order_by()  # no default ordering: DISTINCT must not drag received_at along
+            .values_list("connection_id", flat=True)
+            .distinct()
         )
-        .order_by()  # no default ordering: DISTINCT must not drag received_at along
-        .values_list("connection_id", flat=True)
-        .distinct()
-    )
+    connections = set(connections)
     # A quiet market's book may come from a connection that sent no delta in the window: its
     # markers (and its end) matter just as much.
     connections |= set(
@@ -450,22 +472,62 @@ def delta_copy_query(markets: list[str], first: datetime, end: datetime) -> sql.
 def _copy_chunks(
     markets: list[str], first: datetime, end: datetime, chunk_rows: int
 ) -> Iterator[Chunk]:
+    """The COPY stream in decoded chunks, read by a helper thread one chunk ahead: reading
+    is Python work (one psycopg block per row) and the replay of the previous chunk is
+    compiled code that releases the GIL, so the two overlap. The thread uses this thread's
+    database session (the same transaction), which nothing else touches meanwhile."""
     query = delta_copy_query(markets, first, end)
+    connection.ensure_connection()
+    raw = connection.connection
+    ready: queue.Queue[Any] = queue.Queue(maxsize=2)
+    stop = threading.Event()
+    done = object()
+
+    def read() -> None:
+        try:
+            for chunk in _read_copy(raw, query, chunk_rows):
+                while not stop.is_set():
+                    try:
+                        ready.put(chunk, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ready.put(done)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            ready.put(exc)
+
+    reader = threading.Thread(target=read, name="history-copy", daemon=True)
+    reader.start()
+    try:
+        while (item := ready.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        reader.join()
+
+
+def _read_copy(raw: Any, query: sql.Composed, chunk_rows: int) -> Iterator[Chunk]:
     row_size = _COPY_ROW.itemsize
     buffer = bytearray()
-    header_done = False
-    connection.ensure_connection()
-    with connection.connection.cursor() as cursor, cursor.copy(query) as copy:
-        for block in copy:
+    want = chunk_rows * row_size
+    with raw.cursor() as cursor, cursor.copy(query) as copy:
+        blocks = iter(copy)
+        for block in blocks:  # until the header is complete
             buffer += block
-            if not header_done:
-                if len(buffer) < _COPY_HEADER_LEN:
-                    continue
+            if len(buffer) >= _COPY_HEADER_LEN:
                 ext = int.from_bytes(buffer[15:19], "big")
                 del buffer[: _COPY_HEADER_LEN + ext]
-                header_done = True
-            usable = (len(buffer) // row_size) * row_size
-            if usable >= chunk_rows * row_size:
+                break
+        # psycopg hands over one block per row: this loop runs once per row, so it does
+        # as little as it can.
+        for block in blocks:
+            buffer += block
+            if len(buffer) >= want:
+                usable = (len(buffer) // row_size) * row_size
                 yield _decode(buffer[:usable])
                 del buffer[:usable]
     usable = (len(buffer) // row_size) * row_size

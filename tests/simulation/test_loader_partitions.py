@@ -26,6 +26,7 @@ from apps.marketdata.models import (
 from apps.simulation.history import RecordedHistory
 from apps.simulation.loader import load
 from tests.conftest import REPO_ROOT
+from tests.partition_support import _drop_new_partitions  # noqa: F401 (autouse)
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.postgres]
 
