@@ -67,6 +67,7 @@ INTERVALS: Final = ("day", "week")
 # Columns stored as JSON text in Parquet (jsonb in PostgreSQL).
 _JSON_COLUMNS: Final = {"yes_levels", "no_levels"}
 _FETCH_ROWS: Final = 50_000
+LOCK_TIMEOUT_S: Final = 5.0
 
 
 class PartitionError(Exception):
@@ -193,10 +194,15 @@ def partitions(table: str, *, using: str = "default", count: bool = False) -> li
 
 
 def _lock(cursor: Any, table: str) -> None:
-    """Serialise partition DDL on one table across processes and hosts (transaction-scoped)."""
+    """Serialise partition DDL on one table across processes and hosts (transaction-scoped),
+    and bound how long the DDL may wait for its table locks: creating, attaching or
+    detaching a partition takes a lock on the parent that queues every writer behind it, so
+    waiting on a long history load would stall the recorders. Past ``LOCK_TIMEOUT_S`` the
+    step fails cleanly (nothing changed) and is retried later (the recorder's next tick)."""
     cursor.execute(
         "SELECT pg_advisory_xact_lock(%s)", [zlib.crc32(f"rl-partitions:{table}".encode())]
     )
+    cursor.execute(f"SET LOCAL lock_timeout = '{int(LOCK_TIMEOUT_S * 1000)}ms'")
 
 
 def create_partition(table: str, lo: datetime, interval: str, *, using: str = "default") -> bool:
@@ -477,25 +483,46 @@ def archived(
 ) -> list[Archive]:
     """The published archives of ``table`` overlapping [lo, hi), oldest first."""
     folder = folder or archive_dir()
-    if not folder.is_dir():
+    return [
+        item
+        for item in _manifests(folder)
+        if item.table == table and (lo is None or item.hi > lo) and (hi is None or item.lo < hi)
+    ]
+
+
+_MANIFESTS: dict[Path, tuple[Any, list[Archive]]] = {}
+
+
+def _manifests(folder: Path) -> list[Archive]:
+    """Every published archive in ``folder``, oldest first; re-read only when the folder's
+    list of manifests changes (a load asks many times, a folder may hold years of
+    partitions; a published manifest is never rewritten, only renamed into place)."""
+    try:
+        stamp = (folder.stat().st_mtime_ns, tuple(sorted(p.name for p in folder.glob("*.json"))))
+    except FileNotFoundError:
         return []
+    cached = _MANIFESTS.get(folder)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
     found = []
-    for manifest in folder.glob(f"{table}_p*.json"):
+    for manifest in folder.glob("*.json"):
         data = json.loads(manifest.read_text())
-        if data.get("table") != table:
+        if data.get("table") not in PARTITIONED:
             continue
-        item = Archive(
-            table=table,
-            partition=str(data["partition"]),
-            lo=datetime.fromisoformat(data["lo"]),
-            hi=datetime.fromisoformat(data["hi"]),
-            rows=int(data["rows"]),
-            sha256=str(data["sha256"]),
-            path=folder / Path(str(data["path"])).name,
+        found.append(
+            Archive(
+                table=str(data["table"]),
+                partition=str(data["partition"]),
+                lo=datetime.fromisoformat(data["lo"]),
+                hi=datetime.fromisoformat(data["hi"]),
+                rows=int(data["rows"]),
+                sha256=str(data["sha256"]),
+                path=folder / Path(str(data["path"])).name,
+            )
         )
-        if (lo is None or item.hi > lo) and (hi is None or item.lo < hi):
-            found.append(item)
-    return sorted(found, key=lambda a: a.lo)
+    found.sort(key=lambda a: (a.table, a.lo))
+    _MANIFESTS[folder] = (stamp, found)
+    return found
 
 
 def read_archive(

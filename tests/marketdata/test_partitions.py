@@ -266,3 +266,27 @@ def test_the_migration_moves_existing_rows_into_partitions_and_keeps_their_ids()
         delta_e2=1, received_at=DAY0,
     )  # fmt: skip
     assert fresh.id > last_id
+
+
+def test_partition_ddl_gives_up_instead_of_queueing_writers_behind_a_long_reader(
+    monkeypatch,
+) -> None:
+    """A history load holds a lock on the table for as long as it reads; DDL that waited
+    for it would queue every recorder's insert behind itself. It fails fast instead."""
+    import time
+
+    import psycopg
+    from django.db import OperationalError
+
+    monkeypatch.setattr(partitions, "LOCK_TIMEOUT_S", 0.5)
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+    with psycopg.connect(**params) as reader:
+        reader.execute(f"SELECT count(*) FROM {DELTAS}")  # the transaction stays open
+        started = time.monotonic()
+        with pytest.raises(OperationalError, match="lock timeout"):
+            partitions.create_partition(DELTAS, DAY0, "day")
+        assert time.monotonic() - started < 5
+    assert f"{DELTAS}_p20260907" not in [p.name for p in partitions.partitions(DELTAS)]
+    assert partitions.create_partition(DELTAS, DAY0, "day")  # once the reader is gone
