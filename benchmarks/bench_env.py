@@ -28,10 +28,17 @@ top 10), spread over ``--hours`` of receive time on one shared sid. Measured:
   (f) peak memory of one more load under ``tracemalloc`` (and the peak-RSS rise of a timed
       load, from ``/proc/self/status`` VmHWM), against the size of the final arrays.
 
+Part 3, the load from many partitions (issue 16). The recorded tables are time partitions on
+PostgreSQL (``apps/marketdata/partitions.py``); part 2's rows sit in one. A second recording
+(other markets, ``--delta-rows`` rows over ``--partitioned-hours``, default 96 h) is spread
+over daily partitions by ``partitions.ensure`` (which moves the rows out of the default
+partition), then (d) and (e) are measured again on it, in this run, with the clock step
+scaled so that the arrays have part 2's number of ticks.
+
 Each load is checked: every delta applied, no book error, every book trusted, and at >= 90 %
 of the (tick, market) cells the sampled top 10 equal the model book (pairs restore it).
-Targets: load >= 0.3x raw COPY, peak <= 3x the arrays. The last line printed is one JSON
-object with the figures (units in the key names).
+Targets: load >= 0.3x raw COPY (0.5x over several partitions), peak <= 3x the arrays. The
+last line printed is one JSON object with the figures (units in the key names).
 """
 
 from __future__ import annotations
@@ -61,6 +68,7 @@ from benchmarks.scratchdb import drop_scratch_database, setup_scratch_django
 
 TARGET_RATIO_VS_CARTPOLE = 5.0
 TARGET_LOAD_RATIO_VS_COPY = 0.3
+TARGET_PARTITIONED_LOAD_RATIO_VS_COPY = 0.5
 TARGET_PEAK_RATIO_VS_ARRAYS = 3.0
 N_MARKETS = 10
 LADDER_LEVELS = 30  # levels a side in the generated books
@@ -346,14 +354,29 @@ def measure_load(
     repeat: int,
     seed: int,
     profile: bool = False,
+    partitioned: bool = False,
 ) -> dict[str, Any]:
+    from apps.marketdata import partitions
     from apps.simulation.loader import load
 
-    markets = [f"KXBENCH-26OCT08-M{j:02d}" for j in range(N_MARKETS)]
+    prefix = "KXBENCHP" if partitioned else "KXBENCH"
+    markets = [f"{prefix}-26OCT08-M{j:02d}" for j in range(N_MARKETS)]
     started = time.perf_counter()
     prices, sizes, end = write_recording(dsn, markets=markets, rows=rows, hours=hours, seed=seed)
     elapsed = time.perf_counter() - started
     print(f"  wrote {rows:,} delta rows + {N_MARKETS} snapshots in {elapsed:.1f} s")
+    spanned = 1
+    if partitioned:
+        started = time.perf_counter()
+        partitions.ensure(start=WINDOW_START - timedelta(seconds=1), now=end, ahead=0)
+        with psycopg.connect(dsn) as conn:
+            conn.execute("ANALYZE rl_orderbook_deltas")
+        counts = partitions.partitions("rl_orderbook_deltas", count=True)
+        spanned = sum(1 for p in counts if p.rows and not p.is_default)
+        print(
+            f"  spread over {spanned} daily partitions in {time.perf_counter() - started:.1f} s: "
+            + ", ".join(f"{p.name} {p.rows:,}" for p in counts if p.rows)
+        )
     first = WINDOW_START - timedelta(seconds=1)  # the snapshots: where the loader starts reading
 
     best_raw = float("inf")
@@ -403,6 +426,7 @@ def measure_load(
         print(out.getvalue())
     return {
         "delta_rows": rows,
+        "partitions": spanned,
         "ticks": ticks,
         "raw_copy_rows_per_s": rows / best_raw,
         "load_rows_per_s": rows / best_load,
@@ -422,6 +446,12 @@ def main() -> None:
     parser.add_argument("--delta-rows", type=int, default=1_000_000)
     parser.add_argument("--hours", type=float, default=6.0, help="receive-time span of the rows")
     parser.add_argument("--step-s", type=float, default=1.0, help="history clock step")
+    parser.add_argument(
+        "--partitioned-hours",
+        type=float,
+        default=96.0,
+        help="receive-time span of part 3's rows (daily partitions)",
+    )
     parser.add_argument(
         "--profile", action="store_true", help="also cProfile env.step (10 markets) and a load"
     )
@@ -460,6 +490,17 @@ def main() -> None:
             seed=0,
             profile=args.profile,
         )
+        print("history load over several daily partitions:")
+        parted = measure_load(
+            f"{args.server}/{args.db}",
+            rows=args.delta_rows,
+            hours=args.partitioned_hours,
+            # The same number of ticks as part 2, so both loads build arrays of one size.
+            step_s=args.step_s * args.partitioned_hours / args.hours,
+            repeat=args.repeat,
+            seed=1,
+            partitioned=True,
+        )
     finally:
         drop_scratch_database(args.db, server=args.server)
 
@@ -470,6 +511,12 @@ def main() -> None:
         f"load {load_figures['load_rows_per_s']:,.0f} rows/s vs raw COPY "
         f"{load_figures['raw_copy_rows_per_s']:,.0f} rows/s: {ratio_copy:.2f}x "
         f"(target >= {TARGET_LOAD_RATIO_VS_COPY}x)"
+    )
+    parted_ratio = parted["load_rows_per_s"] / parted["raw_copy_rows_per_s"]
+    print(
+        f"load over {parted['partitions']} partitions {parted['load_rows_per_s']:,.0f} rows/s vs "
+        f"raw COPY {parted['raw_copy_rows_per_s']:,.0f} rows/s: {parted_ratio:.2f}x "
+        f"(target >= {TARGET_PARTITIONED_LOAD_RATIO_VS_COPY}x)"
     )
     print(
         f"peak {load_figures['load_peak_mb']:.1f} MB (tracemalloc), RSS rise "
@@ -497,6 +544,11 @@ def main() -> None:
                 "raw_copy_rows_per_s": round(load_figures["raw_copy_rows_per_s"]),
                 "ratio_vs_copy": round(ratio_copy, 3),
                 "target_ratio_vs_copy": TARGET_LOAD_RATIO_VS_COPY,
+                "partitioned_partitions": parted["partitions"],
+                "partitioned_load_rows_per_s": round(parted["load_rows_per_s"]),
+                "partitioned_raw_copy_rows_per_s": round(parted["raw_copy_rows_per_s"]),
+                "partitioned_ratio_vs_copy": round(parted_ratio, 3),
+                "target_partitioned_ratio_vs_copy": TARGET_PARTITIONED_LOAD_RATIO_VS_COPY,
                 "load_peak_mb": round(load_figures["load_peak_mb"], 1),
                 "load_rss_rise_mb": None if rss is None else round(rss, 1),
                 "arrays_mb": round(load_figures["arrays_mb"], 1),

@@ -183,6 +183,17 @@ RL_WRITER_STUCK_AFTER_S = env_float("RL_WRITER_STUCK_AFTER_S", 30.0, minimum=1.0
 # The spill's cap (about 6 hours of a 5k msg/s outage) and the free disk it always leaves.
 RL_WRITER_SPILL_MAX_BYTES = env_int("RL_WRITER_SPILL_MAX_BYTES", 16 * 1024**3, minimum=1)
 RL_WRITER_SPILL_MIN_FREE_BYTES = env_int("RL_WRITER_SPILL_MIN_FREE_BYTES", 256 * 1024**2, minimum=0)
+# Recorded tables on PostgreSQL are time partitions (apps/marketdata/partitions.py): one per
+# day or week (UTC), RL_PARTITION_AHEAD of them created ahead by the recorder and
+# `manage.py partitions ensure`; archived partitions are Parquet files under RL_ARCHIVE_DIR.
+RL_PARTITION_INTERVAL = env_str("RL_PARTITION_INTERVAL", "day").strip().lower()
+if RL_PARTITION_INTERVAL not in ("day", "week"):
+    raise ImproperlyConfigured(
+        f"RL_PARTITION_INTERVAL must be day or week, not {RL_PARTITION_INTERVAL!r}"
+    )
+RL_PARTITION_AHEAD = env_int("RL_PARTITION_AHEAD", 3, minimum=1)
+RL_PARTITION_ENSURE_S = env_float("RL_PARTITION_ENSURE_S", 3600.0, minimum=1.0)
+RL_ARCHIVE_DIR = Path(env_str("RL_ARCHIVE_DIR", str(VAR_DIR / "archive")))
 RL_FEED_SILENT_S = env_float("RL_FEED_SILENT_S", 30.0, minimum=1.0)
 RL_HEARTBEAT_STALE_S = env_float("RL_HEARTBEAT_STALE_S", 15.0, minimum=1.0)
 # Worker health (/rl/health, /rl/status, admin): a worker whose heartbeat is older than

@@ -43,6 +43,7 @@ from apps.marketdata.kalshi.messages import OrderbookDelta, OrderbookSnapshot, T
 from apps.marketdata.kalshi.units import utc_from_ms, utc_from_ns
 from apps.marketdata.models import OrderbookSnapshot as SnapshotModel
 from apps.marketdata.orphans import start_sweep
+from apps.marketdata.partitions import ensure_in_background
 from apps.marketdata.writer import (
     CONNECTION,
     CONNECTION_CLOSE,
@@ -473,7 +474,8 @@ async def _housekeeping(
     started_at: datetime,
     started: float,
 ) -> None:
-    """Periodic snapshots, top-of-book publishing, progress lines and heartbeats."""
+    """Periodic snapshots, top-of-book publishing, progress lines, heartbeats and time
+    partitions created ahead."""
     from apps.marketdata.live import BookPublisher
 
     publisher = BookPublisher()
@@ -481,8 +483,13 @@ async def _housekeeping(
     progress = Periodic(options.progress_interval_s)
     status = Periodic(options.status_interval_s, first_in_s=0)
     publish = Periodic(options.publish_interval_s, first_in_s=0)
+    # Time partitions ahead of now (PostgreSQL): at start, then every RL_PARTITION_ENSURE_S.
+    partitions = Periodic(settings.RL_PARTITION_ENSURE_S, first_in_s=0)
+    partitioner = None
     last_messages, last_time = 0, time.monotonic()
     async for now in ticks(0.1):
+        if partitions.due(now):
+            partitioner = ensure_in_background(partitioner)
         if options.snapshot_interval_s and client.connection_id and snapshots.due(now):
             for market, book in client.books.items():
                 position = client.book_position(market)

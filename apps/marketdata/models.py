@@ -7,7 +7,13 @@ prices, whatever ``use_yes_price`` mode the connection used.
 
 A message is identified by (connection, sid, seq): Kalshi's seq counts per subscription id and
 sids restart on every WebSocket connection. The unique constraints make every retried batch
-write idempotent. ``sid`` and ``seq`` are ``bigint`` because the protocol decoder accepts
+write idempotent; they include ``received_at`` because on PostgreSQL these tables are time
+partitions (see :mod:`apps.marketdata.partitions`), whose unique indexes must hold the
+partition key. A message's receive time is stamped once, when its frame arrives, and every
+write of it (retries, spill replays) carries that same value, so a repeat still conflicts. On
+PostgreSQL the physical primary key is (id, received_at); Django keeps ``id`` as the models'
+key (one identity sequence feeds every partition, and the admin refuses composite keys).
+``sid`` and ``seq`` are ``bigint`` because the protocol decoder accepts
 values up to 2^63 - 1; the writer refuses (never wraps) any integer that does not fit its
 column's width, whatever the column.
 
@@ -100,7 +106,8 @@ class OrderbookSnapshot(models.Model):
         db_table = "rl_orderbook_snapshots"
         constraints = [
             models.UniqueConstraint(
-                fields=["connection", "sid", "seq"], name="rl_snapshot_unique_message"
+                fields=["connection", "sid", "seq", "received_at"],
+                name="rl_snapshot_unique_message",
             ),
             models.CheckConstraint(
                 condition=models.Q(source__in=SnapshotSource.values), name="rl_snapshot_source"
@@ -138,7 +145,7 @@ class OrderbookDelta(models.Model):
         db_table = "rl_orderbook_deltas"
         constraints = [
             models.UniqueConstraint(
-                fields=["connection", "sid", "seq"], name="rl_delta_unique_message"
+                fields=["connection", "sid", "seq", "received_at"], name="rl_delta_unique_message"
             ),
             models.CheckConstraint(
                 condition=models.Q(side__in=BookSide.values), name="rl_delta_side"
@@ -176,7 +183,7 @@ class PublicTrade(models.Model):
         db_table = "rl_public_trades"
         constraints = [
             models.UniqueConstraint(
-                fields=["connection", "sid", "seq"], name="rl_trade_unique_message"
+                fields=["connection", "sid", "seq", "received_at"], name="rl_trade_unique_message"
             ),
         ]
         indexes = [
