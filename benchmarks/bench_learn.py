@@ -123,7 +123,7 @@ def record(configs: dict[str, object], seconds: float) -> None:
             stack.enter_context(
                 ExchangeThread(
                     LocalExchange(
-                        ExchangeConfig(keys=(key,), source=PlantedSource(config, rate=400))
+                        ExchangeConfig(keys=(key,)), source=PlantedSource(config, rate=400)
                     )
                 )
             )
