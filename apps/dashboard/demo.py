@@ -25,6 +25,8 @@ from apps.marketdata.exchange import (
     SyntheticSource,
     ensure_dev_keys,
 )
+from apps.marketdata.exchange.planted import PlantedSource
+from apps.marketdata.exchange.planted_world import PlantedConfig
 from apps.marketdata.ingest import IngestOptions, IngestResult, run_ingest
 from apps.marketdata.models import (
     OrderbookDelta,
@@ -42,11 +44,36 @@ from apps.training.spec import RunSpec
 Say = Callable[[str], None]
 
 
-def local_exchange(*, markets: int, rate: float, seed: int, say: Say) -> LocalExchange:
+# The demo's planted world (README, "Proof that the pipeline learns"): the leader's fair value
+# jumps 15 cents every 0.8 s on average and the follower's makers requote 0.5 s later, so an
+# agent sampling the books every 0.1 s has 5 ticks to buy (or sell) the follower before it
+# moves. That is the edge the demo's agent is meant to find; nothing in its observation says
+# which market leads.
+DEMO_PLANTED = {"jump_cents": 15, "mean_gap_s": 0.8, "lag_s": 0.5}
+# Trainer settings that learn this edge in about 30,000 steps (benchmarks/bench_learn.py):
+# many small updates over 8 envs and a horizon of about ten steps (gamma 0.9), where SB3's
+# defaults (14 updates in 30,000 steps, gamma 0.99) do not.
+PLANTED_HYPERPARAMETERS = {
+    "n_steps": 64,
+    "batch_size": 256,
+    "n_epochs": 10,
+    "gamma": 0.9,
+    "learning_rate": 0.001,
+}
+SYNTHETIC_HYPERPARAMETERS = {"n_steps": 512, "batch_size": 128, "n_epochs": 4}
+
+
+def local_exchange(*, world: str, markets: int, rate: float, seed: int, say: Say) -> LocalExchange:
+    """The bundled exchange serving the planted lead-lag world (two markets) or ``markets``
+    synthetic random-walk markets."""
     keys = ensure_dev_keys(Path(settings.LOCAL_EXCHANGE_KEY_DIR), announce=say)
+    if world == "planted":
+        source: SyntheticSource = PlantedSource(PlantedConfig(seed=seed, **DEMO_PLANTED), rate=rate)
+    else:
+        source = SyntheticSource(SyntheticConfig(markets=markets, rate=rate, seed=seed))
     return LocalExchange(
         ExchangeConfig(keys=(ApiKey(public_key=keys.public_key_path, key_id=keys.key_id),)),
-        source=SyntheticSource(SyntheticConfig(markets=markets, rate=rate, seed=seed)),
+        source=source,
     )
 
 
@@ -125,11 +152,13 @@ def train_model(
     step_s: float,
     timesteps: int,
     seed: int,
+    planted: bool,
 ) -> RLModel:
-    """Train a small PPO model as a Celery task on the first 70 % of the window and evaluate it
+    """Train a PPO model as a Celery task on the first 70 % of the window and evaluate it
     on the rest (the same services the admin and ``train`` use)."""
     (ts, te), (es, ee) = selectors.split_windows(start, end, train_share=0.7)
     eval_ticks = int((ee - es) / timedelta(seconds=step_s))
+    episode_steps = max(2, min(100, eval_ticks // 3))
     spec = RunSpec(
         name=name,
         algorithm="PPO",
@@ -139,11 +168,14 @@ def train_model(
         eval_start=es,
         eval_end=ee,
         total_timesteps=timesteps,
-        hyperparameters={"n_steps": 512, "batch_size": 128, "n_epochs": 4},
+        hyperparameters=dict(PLANTED_HYPERPARAMETERS if planted else SYNTHETIC_HYPERPARAMETERS),
         seed=seed,
         step_s=step_s,
-        episode_steps=max(2, min(100, eval_ticks // 2)),
-        eval_episodes=3,
+        episode_steps=episode_steps,
+        # As many held-out episodes as fit without overlapping (overlap would count the same
+        # market time twice and narrow the intervals the gate reads).
+        eval_episodes=max(2, min(20, eval_ticks // (episode_steps + 1))),
+        n_envs=8 if planted else 1,
     )
     model = services.start_training_run(spec=spec)
     deadline = time.monotonic() + 900

@@ -153,7 +153,7 @@ def test_each_table_spec_names_its_models_unique_key_as_its_conflict_target() ->
             assert frozenset(spec.conflict_columns) in keys, spec.key
         else:
             assert spec.lookup_columns, spec.key
-    assert TABLES[DELTA].conflict_columns == ("connection_id", "sid", "seq")
+    assert TABLES[DELTA].conflict_columns == ("connection_id", "sid", "seq", "received_at")
     assert not TABLES[DELTA].upsert and TABLES["workerstatus"].upsert
 
 

@@ -182,7 +182,11 @@ class TableSpec:
         return bool(self.update_columns)
 
 
-_MESSAGE_KEY: Final = ("connection_id", "sid", "seq")  # rl_*_unique_message
+# rl_*_unique_message. The receive time is part of the key because the tables are partitioned
+# by it on PostgreSQL (a partitioned table's unique keys must hold the partition key); a
+# message's received_at is stamped once and travels unchanged through retries and the spill,
+# so a message written twice still conflicts with itself.
+_MESSAGE_KEY: Final = ("connection_id", "sid", "seq", "received_at")
 
 _CONNECTION_OPEN: Final = TableSpec(
     CONNECTION,

@@ -14,17 +14,33 @@ from apps.marketdata.kalshi.units import e2_to_count, e4_to_dollars
 from apps.marketdata.selectors import rebuild_latest_book
 from apps.trading.services import run_paper_trading
 from apps.training.evaluation import describe_metrics
+from kalshiflow_site.cli import positive_float, positive_int
 
 
 class Command(BaseCommand):
     help = "Run the whole product offline against the bundled local exchange."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--markets", type=int, default=5, help="synthetic markets")
-        parser.add_argument("--rate", type=float, default=1000.0, help="exchange messages/s")
-        parser.add_argument("--record-seconds", type=float, default=30.0)
-        parser.add_argument("--step-s", type=float, default=0.1, help="env clock step, seconds")
-        parser.add_argument("--timesteps", type=int, default=4096, help="PPO training steps")
+        parser.add_argument(
+            "--world",
+            choices=("planted", "synthetic"),
+            default="planted",
+            help="planted: two markets with a documented lead-lag edge (README); synthetic: "
+            "random-walk markets with no edge to find (default: %(default)s)",
+        )
+        parser.add_argument(
+            "--markets", type=positive_int, default=5, help="synthetic markets (default: 5)"
+        )
+        parser.add_argument(
+            "--rate", type=positive_float, default=1000.0, help="exchange messages/s"
+        )
+        parser.add_argument("--record-seconds", type=positive_float, default=120.0)
+        parser.add_argument(
+            "--step-s", type=positive_float, default=0.1, help="env clock step, seconds"
+        )
+        parser.add_argument(
+            "--timesteps", type=positive_int, default=30_000, help="PPO training steps"
+        )
         parser.add_argument("--model-name", default="demo")
         parser.add_argument("--paper-seconds", type=float, default=60.0)
         parser.add_argument("--seed", type=int, default=7)
@@ -33,11 +49,22 @@ class Command(BaseCommand):
         started = time.monotonic()
         say = self.stdout.write
         self.section("1. local exchange")
+        planted = opts["world"] == "planted"
         exchange = demo.local_exchange(
-            markets=opts["markets"], rate=opts["rate"], seed=opts["seed"], say=say
+            world=opts["world"],
+            markets=opts["markets"],
+            rate=opts["rate"],
+            seed=opts["seed"],
+            say=say,
         )
         with ExchangeThread(exchange) as url:
-            say(f"serving {opts['markets']} synthetic markets at {url}")
+            if planted:
+                say(
+                    f"serving the planted lead-lag world at {url}: the follower repeats each "
+                    "move of the leader 0.5 s later (README: Proof that the pipeline learns)"
+                )
+            else:
+                say(f"serving {opts['markets']} synthetic markets at {url}")
             self.section(f"2. recording for {opts['record_seconds']:.0f}s")
             try:
                 result = demo.record(url=url, seconds=opts["record_seconds"], say=say)
@@ -71,6 +98,7 @@ class Command(BaseCommand):
                     step_s=opts["step_s"],
                     timesteps=opts["timesteps"],
                     seed=opts["seed"],
+                    planted=planted,
                 )
             except RuntimeError as exc:
                 raise CommandError(str(exc)) from None
