@@ -112,6 +112,11 @@ class Command(BaseCommand):
                 )
             else:
                 say(f"  {model} promoted: it beat no trading on held-out time")
+                if planted:
+                    say(
+                        "  (the edge it found: the follower repeats the leader's moves 0.5 s "
+                        "later; README: why the agent wins here)"
+                    )
             self.section(f"5. paper trading {model} for {opts['paper_seconds']:.0f}s")
             paper = run_paper_trading(
                 model_name=model.name,
