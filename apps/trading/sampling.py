@@ -50,11 +50,24 @@ class BookSample:
 
 
 class BookSampler:
-    """Reads the top ``BOOK_LEVELS`` levels of M live books into a :class:`BookSample`."""
+    """Reads the top ``BOOK_LEVELS`` levels of M live books into a :class:`BookSample`.
+
+    The sampler keeps the last sample's arrays and re-reads only the books that changed since:
+    an :class:`~apps.marketdata.kalshi.book.OrderBook` counts every snapshot, delta and clear
+    in ``updates``, so the same book object with the same count and the same trust holds the
+    same levels as when it was last read. (On every book change the paper trader decides, and
+    one change touches one book: reading every market's ladders each time cost more than the
+    compiled rules.) A view without ``updates`` is read every time.
+    """
 
     def __init__(self, n_markets: int) -> None:
         self.n_markets = n_markets
         self._seen_updates: list[int | None] = [None] * n_markets
+        shape = (n_markets, 2, BOOK_LEVELS)
+        self._px = np.zeros(shape, dtype=np.int64)
+        self._sz = np.zeros(shape, dtype=np.int64)
+        # What each row was read from: (book object, its update count, trusted), or None.
+        self._read_from: list[tuple[object, int, bool] | None] = [None] * n_markets
 
     def sample(
         self, books: Sequence[BookView], trusted: Sequence[bool], *, time_ns: int
@@ -63,44 +76,53 @@ class BookSampler:
 
         Args:
             books: the markets' books in slot order (an ``OrderBook`` exposes ``updates``, the
-                count of snapshots, deltas and clears applied; other views count as unchanged).
+                count of snapshots, deltas and clears applied; other views count as unchanged
+                and are read every time).
             trusted: whether each book is trusted (an untrusted book samples as all zeros,
                 as the history loader stores it).
             time_ns: Unix time of the sample in ns.
         """
         m = self.n_markets
-        # Plain lists first, one array at the end: element stores into numpy cost more.
-        empty = [0] * (2 * BOOK_LEVELS)
-        prices: list[list[int]] = []
-        sizes: list[list[int]] = []
+        px, sz = self._px, self._sz
+        seen = self._seen_updates
+        read_from = self._read_from
         counts = [0] * m
-        is_trusted = [False] * m
         for j, book in enumerate(books):
-            count = getattr(book, "updates", 0)
-            previous = self._seen_updates[j]
+            count = getattr(book, "updates", -1)  # -1: a view that does not count
+            counted = count >= 0
+            if not counted:
+                count = 0
+            previous = seen[j]
             # The first sample counts the updates up to then, like the first tick of a load.
             counts[j] = count - previous if previous is not None else count
-            self._seen_updates[j] = count
-            if not trusted[j]:
-                prices.append(empty)
-                sizes.append(empty)
+            seen[j] = count
+            is_trusted = bool(trusted[j])
+            source = read_from[j]
+            if (
+                counted
+                and source is not None
+                and source[0] is book
+                and source[1] == count
+                and source[2] == is_trusted
+            ):
+                continue  # unchanged since it was read: the row holds its levels
+            read_from[j] = (book, count, is_trusted) if counted else None
+            if not is_trusted:
+                px[j] = 0
+                sz[j] = 0
                 continue
-            is_trusted[j] = True
-            row_px = [0] * (2 * BOOK_LEVELS)
-            row_sz = [0] * (2 * BOOK_LEVELS)
             for side, name in ((0, "yes"), (1, "no")):
-                base = side * BOOK_LEVELS
-                for i, (price_e4, size_e2) in enumerate(book.depth(name, BOOK_LEVELS)):
-                    row_px[base + i] = price_e4
-                    row_sz[base + i] = size_e2
-            prices.append(row_px)
-            sizes.append(row_sz)
-        shape = (m, 2, BOOK_LEVELS)
-        px = np.array(prices, dtype=np.int64).reshape(shape)
-        sz = np.array(sizes, dtype=np.int64).reshape(shape)
-        updates = np.array(counts, dtype=np.int64)
-        ok = np.array(is_trusted, dtype=bool)
-        return BookSample(time_ns=time_ns, px=px, sz=sz, trusted=ok, updates=updates)
+                levels = book.depth(name, BOOK_LEVELS)
+                pad = [0] * (BOOK_LEVELS - len(levels))
+                px[j, side] = [price for price, _ in levels] + pad
+                sz[j, side] = [size for _, size in levels] + pad
+        return BookSample(
+            time_ns=time_ns,
+            px=px.copy(),
+            sz=sz.copy(),
+            trusted=np.array(trusted, dtype=bool),
+            updates=np.array(counts, dtype=np.int64),
+        )
 
 
 class LiveHistory:
