@@ -52,7 +52,7 @@ from apps.simulation.actions import (
     ActionType,
     sizes_e2_from_contracts,
 )
-from apps.simulation.env import NS, EnvConfig
+from apps.simulation.env import EnvConfig
 from apps.simulation.features import (
     N_MARKETS,
     MarketBatch,
@@ -65,9 +65,7 @@ from apps.simulation.layout import (
     A_FEES,
     FILL_COLUMNS,
     P_NO,
-    P_NO_COST,
     P_YES,
-    P_YES_COST,
     REFUSALS,
     TRADED,
 )
@@ -252,6 +250,8 @@ class PaperActor:
             initial_cash_e6=self.initial_cash_e6,
             episode_steps=episode_steps,
         )
+        # The same, as a plain tuple: the compiled hot path unpacks it into the kernel calls.
+        self._rule_args = tuple(self._rules)
         self.history = LiveHistory(self.n_markets)
         self.stats = SessionStats()
         self.steps = 0
@@ -268,7 +268,6 @@ class PaperActor:
         self._fills = np.zeros((self.n_markets, FILL_COLUMNS), dtype=np.int64)
         self._holds = np.zeros(self.n_markets, dtype=np.int64)
         self._marks = np.zeros((1, self.n_markets), dtype=np.int64)
-        self._masks = np.zeros(self.n_markets * ACTIONS_PER_MARKET, dtype=bool)
         # Per action id, what its rows log: the type's name and the decoded size in whole
         # contracts (0 for HOLD and FLATTEN).
         self._action_types = [ActionType(a // N_SIZES).name for a in range(ACTIONS_PER_MARKET)]
@@ -307,26 +306,38 @@ class PaperActor:
         step = self.steps
         pos, acct, peak = self._pos, self._acct, self._peak
         time_ns = sample.time_ns
-        history = self.history.push(sample)
+        batch = self._batch
+        self.history.push(sample, out=batch.history[:m])
         # The books as a tick axis of one, the env's layout for the kernels.
         px, sz, trusted = sample.px[None], sample.sz[None], sample.trusted[None]
         marks = self._marks
-        # The env's order: mark and record equity at the new tick, then decide.
-        equity_x2 = before_decision(sample.px, sample.sz, sample.trusted, pos, acct, marks)
+        # The env's order: mark and record equity at the new tick, then decide. (The same
+        # call writes the batch's books, trust, time to close and holdings.)
+        flat_masks = np.empty(m * ACTIONS_PER_MARKET, dtype=bool)  # fresh: the outcome keeps it
+        equity_x2 = before_decision(
+            px,
+            sz,
+            trusted,
+            pos,
+            acct,
+            self._rule_args,
+            marks,
+            flat_masks,
+            self._close_ns,
+            time_ns,
+            batch.px,
+            batch.sz,
+            batch.trusted,
+            batch.seconds_to_close,
+            batch.yes_held_e2,
+            batch.no_held_e2,
+            batch.cost_e6,
+        )
         peak.record(equity_x2)
         halted = self.kill_switch.check_account(
             markets=self.markets, pos=pos, acct=acct, equity_e6x2=equity_x2, time_ns=time_ns
         )
 
-        batch = self._batch
-        batch.px[:m] = sample.px
-        batch.sz[:m] = sample.sz
-        batch.history[:m] = history
-        batch.trusted[:m] = sample.trusted
-        batch.seconds_to_close[:m] = (self._close_ns - np.int64(time_ns)) / NS
-        batch.yes_held_e2[:m] = pos[:, P_YES]
-        batch.no_held_e2[:m] = pos[:, P_NO]
-        batch.cost_e6[:m] = pos[:, P_YES_COST] + pos[:, P_NO_COST]
         cash, exposure, fees_paid = int(acct[A_CASH]), int(acct[A_EXPOSURE]), int(acct[A_FEES])
         state = PortfolioState(
             cash_e6=cash,
@@ -339,9 +350,7 @@ class PaperActor:
         )
         observation = build_observation_batch(batch, state)
 
-        flat_masks = self._masks
-        kernel.action_masks(px, sz, trusted, pos, acct, *self._rules, 0, flat_masks)
-        masks = flat_masks.reshape(m, ACTIONS_PER_MARKET).copy()
+        masks = flat_masks.reshape(m, ACTIONS_PER_MARKET)
         policy = self.policy
         started = time.perf_counter_ns()
         if policy.masked:
@@ -363,12 +372,21 @@ class PaperActor:
 
         # The kill switch holds every market: nothing is executed, what was asked is logged.
         fills = self._fills
-        kernel.execute_all(
-            px, sz, trusted, pos, acct, *self._rules, 0, self._holds if halted else actions, fills
-        )
         columns = self._columns
         equity_after = after_fills(
-            marks, pos, acct, fills, masks, self._values_x2, self._values_after_x2, columns
+            px,
+            sz,
+            trusted,
+            pos,
+            acct,
+            self._rule_args,
+            self._holds if halted else actions,
+            fills,
+            marks,
+            masks,
+            self._values_x2,
+            self._values_after_x2,
+            columns,
         )
         self.kill_switch.check_account(
             markets=self.markets, pos=pos, acct=acct, equity_e6x2=equity_after, time_ns=time_ns

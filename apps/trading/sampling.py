@@ -21,9 +21,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 
+from apps.marketdata.kalshi.book import OrderBook
 from apps.simulation.books import BOOK_LEVELS, BookView
 from apps.simulation.features import HISTORY_CAPACITY, N_HISTORY
 from apps.simulation.history_features import push_history, tick_series
@@ -47,6 +49,9 @@ class BookSample:
     sz: np.ndarray
     trusted: np.ndarray
     updates: np.ndarray
+
+
+_ZEROS = [0] * BOOK_LEVELS  # padding for a ladder shorter than BOOK_LEVELS (sliced, never changed)
 
 
 class BookSampler:
@@ -111,11 +116,23 @@ class BookSampler:
                 px[j] = 0
                 sz[j] = 0
                 continue
-            for side, name in ((0, "yes"), (1, "no")):
-                levels = book.depth(name, BOOK_LEVELS)
-                pad = [0] * (BOOK_LEVELS - len(levels))
-                px[j, side] = [price for price, _ in levels] + pad
-                sz[j, side] = [size for _, size in levels] + pad
+            if type(book) is OrderBook:
+                # Its ladders directly: the best prices by reverse iteration, their sizes by
+                # lookup (what ``depth`` does, without building the pairs).
+                yes, no = book.yes_levels, book.no_levels
+                yes_px = list(islice(reversed(yes), BOOK_LEVELS))
+                no_px = list(islice(reversed(no), BOOK_LEVELS))
+                yes_sz = list(map(yes.__getitem__, yes_px))
+                no_sz = list(map(no.__getitem__, no_px))
+            else:
+                levels = book.depth("yes", BOOK_LEVELS)
+                yes_px, yes_sz = [p for p, _ in levels], [z for _, z in levels]
+                levels = book.depth("no", BOOK_LEVELS)
+                no_px, no_sz = [p for p, _ in levels], [z for _, z in levels]
+            yes_pad = _ZEROS[len(yes_px) :]
+            no_pad = _ZEROS[len(no_px) :]
+            px[j] = (yes_px + yes_pad, no_px + no_pad)
+            sz[j] = (yes_sz + yes_pad, no_sz + no_pad)
         return BookSample(
             time_ns=time_ns,
             px=px.copy(),
@@ -146,13 +163,14 @@ class LiveHistory:
         self._updates = np.zeros((n_markets, HISTORY_CAPACITY), dtype=np.int64)
         self._values = np.empty((4, n_markets))
 
-    def push(self, sample: BookSample) -> np.ndarray:
+    def push(self, sample: BookSample, out: np.ndarray | None = None) -> np.ndarray:
         """Append one tick; returns the (M, N_HISTORY) raw history values for it (float64,
-        a fresh array)."""
+        a fresh array, or ``out`` written)."""
         values = self._values
         tick_series(sample.px, sample.sz, sample.trusted, values)
         # The env takes log1p of the depth series with numpy: the same function here.
         np.log1p(values[2:], out=values[2:])
-        out = np.empty((self.n_markets, N_HISTORY))
+        if out is None:
+            out = np.empty((self.n_markets, N_HISTORY))
         push_history(self._ring, self._updates, values, sample.updates, out)
         return out
