@@ -19,6 +19,11 @@ actions and fills (``tests/trading/test_parity.py``):
    sampled books (a tick axis of one) with the env's sizes, fees and risk limits, market by
    market in slot order: the env's own compiled rules, on the actor's own account arrays.
 
+Around the policy a decision is two compiled calls (:mod:`apps.trading.hotpath`): one does
+the marks, equity, the observation's per-market inputs and the masks (steps 2 and 4), the
+other the fills, equity after and every column of the logged rows (step 5); Python only builds
+the observation, asks the policy and makes the row tuples.
+
 The account is the kernel's ``pos`` / ``acct`` arrays (cash in $0.000001), read through a
 :class:`~apps.simulation.portfolio.Portfolio` view; the hot path reads the arrays directly and
 keeps equity as an exact integer (twice its value), so a decision makes no Fraction. A
