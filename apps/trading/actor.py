@@ -19,6 +19,11 @@ actions and fills (``tests/trading/test_parity.py``):
    sampled books (a tick axis of one) with the env's sizes, fees and risk limits, market by
    market in slot order: the env's own compiled rules, on the actor's own account arrays.
 
+Around the policy a decision is two compiled calls (:mod:`apps.trading.hotpath`): one does
+the marks, equity, the observation's per-market inputs and the masks (steps 2 and 4), the
+other the fills, equity after and every column of the logged rows (step 5); Python only builds
+the observation, asks the policy and makes the row tuples.
+
 The account is the kernel's ``pos`` / ``acct`` arrays (cash in $0.000001), read through a
 :class:`~apps.simulation.portfolio.Portfolio` view; the hot path reads the arrays directly and
 keeps equity as an exact integer (twice its value), so a decision makes no Fraction. A
@@ -52,7 +57,7 @@ from apps.simulation.actions import (
     ActionType,
     sizes_e2_from_contracts,
 )
-from apps.simulation.env import NS, EnvConfig
+from apps.simulation.env import EnvConfig
 from apps.simulation.features import (
     N_MARKETS,
     MarketBatch,
@@ -63,31 +68,28 @@ from apps.simulation.layout import (
     A_CASH,
     A_EXPOSURE,
     A_FEES,
-    F_CASH,
-    F_FEE,
-    F_FILLED,
-    F_NOTIONAL,
-    F_REFUSAL,
     FILL_COLUMNS,
     P_NO,
-    P_NO_COST,
     P_YES,
-    P_YES_COST,
     REFUSALS,
     TRADED,
 )
 from apps.simulation.portfolio import EquityPeak, Portfolio, new_account
+from apps.trading.hotpath import (
+    NO_PRICE,
+    R_BITS,
+    R_FEE,
+    R_FILLED,
+    R_GAIN_X2,
+    R_NET,
+    R_PRICE,
+    R_REFUSAL,
+    ROW_COLUMNS,
+    after_fills,
+    before_decision,
+)
 from apps.trading.risk import KILL_SWITCH, KillSwitch
 from apps.trading.sampling import BookSample, LiveHistory
-
-
-def _round_half_even(numerator: int, denominator: int) -> int:
-    """``round(Fraction(numerator, denominator))`` for a positive denominator, in integers."""
-    quotient, remainder = divmod(numerator, denominator)
-    twice = 2 * remainder
-    if twice > denominator or (twice == denominator and quotient % 2):
-        return quotient + 1
-    return quotient
 
 
 def _decoded_size(action_id: int, sizes_e2: tuple[int, ...]) -> int:
@@ -253,6 +255,8 @@ class PaperActor:
             initial_cash_e6=self.initial_cash_e6,
             episode_steps=episode_steps,
         )
+        # The same, as a plain tuple: the compiled hot path unpacks it into the kernel calls.
+        self._rule_args = tuple(self._rules)
         self.history = LiveHistory(self.n_markets)
         self.stats = SessionStats()
         self.steps = 0
@@ -264,13 +268,17 @@ class PaperActor:
         # Each market's value (×2) after the last decision, for the per-market rewards.
         self._values_x2 = np.zeros(self.n_markets, dtype=np.int64)
         self._values_after_x2 = np.zeros(self.n_markets, dtype=np.int64)
-        self._mask_bits = np.zeros(self.n_markets, dtype=np.int64)
+        self._columns = np.zeros((self.n_markets, ROW_COLUMNS), dtype=np.int64)
         self._equity_after_x2 = 2 * self.initial_cash_e6
         self._fills = np.zeros((self.n_markets, FILL_COLUMNS), dtype=np.int64)
         self._holds = np.zeros(self.n_markets, dtype=np.int64)
         self._marks = np.zeros((1, self.n_markets), dtype=np.int64)
-        self._masks = np.zeros(self.n_markets * ACTIONS_PER_MARKET, dtype=bool)
-        self._action_names = [t.name for t in ActionType]
+        # Per action id, what its rows log: the type's name and the decoded size in whole
+        # contracts (0 for HOLD and FLATTEN).
+        self._action_types = [ActionType(a // N_SIZES).name for a in range(ACTIONS_PER_MARKET)]
+        self._action_sizes = [
+            _decoded_size(a, self.sizes_e2) // 100 for a in range(ACTIONS_PER_MARKET)
+        ]
         self.stats.equity_curve.append(1.0)
 
     # -- control ----------------------------------------------------------------------------
@@ -302,27 +310,39 @@ class PaperActor:
         m = self.n_markets
         step = self.steps
         pos, acct, peak = self._pos, self._acct, self._peak
-        history = self.history.push(sample)
+        time_ns = sample.time_ns
+        batch = self._batch
+        self.history.push(sample, out=batch.history[:m])
         # The books as a tick axis of one, the env's layout for the kernels.
         px, sz, trusted = sample.px[None], sample.sz[None], sample.trusted[None]
         marks = self._marks
-        kernel.tick_marks(sample.px, sample.sz, sample.trusted, marks[0])
-        # The env's order: mark and record equity at the new tick, then decide.
-        equity_x2 = kernel.equity_x2(marks, 0, pos, acct)
+        # The env's order: mark and record equity at the new tick, then decide. (The same
+        # call writes the batch's books, trust, time to close and holdings.)
+        flat_masks = np.empty(m * ACTIONS_PER_MARKET, dtype=bool)  # fresh: the outcome keeps it
+        equity_x2 = before_decision(
+            px,
+            sz,
+            trusted,
+            pos,
+            acct,
+            self._rule_args,
+            marks,
+            flat_masks,
+            self._close_ns,
+            time_ns,
+            batch.px,
+            batch.sz,
+            batch.trusted,
+            batch.seconds_to_close,
+            batch.yes_held_e2,
+            batch.no_held_e2,
+            batch.cost_e6,
+        )
         peak.record(equity_x2)
-        halted = self.kill_switch.check(
-            portfolio=self.portfolio, equity_e6x2=equity_x2, time_ns=sample.time_ns
+        halted = self.kill_switch.check_account(
+            markets=self.markets, pos=pos, acct=acct, equity_e6x2=equity_x2, time_ns=time_ns
         )
 
-        batch = self._batch
-        batch.px[:m] = sample.px
-        batch.sz[:m] = sample.sz
-        batch.history[:m] = history
-        batch.trusted[:m] = sample.trusted
-        batch.seconds_to_close[:m] = (self._close_ns - np.int64(sample.time_ns)) / NS
-        batch.yes_held_e2[:m] = pos[:, P_YES]
-        batch.no_held_e2[:m] = pos[:, P_NO]
-        batch.cost_e6[:m] = pos[:, P_YES_COST] + pos[:, P_NO_COST]
         cash, exposure, fees_paid = int(acct[A_CASH]), int(acct[A_EXPOSURE]), int(acct[A_FEES])
         state = PortfolioState(
             cash_e6=cash,
@@ -335,9 +355,7 @@ class PaperActor:
         )
         observation = build_observation_batch(batch, state)
 
-        flat_masks = self._masks
-        kernel.action_masks(px, sz, trusted, pos, acct, *self._rules, 0, flat_masks)
-        masks = flat_masks.reshape(m, ACTIONS_PER_MARKET).copy()
+        masks = flat_masks.reshape(m, ACTIONS_PER_MARKET)
         policy = self.policy
         started = time.perf_counter_ns()
         if policy.masked:
@@ -352,20 +370,33 @@ class PaperActor:
             raise ValueError(
                 f"v{policy.version} answered actions of shape {actions.shape}, expected ({m},)"
             )
-        if actions.min() < 0 or actions.max() >= ACTIONS_PER_MARKET:
+        action_ids = actions.tolist()
+        if min(action_ids) < 0 or max(action_ids) >= ACTIONS_PER_MARKET:
             j = int(np.flatnonzero((actions < 0) | (actions >= ACTIONS_PER_MARKET))[0])
             raise ValueError(f"v{policy.version} chose action {actions[j]} for {self.markets[j]}")
 
         # The kill switch holds every market: nothing is executed, what was asked is logged.
         fills = self._fills
-        kernel.execute_all(
-            px, sz, trusted, pos, acct, *self._rules, 0, self._holds if halted else actions, fills
+        columns = self._columns
+        equity_after = after_fills(
+            px,
+            sz,
+            trusted,
+            pos,
+            acct,
+            self._rule_args,
+            self._holds if halted else actions,
+            fills,
+            marks,
+            masks,
+            self._values_x2,
+            self._values_after_x2,
+            columns,
         )
-        equity_after = kernel.equity_x2(marks, 0, pos, acct)
-        self.kill_switch.check(
-            portfolio=self.portfolio, equity_e6x2=equity_after, time_ns=sample.time_ns
+        self.kill_switch.check_account(
+            markets=self.markets, pos=pos, acct=acct, equity_e6x2=equity_after, time_ns=time_ns
         )
-        rows = self._rows(step, sample.time_ns, actions, masks, halted)
+        rows = self._rows(step, time_ns, action_ids, columns, halted)
         self._record(equity_after)
         self.steps += 1
         return DecisionOutcome(
@@ -381,60 +412,53 @@ class PaperActor:
         )
 
     def _rows(
-        self, step: int, time_ns: int, actions: np.ndarray, masks: np.ndarray, halted: bool
+        self, step: int, time_ns: int, action_ids: list[int], columns: np.ndarray, halted: bool
     ) -> list[ActionRow]:
-        """One :class:`ActionRow` per market from the kernel's fills and the account after."""
-        pos = self._pos
-        values_x2 = self._values_after_x2
-        kernel.market_values_x2(self._marks, 0, pos, values_x2)
-        previous_x2 = self._values_x2.tolist()
-        self._values_x2[:] = values_x2
+        """One :class:`ActionRow` per market from the columns :func:`after_fills` computed
+        (the kernel's fills and the account after): tuples only, no arithmetic left."""
         initial_x2 = 2 * self.initial_cash_e6
-        net = (pos[:, P_YES] - pos[:, P_NO]).tolist()
-        bits_out = self._mask_bits
-        kernel.mask_bits(masks, bits_out)
-        bits = bits_out.tolist()
         cash_after_e4 = int(self._acct[A_CASH]) // 100
         when = utc_from_ns(time_ns)
         version = self.policy.version
-        names = self._action_names
+        types, sizes = self._action_types, self._action_sizes
+        make = ActionRow._make
         rows = []
-        for j, (action_id, row, value_x2) in enumerate(
-            zip(actions.tolist(), self._fills.tolist(), values_x2.tolist(), strict=True)
-        ):
-            code = row[F_REFUSAL]
-            did_trade = code == TRADED
-            # reward × 2 × initial = value change (×2) + 2 × the cash the fills moved
-            gain_x2 = value_x2 - previous_x2[j] + (2 * row[F_CASH] if did_trade else 0)
+        trades = 0
+        for ticker, action_id, row in zip(self.markets, action_ids, columns.tolist(), strict=True):
             if action_id < N_SIZES:  # HOLD (as the env: nothing to evaluate)
                 refusal = ""
             elif halted:
                 refusal = KILL_SWITCH
             else:
-                refusal = "" if did_trade else str(REFUSALS[code])
-            filled = row[F_FILLED] if did_trade else 0
+                code = row[R_REFUSAL]
+                refusal = "" if code == TRADED else str(REFUSALS[code])
+            filled = row[R_FILLED]
             if filled:
-                self.stats.trades += 1
+                trades += 1
+            price = row[R_PRICE]
             rows.append(
-                ActionRow(
-                    step=step,
-                    time=when,
-                    market_ticker=self.markets[j],
-                    action_id=action_id,
-                    action_type=names[action_id // N_SIZES],
-                    # The decoded size (0 for HOLD and FLATTEN), in whole contracts.
-                    action_size=_decoded_size(action_id, self.sizes_e2) // 100,
-                    mask_bits=bits[j],
-                    price_e4=_round_half_even(row[F_NOTIONAL], filled) if filled else None,
-                    quantity_filled_e2=filled,
-                    fee_e4=row[F_FEE] if did_trade else 0,
-                    position_after_e2=net[j],
-                    cash_after_e4=cash_after_e4,
-                    reward=gain_x2 / initial_x2,
-                    model_version=version,
-                    refusal=refusal,
+                make(
+                    (
+                        step,
+                        when,
+                        ticker,
+                        action_id,
+                        types[action_id],
+                        sizes[action_id],
+                        row[R_BITS],
+                        None if price == NO_PRICE else price,
+                        filled,
+                        row[R_FEE],
+                        row[R_NET],
+                        cash_after_e4,
+                        # reward × 2 × initial = value change (×2) + 2 × the cash moved
+                        row[R_GAIN_X2] / initial_x2,
+                        version,
+                        refusal,
+                    )
                 )
             )
+        self.stats.trades += trades
         return rows
 
     # -- internals --------------------------------------------------------------------------

@@ -18,10 +18,15 @@ would trade again without anyone having read the reason.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import numpy as np
+
+from apps.simulation.layout import A_EXPOSURE, P_NO, P_YES
 from apps.simulation.portfolio import Portfolio
+from apps.trading.hotpath import first_over_position
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +67,7 @@ class RiskSettings:
 
 
 class KillSwitch:
-    """Latching risk check over a :class:`Portfolio`; see the module docstring."""
+    """Latching risk check over a :class:`Portfolio` or its arrays; see the module docstring."""
 
     def __init__(self, limits: RiskSettings) -> None:
         self.limits = limits
@@ -85,6 +90,51 @@ class KillSwitch:
                 ``kernel.equity_x2`` gives it).
             time_ns: Unix time of the check in ns (sets the UTC day of the loss limit).
         """
+        held = portfolio.held_e2()
+        over = (held > self._max_position_e2).nonzero()[0]
+        j = int(over[0]) if over.size else -1
+        return self._check(
+            portfolio.markets,
+            j,
+            int(held[j]) if j >= 0 else 0,
+            portfolio.exposure_e6(),
+            equity_e6x2,
+            time_ns,
+        )
+
+    def check_account(
+        self,
+        *,
+        markets: Sequence[str],
+        pos: np.ndarray,
+        acct: np.ndarray,
+        equity_e6x2: int,
+        time_ns: int,
+    ) -> bool:
+        """:meth:`check` on the kernel's account arrays themselves: the same limits, read with
+        integer comparisons and no view or array made (the paper trader checks twice per
+        decision, on its hot path).
+
+        Args:
+            markets: the market of each ``pos`` row (named in the reason).
+            pos, acct: the account after whatever fills happened so far (``layout.P_*``
+                columns, ``layout.A_*`` entries).
+            equity_e6x2: as for :meth:`check`.
+            time_ns: as for :meth:`check`.
+        """
+        j = first_over_position(pos, self._max_position_e2)
+        held = int(pos[j, P_YES] + pos[j, P_NO]) if j >= 0 else 0
+        return self._check(markets, j, held, int(acct[A_EXPOSURE]), equity_e6x2, time_ns)
+
+    def _check(
+        self,
+        markets: Sequence[str],
+        over: int,
+        held_e2: int,
+        exposure_e6: int,
+        equity_e6x2: int,
+        time_ns: int,
+    ) -> bool:
         day = time_ns // NS_PER_DAY
         if day != self._day:
             # A new UTC day (or the first check): losses count from here.
@@ -92,7 +142,7 @@ class KillSwitch:
             self._day_start_equity_x2 = equity_e6x2
         if self.engaged:
             return True
-        reason = self._breach(portfolio, equity_e6x2)
+        reason = self._breach(markets, over, held_e2, exposure_e6, equity_e6x2)
         if reason:
             self.engaged = True
             self.reason = reason
@@ -100,16 +150,21 @@ class KillSwitch:
             log.warning("paper kill switch engaged: %s; every further decision holds", reason)
         return self.engaged
 
-    def _breach(self, portfolio: Portfolio, equity_e6x2: int) -> str:
-        held = portfolio.held_e2()
-        over = (held > self._max_position_e2).nonzero()[0]
-        if over.size:
-            j = int(over[0])
+    def _breach(
+        self,
+        markets: Sequence[str],
+        over: int,
+        held_e2: int,
+        exposure_e6: int,
+        equity_e6x2: int,
+    ) -> str:
+        """The first limit breached, given the first market over the position limit (-1:
+        none) and what it holds."""
+        if over >= 0:
             return (
-                f"{portfolio.markets[j]}: {int(held[j]) / 100:g} contracts held > max "
+                f"{markets[over]}: {held_e2 / 100:g} contracts held > max "
                 f"{self.limits.max_position_contracts:g} (RL_PAPER_MAX_POSITION_CONTRACTS)"
             )
-        exposure_e6 = portfolio.exposure_e6()
         if exposure_e6 > self._max_exposure_e6:
             return (
                 f"exposure ${exposure_e6 / 1e6:,.2f} > max "

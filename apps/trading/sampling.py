@@ -21,9 +21,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 
+from apps.marketdata.kalshi.book import OrderBook
 from apps.simulation.books import BOOK_LEVELS, BookView
 from apps.simulation.features import HISTORY_CAPACITY, N_HISTORY
 from apps.simulation.history_features import push_history, tick_series
@@ -49,12 +51,28 @@ class BookSample:
     updates: np.ndarray
 
 
+_ZEROS = [0] * BOOK_LEVELS  # padding for a ladder shorter than BOOK_LEVELS (sliced, never changed)
+
+
 class BookSampler:
-    """Reads the top ``BOOK_LEVELS`` levels of M live books into a :class:`BookSample`."""
+    """Reads the top ``BOOK_LEVELS`` levels of M live books into a :class:`BookSample`.
+
+    The sampler keeps the last sample's arrays and re-reads only the books that changed since:
+    an :class:`~apps.marketdata.kalshi.book.OrderBook` counts every snapshot, delta and clear
+    in ``updates``, so the same book object with the same count and the same trust holds the
+    same levels as when it was last read. (On every book change the paper trader decides, and
+    one change touches one book: reading every market's ladders each time cost more than the
+    compiled rules.) A view without ``updates`` is read every time.
+    """
 
     def __init__(self, n_markets: int) -> None:
         self.n_markets = n_markets
         self._seen_updates: list[int | None] = [None] * n_markets
+        shape = (n_markets, 2, BOOK_LEVELS)
+        self._px = np.zeros(shape, dtype=np.int64)
+        self._sz = np.zeros(shape, dtype=np.int64)
+        # What each row was read from: (book object, its update count, trusted), or None.
+        self._read_from: list[tuple[object, int, bool] | None] = [None] * n_markets
 
     def sample(
         self, books: Sequence[BookView], trusted: Sequence[bool], *, time_ns: int
@@ -63,44 +81,65 @@ class BookSampler:
 
         Args:
             books: the markets' books in slot order (an ``OrderBook`` exposes ``updates``, the
-                count of snapshots, deltas and clears applied; other views count as unchanged).
+                count of snapshots, deltas and clears applied; other views count as unchanged
+                and are read every time).
             trusted: whether each book is trusted (an untrusted book samples as all zeros,
                 as the history loader stores it).
             time_ns: Unix time of the sample in ns.
         """
         m = self.n_markets
-        # Plain lists first, one array at the end: element stores into numpy cost more.
-        empty = [0] * (2 * BOOK_LEVELS)
-        prices: list[list[int]] = []
-        sizes: list[list[int]] = []
+        px, sz = self._px, self._sz
+        seen = self._seen_updates
+        read_from = self._read_from
         counts = [0] * m
-        is_trusted = [False] * m
         for j, book in enumerate(books):
-            count = getattr(book, "updates", 0)
-            previous = self._seen_updates[j]
+            count = getattr(book, "updates", -1)  # -1: a view that does not count
+            counted = count >= 0
+            if not counted:
+                count = 0
+            previous = seen[j]
             # The first sample counts the updates up to then, like the first tick of a load.
             counts[j] = count - previous if previous is not None else count
-            self._seen_updates[j] = count
-            if not trusted[j]:
-                prices.append(empty)
-                sizes.append(empty)
+            seen[j] = count
+            is_trusted = bool(trusted[j])
+            source = read_from[j]
+            if (
+                counted
+                and source is not None
+                and source[0] is book
+                and source[1] == count
+                and source[2] == is_trusted
+            ):
+                continue  # unchanged since it was read: the row holds its levels
+            read_from[j] = (book, count, is_trusted) if counted else None
+            if not is_trusted:
+                px[j] = 0
+                sz[j] = 0
                 continue
-            is_trusted[j] = True
-            row_px = [0] * (2 * BOOK_LEVELS)
-            row_sz = [0] * (2 * BOOK_LEVELS)
-            for side, name in ((0, "yes"), (1, "no")):
-                base = side * BOOK_LEVELS
-                for i, (price_e4, size_e2) in enumerate(book.depth(name, BOOK_LEVELS)):
-                    row_px[base + i] = price_e4
-                    row_sz[base + i] = size_e2
-            prices.append(row_px)
-            sizes.append(row_sz)
-        shape = (m, 2, BOOK_LEVELS)
-        px = np.array(prices, dtype=np.int64).reshape(shape)
-        sz = np.array(sizes, dtype=np.int64).reshape(shape)
-        updates = np.array(counts, dtype=np.int64)
-        ok = np.array(is_trusted, dtype=bool)
-        return BookSample(time_ns=time_ns, px=px, sz=sz, trusted=ok, updates=updates)
+            if type(book) is OrderBook:
+                # Its ladders directly: the best prices by reverse iteration, their sizes by
+                # lookup (what ``depth`` does, without building the pairs).
+                yes, no = book.yes_levels, book.no_levels
+                yes_px = list(islice(reversed(yes), BOOK_LEVELS))
+                no_px = list(islice(reversed(no), BOOK_LEVELS))
+                yes_sz = list(map(yes.__getitem__, yes_px))
+                no_sz = list(map(no.__getitem__, no_px))
+            else:
+                levels = book.depth("yes", BOOK_LEVELS)
+                yes_px, yes_sz = [p for p, _ in levels], [z for _, z in levels]
+                levels = book.depth("no", BOOK_LEVELS)
+                no_px, no_sz = [p for p, _ in levels], [z for _, z in levels]
+            yes_pad = _ZEROS[len(yes_px) :]
+            no_pad = _ZEROS[len(no_px) :]
+            px[j] = (yes_px + yes_pad, no_px + no_pad)
+            sz[j] = (yes_sz + yes_pad, no_sz + no_pad)
+        return BookSample(
+            time_ns=time_ns,
+            px=px.copy(),
+            sz=sz.copy(),
+            trusted=np.array(trusted, dtype=bool),
+            updates=np.array(counts, dtype=np.int64),
+        )
 
 
 class LiveHistory:
@@ -124,13 +163,14 @@ class LiveHistory:
         self._updates = np.zeros((n_markets, HISTORY_CAPACITY), dtype=np.int64)
         self._values = np.empty((4, n_markets))
 
-    def push(self, sample: BookSample) -> np.ndarray:
+    def push(self, sample: BookSample, out: np.ndarray | None = None) -> np.ndarray:
         """Append one tick; returns the (M, N_HISTORY) raw history values for it (float64,
-        a fresh array)."""
+        a fresh array, or ``out`` written)."""
         values = self._values
         tick_series(sample.px, sample.sz, sample.trusted, values)
         # The env takes log1p of the depth series with numpy: the same function here.
         np.log1p(values[2:], out=values[2:])
-        out = np.empty((self.n_markets, N_HISTORY))
+        if out is None:
+            out = np.empty((self.n_markets, N_HISTORY))
         push_history(self._ring, self._updates, values, sample.updates, out)
         return out

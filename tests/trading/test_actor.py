@@ -125,33 +125,52 @@ def yes_bought(price_e4: int, size_e2: int) -> MarketPosition:
     return MarketPosition(yes_e2=size_e2, yes_cost_e6=price_e4 * size_e2)
 
 
-def test_the_exposure_limit_engages_on_the_cost_of_open_contracts() -> None:
+def check_switch(
+    read: str, switch: KillSwitch, portfolio: Portfolio, *, equity_e6x2: int, time_ns: int
+) -> bool:
+    """``switch.check`` on the view, or ``check_account`` on the arrays under it (the
+    paper trader's hot path): the two must agree on every limit."""
+    if read == "view":
+        return switch.check(portfolio=portfolio, equity_e6x2=equity_e6x2, time_ns=time_ns)
+    return switch.check_account(
+        markets=portfolio.markets,
+        pos=portfolio._pos,
+        acct=portfolio._acct,
+        equity_e6x2=equity_e6x2,
+        time_ns=time_ns,
+    )
+
+
+@pytest.mark.parametrize("read", ["view", "arrays"])
+def test_the_exposure_limit_engages_on_the_cost_of_open_contracts(read: str) -> None:
     switch = KillSwitch(RiskSettings(max_exposure_dollars=30))
     a = yes_bought(5_000, 5_000)  # 50 contracts at $0.50 = $25
     portfolio = Portfolio.of(cash_e6=975_000_000, positions={"A": a})
-    assert not switch.check(portfolio=portfolio, equity_e6x2=2 * 10**9, time_ns=0)
+    assert not check_switch(read, switch, portfolio, equity_e6x2=2 * 10**9, time_ns=0)
     b = yes_bought(5_000, 2_000)  # + $10
     portfolio = Portfolio.of(cash_e6=965_000_000, positions={"A": a, "B": b})
-    assert switch.check(portfolio=portfolio, equity_e6x2=2 * 10**9, time_ns=1)
+    assert check_switch(read, switch, portfolio, equity_e6x2=2 * 10**9, time_ns=1)
     assert "exposure $35.00 > max $30.00" in switch.reason
 
 
-def test_the_position_limit_names_the_market_over_it() -> None:
+@pytest.mark.parametrize("read", ["view", "arrays"])
+def test_the_position_limit_names_the_market_over_it(read: str) -> None:
     switch = KillSwitch(RiskSettings(max_position_contracts=40))
     positions = {"A": yes_bought(5_000, 4_000), "B": MarketPosition(no_e2=4_001, no_cost_e6=1)}
     portfolio = Portfolio.of(cash_e6=10**9, positions=positions)
-    assert switch.check(portfolio=portfolio, equity_e6x2=2 * 10**9, time_ns=0)
+    assert check_switch(read, switch, portfolio, equity_e6x2=2 * 10**9, time_ns=0)
     assert switch.reason.startswith("B: 40.01 contracts held > max 40")
 
 
-def test_the_daily_loss_counts_from_the_start_of_each_utc_day_and_latches() -> None:
+@pytest.mark.parametrize("read", ["view", "arrays"])
+def test_the_daily_loss_counts_from_the_start_of_each_utc_day_and_latches(read: str) -> None:
     portfolio = Portfolio.of(cash_e6=1_000_000_000)
     switch = KillSwitch(RiskSettings(max_daily_loss_dollars=10))
     day = 86_400 * NS
     start = 20_000 * day + 3_600 * NS
 
     def check(equity_e6: int, time_ns: int) -> bool:
-        return switch.check(portfolio=portfolio, equity_e6x2=2 * equity_e6, time_ns=time_ns)
+        return check_switch(read, switch, portfolio, equity_e6x2=2 * equity_e6, time_ns=time_ns)
 
     assert not check(1_000_000_000, start)
     assert not check(991_000_000, start + NS)
@@ -160,8 +179,8 @@ def test_the_daily_loss_counts_from_the_start_of_each_utc_day_and_latches() -> N
     assert not check(991_000_000, next_day)
     assert not check(981_010_000, next_day + NS)
     # Half a micro-dollar short of $10 (equity is exact to $0.0000005) does not either ...
-    assert not switch.check(
-        portfolio=portfolio, equity_e6x2=2 * 981_000_000 + 1, time_ns=next_day + NS
+    assert not check_switch(
+        read, switch, portfolio, equity_e6x2=2 * 981_000_000 + 1, time_ns=next_day + NS
     )
     # ... $10 does, and the switch stays on even if equity recovers.
     assert check(981_000_000, next_day + 2 * NS)

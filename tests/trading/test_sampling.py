@@ -60,3 +60,40 @@ def test_the_sampler_reads_the_top_ten_levels_best_first_and_counts_updates() ->
     assert second.updates.tolist() == [2, 1]
     assert not second.px[1].any() and not second.sz[1].any()
     assert second.trusted.tolist() == [True, False]
+
+
+def test_the_sampler_rereads_exactly_the_books_that_changed_since_its_last_sample() -> None:
+    # The sampler keeps its rows and re-reads a book only when its update count, its object
+    # or its trust changed: every sample must still equal a fresh sampler's full reading.
+    rng = np.random.default_rng(3)
+    books = [OrderBook(f"M{j}") for j in range(4)]
+    for book in books:
+        book.apply_snapshot([(4000, 100), (3900, 50)], [(5000, 100)])
+    trusted = [True] * 4
+    sampler = BookSampler(4)
+    for step in range(300):
+        j = int(rng.integers(0, 4))
+        event = int(rng.integers(0, 6))
+        if event == 0:
+            trusted[j] = not trusted[j]  # trust flips, the levels do not
+        elif event == 1:
+            books[j] = OrderBook(books[j].market_ticker)  # a new book object, count 0 again
+            books[j].apply_snapshot([(int(rng.integers(1, 49)) * 100, 10)], [])
+        elif event == 2:
+            books[j].clear()
+        else:
+            side = "yes" if event == 3 else "no"
+            price = int(rng.integers(1, 50)) * 100
+            resting = books[j].yes_levels if side == "yes" else books[j].no_levels
+            books[j].apply_delta(side, price, -resting[price] if price in resting else 7)
+        sample = sampler.sample(books, trusted, time_ns=step)
+        fresh = BookSampler(4).sample(books, trusted, time_ns=step)
+        assert sample.px.tolist() == fresh.px.tolist(), step
+        assert sample.sz.tolist() == fresh.sz.tolist(), step
+        assert sample.trusted.tolist() == trusted, step
+    # Samples are fresh arrays: a later sample does not rewrite an earlier one.
+    kept = sampler.sample(books, trusted, time_ns=1_000)
+    before = kept.px.copy()
+    books[0].apply_snapshot([(1234, 5)], [(4321, 6)])
+    sampler.sample(books, [True] * 4, time_ns=1_001)
+    assert kept.px.tolist() == before.tolist()
