@@ -232,7 +232,7 @@ class PaperActor:
         self.episode_steps = episode_steps
         self.kill_switch = kill_switch
         self.sizes_e2 = sizes_e2_from_contracts(config.sizes_contracts)
-        self.fees = [config.fees_by_market.get(m, config.fees) for m in self.markets]
+        self.fees = kernel.FeeIndex([config.fee_timeline(m) for m in self.markets])
         self.initial_cash_e6 = round(config.initial_cash_dollars * 1_000_000)
         # The account: the kernel's arrays, as in the env.
         self._pos, self._acct = new_account(self.n_markets, self.initial_cash_e6)
@@ -248,10 +248,12 @@ class PaperActor:
         # The training env accepted these settings; the same rules run here.
         self._rules = kernel.trading_rules(
             fees=self.fees,
+            times_ns=np.zeros(1, dtype=np.int64),  # one tick: decide() writes the fees now
             limits=config.limits,
             sizes_e2=self.sizes_e2,
             initial_cash_e6=self.initial_cash_e6,
             episode_steps=episode_steps,
+            precision_e4=config.account_precision_e4,
         )
         self.history = LiveHistory(self.n_markets)
         self.stats = SessionStats()
@@ -336,6 +338,7 @@ class PaperActor:
         observation = build_observation_batch(batch, state)
 
         flat_masks = self._masks
+        self.fees.write_ids(sample.time_ns, self._rules.fee_ids[0])  # the fees in force now
         kernel.action_masks(px, sz, trusted, pos, acct, *self._rules, 0, flat_masks)
         masks = flat_masks.reshape(m, ACTIONS_PER_MARKET).copy()
         policy = self.policy
