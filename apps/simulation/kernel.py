@@ -137,7 +137,7 @@ def check_int64_bounds(
     action size, or the position limit for a FLATTEN) may briefly make the holdings
     ``limit + order``. So a market's cost stays below ``(limit + order) × $1``, one fill's fee
     term below ``order × FLAT_TERM`` (a quadratic term is at most a quarter of that), and
-    capital moves by at most that much (plus fees) per market per step.
+    capital moves by at most that much per market per step.
     """
     max_pos = int(limits[L_MAX_POSITION])
     max_order = max(int(max_order_e2), max_pos)
