@@ -47,8 +47,10 @@ denominator)`` per fee setting (:meth:`FeeSchedule.kernel_row`) and computes the
 
 **Changes**: a market's fees are a :class:`FeeTimeline`, the schedule in force from the start
 plus :class:`FeeChange` entries (``effective_ns``, schedule) as ``/series/fee_changes`` lists
-them; the env turns it into a per-tick index into a table of rows, so a change in the middle
-of an episode applies from its first tick at or after ``effective_ns``.
+them; :class:`FeeIndex` turns the markets' timelines into the kernel's table of rows and, per
+tick, each market's row (the env: every tick of its history; the paper trader: the time of each
+decision), so a change in the middle of an episode applies from its first tick at or after
+``effective_ns``.
 """
 
 from __future__ import annotations
@@ -60,7 +62,9 @@ from decimal import Decimal
 from enum import StrEnum
 from fractions import Fraction
 
-from apps.simulation.layout import FEE_FLAT, FEE_QUADRATIC, PRICE_SCALE
+import numpy as np
+
+from apps.simulation.layout import FEE_COLUMNS, FEE_FLAT, FEE_QUADRATIC, PRICE_SCALE
 
 TAKER_RATE = Fraction(7, 100)
 MAKER_RATE = Fraction(175, 10_000)
@@ -236,6 +240,44 @@ class FeeTimeline:
     def at(self, time_ns: int) -> FeeSchedule:
         """The schedule in force at ``time_ns``."""
         return self.schedules[self.index_at(time_ns)]
+
+
+class FeeIndex:
+    """Each market's fee timeline as the kernel reads it: one table of fee rows
+    (``layout.FEE_*`` columns, taker rows: the simulator's orders take) shared by all markets,
+    and per market the effective times at which its row changes.
+
+    :meth:`ids` is the env's per-tick ``fee_ids`` array; :meth:`write_ids` is the paper
+    trader's one row for the time of its decision.
+    """
+
+    def __init__(self, timelines: Sequence[FeeTimeline]) -> None:
+        rows: dict[tuple[int, int, int], int] = {}
+        self.effective_ns: list[np.ndarray] = []
+        self.row_ids: list[np.ndarray] = []
+        for timeline in timelines:
+            ids = []
+            for schedule in timeline.schedules:
+                row = schedule.kernel_row(maker=False)
+                ids.append(rows.setdefault(row, len(rows)))
+            self.effective_ns.append(
+                np.array([c.effective_ns for c in timeline.changes], dtype=np.int64)
+            )
+            self.row_ids.append(np.array(ids, dtype=np.int32))
+        self.table = np.array(list(rows) or [(0, 0, 1)], dtype=np.int64).reshape(-1, FEE_COLUMNS)
+
+    def ids(self, times_ns: np.ndarray) -> np.ndarray:
+        """(len(times_ns), n_markets) int32: each market's fee row at each tick (a change
+        applies from the first tick at or after its effective time)."""
+        out = np.empty((len(times_ns), len(self.row_ids)), dtype=np.int32)
+        for j, (when, ids) in enumerate(zip(self.effective_ns, self.row_ids, strict=True)):
+            out[:, j] = ids[np.searchsorted(when, times_ns, side="right")]
+        return out
+
+    def write_ids(self, time_ns: int, out: np.ndarray) -> None:
+        """Each market's fee row at ``time_ns`` into ``out`` (n_markets,)."""
+        for j, (when, ids) in enumerate(zip(self.effective_ns, self.row_ids, strict=True)):
+            out[j] = ids[int(np.searchsorted(when, time_ns, side="right"))]
 
 
 def check_account_precision(precision_e4: int) -> int:

@@ -43,6 +43,7 @@ import numpy as np
 from numba import njit
 
 from apps.simulation.fees import CENT_E6, FEE_TERM_DIVISOR, FLAT_TERM, check_account_precision
+from apps.simulation.fees import FeeIndex as FeeIndex  # the env and the paper trader use it
 from apps.simulation.layout import (
     A_CASH,
     A_EXPOSURE,
@@ -66,7 +67,6 @@ from apps.simulation.layout import (
     F_SIZE,
     F_TYPE,
     FEATURES_PER_MARKET,
-    FEE_COLUMNS,
     FEE_DEN,
     FEE_FLAT,
     FEE_KIND,
@@ -185,44 +185,6 @@ def limits_array(limits: Any, precision_e4: int = 100) -> np.ndarray:
     )
 
 
-class FeeIndex:
-    """Each market's fee timeline as the kernel reads it: one table of fee rows
-    (``layout.FEE_*`` columns, taker rows: the simulator's orders take) shared by all markets,
-    and per market the effective times at which its row changes.
-
-    :meth:`ids` is the env's per-tick ``fee_ids`` array; :meth:`write_ids` is the paper
-    trader's one row for the time of its decision.
-    """
-
-    def __init__(self, timelines: Sequence[Any]) -> None:
-        rows: dict[tuple[int, int, int], int] = {}
-        self.effective_ns: list[np.ndarray] = []
-        self.row_ids: list[np.ndarray] = []
-        for timeline in timelines:
-            ids = []
-            for schedule in timeline.schedules:
-                row = schedule.kernel_row(maker=False)
-                ids.append(rows.setdefault(row, len(rows)))
-            self.effective_ns.append(
-                np.array([c.effective_ns for c in timeline.changes], dtype=np.int64)
-            )
-            self.row_ids.append(np.array(ids, dtype=np.int32))
-        self.table = np.array(list(rows) or [(0, 0, 1)], dtype=np.int64).reshape(-1, FEE_COLUMNS)
-
-    def ids(self, times_ns: np.ndarray) -> np.ndarray:
-        """(len(times_ns), n_markets) int32: each market's fee row at each tick (a change
-        applies from the first tick at or after its effective time)."""
-        out = np.empty((len(times_ns), len(self.row_ids)), dtype=np.int32)
-        for j, (when, ids) in enumerate(zip(self.effective_ns, self.row_ids, strict=True)):
-            out[:, j] = ids[np.searchsorted(when, times_ns, side="right")]
-        return out
-
-    def write_ids(self, time_ns: int, out: np.ndarray) -> None:
-        """Each market's fee row at ``time_ns`` into ``out`` (n_markets,)."""
-        for j, (when, ids) in enumerate(zip(self.effective_ns, self.row_ids, strict=True)):
-            out[j] = ids[int(np.searchsorted(when, time_ns, side="right"))]
-
-
 class Rules(NamedTuple):
     """A session's trading rules as the kernels read them (after ``pos, acct``)."""
 
@@ -302,9 +264,11 @@ def _after_fill(
 
 
 @njit(cache=True, nogil=True)
-def _decide(px, sz, t, j, action, trusted, pos, acct, sizes, fee_row, limits, rec):
+def _decide(px, sz, t, j, action, trusted, pos, acct, sizes, fee_row, limits, rec, margin=0):
     """Evaluate ``action`` for market ``j`` at tick ``t`` (the oracle's ``_Market.decide``),
-    its fees from ``fee_row`` (a ``fee_table`` row).
+    its fees from ``fee_row`` (a ``fee_table`` row). ``margin`` (e6) is taken off the cash
+    (and so the capital) the limits see after the order: 0 to decide, a cent for the masks'
+    shortcut.
 
     Writes the decision into ``rec`` (a ``fills`` row) and returns its refusal code.
     """
@@ -401,7 +365,7 @@ def _decide(px, sz, t, j, action, trusted, pos, acct, sizes, fee_row, limits, re
     n_yes, n_no, n_ycost, n_ncost, _, cash_delta = _after_fill(
         yes, no, ycost, ncost, 0, is_yes, is_buy, filled, notional, fee, accumulator
     )
-    cash_after = acct[A_CASH] + cash_delta
+    cash_after = acct[A_CASH] + cash_delta - margin
     code = TRADED
     old_cost = ycost + ncost
     new_cost = n_ycost + n_ncost
@@ -500,6 +464,7 @@ def action_masks(px, sz, trusted, pos, acct, sizes, fee_ids, fee_table, limits, 
     always True), for every market against the current account."""
     m = pos.shape[0]
     rec = np.zeros(FILL_COLUMNS, dtype=np.int64)
+    by_size = np.argsort(sizes, kind="mergesort")
     out[:] = False
     for j in range(m):
         base = j * ACTIONS_PER_MARKET
@@ -508,12 +473,26 @@ def action_masks(px, sz, trusted, pos, acct, sizes, fee_ids, fee_table, limits, 
         if not trusted[t, j] or pos[j, P_SETTLED]:
             continue
         fee_row = fee_table[fee_ids[t, j]]
-        # Every size is evaluated: with per-fill rounding an order's debit is not monotone in
-        # its size (the net rounding fee, under a cent, can drop as the order grows), so a
-        # larger buy passing says nothing exact about a smaller one.
-        for a in range(N_SIZES, ACTIONS_PER_MARKET - N_SIZES):
-            code = _decide(px, sz, t, j, a, True, pos, acct, sizes, fee_row, limits, rec)
-            out[base + a] = code == TRADED
+        for kind in range(1, 5):
+            first = kind * N_SIZES
+            is_yes = kind == 1 or kind == 2
+            other_held = pos[j, P_NO] if is_yes else pos[j, P_YES]
+            if (kind == 1 or kind == 3) and other_held == 0:
+                # A buy that does not net: a larger order takes a superset of the levels, so it
+                # pays more cost and trade fees and holds more; only its net rounding fee (under
+                # a cent) can be smaller. So if the largest passes every rule with a cent less
+                # cash and capital, every smaller size passes exactly; else each is evaluated.
+                largest = first + by_size[N_SIZES - 1]
+                code = _decide(
+                    px, sz, t, j, largest, True, pos, acct, sizes, fee_row, limits, rec, CENT_E6
+                )
+                if code == TRADED:
+                    for a in range(first, first + N_SIZES):
+                        out[base + a] = True
+                    continue
+            for a in range(first, first + N_SIZES):
+                code = _decide(px, sz, t, j, a, True, pos, acct, sizes, fee_row, limits, rec)
+                out[base + a] = code == TRADED
         # FLATTEN ignores the size: evaluate it once.
         flatten = ACTIONS_PER_MARKET - N_SIZES
         code = _decide(px, sz, t, j, flatten, True, pos, acct, sizes, fee_row, limits, rec)
