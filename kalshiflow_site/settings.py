@@ -219,6 +219,15 @@ for _expect in RL_HEALTH_EXPECT:
 # (apps/marketdata/orphans.py); longer than any database outage a live recorder rides out.
 RL_RECORDER_GONE_AFTER_S = env_float("RL_RECORDER_GONE_AFTER_S", 900.0, minimum=1.0)
 
+# Kalshi rounds each fill's balance change to the account's precision, in $0.0001: 100 ($0.01,
+# ordinary members) or 1 ($0.0001, direct members). The training env and the paper trader both
+# use it (apps/simulation/fees.py).
+RL_ACCOUNT_PRECISION_E4 = env_int("RL_ACCOUNT_PRECISION_E4", 100, minimum=1)
+if RL_ACCOUNT_PRECISION_E4 not in (1, 100):
+    raise ImproperlyConfigured(
+        f"RL_ACCOUNT_PRECISION_E4={RL_ACCOUNT_PRECISION_E4} must be 100 ($0.01) or 1 ($0.0001)"
+    )
+
 MODEL_DIR = Path(env_str("MODEL_DIR", str(VAR_DIR / "models")))
 RL_TRAINING_MAX_CONCURRENT = env_int("RL_TRAINING_MAX_CONCURRENT", 1, minimum=1)
 # A run whose estimated arrays (histories, envs, rollout buffer) exceed this is refused.

@@ -5,8 +5,10 @@ once) and never touches the database. Each step:
 
 1. every market's action (6 types x 5 sizes, see :mod:`apps.simulation.actions`) is carried
    out, market by market, against the book as it stood at the current tick: a taker order
-   walks the opposite bid ladder (:mod:`apps.simulation.kernel`) and pays Kalshi's fee
-   (:mod:`apps.simulation.fees`); a refused action is a hold (its reason is in ``info``);
+   walks the opposite bid ladder (:mod:`apps.simulation.kernel`) and pays Kalshi's fees per
+   fill (:mod:`apps.simulation.fees`: the trade fee and the rounding of the balance change to
+   the account precision, with the order's cent refunds), at the fee setting in force at that
+   tick; a refused action is a hold (its reason is in ``info``);
 2. time moves one tick; a market past its close is settled at $1/$0 when its result is known,
    else closed at its last mid (``how: settled_at_mid`` in ``info["settled"]``);
 3. reward = change of portfolio value (marked to mid) / initial cash, minus
@@ -26,9 +28,10 @@ end. A market whose book is untrusted (gap or resync in the recording) can only 
 next snapshot.
 
 ``info`` is small and array-based, so vectorised envs copy it cheaply: ``time_ns``, ``tick``,
-``fills`` ((n_markets, 10) int64, columns ``layout.F_*``: action, type, size, filled,
-notional, fee, refusal code, contract, side, cash moved), ``positions_e2`` ((n_markets, 2):
-YES and NO held), ``cash_e6``, ``equity_e6``, ``fees_paid_e4``, ``drawdown`` and ``settled``
+``fills`` ((n_markets, 11) int64, columns ``layout.F_*``: action, type, size, filled,
+notional, trade fee, refusal code, contract, side, cash moved, net rounding fee),
+``positions_e2`` ((n_markets, 2): YES and NO held), ``cash_e6``, ``equity_e6``,
+``fees_paid_e4`` (trade fees), ``rounding_fees_e6``, ``drawdown`` and ``settled``
 (a list of ``{market, how, payout_e6}``). :func:`trades_from_info` and
 :func:`positions_from_info` turn them into readable dicts.
 """
@@ -60,7 +63,7 @@ from apps.simulation.features import (
     history_block,
     static_features,
 )
-from apps.simulation.fees import STANDARD_FEES, FeeSchedule
+from apps.simulation.fees import STANDARD_FEES, FeeSchedule, FeeTimeline, check_account_precision
 from apps.simulation.history import RecordedHistory
 from apps.simulation.portfolio import (
     EquityPeak,
@@ -88,16 +91,33 @@ class MarketInfo:
 
 @dataclass(frozen=True)
 class EnvConfig:
-    """Episode and account settings (money in dollars here, integers inside)."""
+    """Episode and account settings (money in dollars here, integers inside).
+
+    Fees: ``fees_by_market`` gives a market its series' :class:`FeeSchedule` or, when its
+    fees change during the data, a :class:`FeeTimeline` (schedules with effective times); a
+    market not in it pays ``fees`` (standard quadratic, multiplier 1: today's default until the
+    recorder records fee settings). ``account_precision_e4`` is the precision Kalshi rounds
+    each fill's balance change to: 100 ($0.01, ordinary members) or 1 ($0.0001, direct
+    members; the ``RL_ACCOUNT_PRECISION_E4`` setting).
+    """
 
     episode_steps: int = 300
     initial_cash_dollars: float = 1_000.0
     sizes_contracts: tuple[int, ...] = DEFAULT_SIZES_CONTRACTS
     limits: RiskLimits = field(default_factory=RiskLimits)
-    fees: FeeSchedule = STANDARD_FEES
-    fees_by_market: Mapping[str, FeeSchedule] = field(default_factory=dict)
+    fees: FeeSchedule | FeeTimeline = STANDARD_FEES
+    fees_by_market: Mapping[str, FeeSchedule | FeeTimeline] = field(default_factory=dict)
+    account_precision_e4: int = 100
     risk_penalty: float = 0.0
     market_info: Mapping[str, MarketInfo] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_account_precision(self.account_precision_e4)
+
+    def fee_timeline(self, market: str) -> FeeTimeline:
+        """The market's fees over time (a fixed schedule is a timeline without changes)."""
+        fees = self.fees_by_market.get(market, self.fees)
+        return fees if isinstance(fees, FeeTimeline) else FeeTimeline(initial=fees)
 
 
 class LookAheadError(RuntimeError):
@@ -182,11 +202,13 @@ class KalshiTradingEnv(gym.Env):
         """Fees, limits and market outcomes as the integer arrays the kernel reads."""
         cfg = self.config
         self._rules = kernel.trading_rules(
-            fees=[cfg.fees_by_market.get(mk, cfg.fees) for mk in self.markets],
+            fees=kernel.FeeIndex([cfg.fee_timeline(mk) for mk in self.markets]),
+            times_ns=self.history.times_ns,
             limits=cfg.limits,
             sizes_e2=self.sizes_e2,
             initial_cash_e6=self.initial_cash_e6,
             episode_steps=cfg.episode_steps,
+            precision_e4=cfg.account_precision_e4,
         )
         infos = [cfg.market_info.get(mk) or MarketInfo() for mk in self.markets]
         never = np.iinfo(np.int64).max
@@ -352,7 +374,8 @@ class KalshiTradingEnv(gym.Env):
 
     def position_table(self) -> np.ndarray:
         """A copy of the per-market account rows, columns ``kernel.P_*`` (held, cost, fees e4,
-        realised e6, settled): what round-trip accounting reads after each step."""
+        realised e6, settled, rounding fees e6): what round-trip accounting reads after each
+        step."""
         return self._pos.copy()
 
     @property
@@ -427,7 +450,7 @@ class KalshiTradingEnv(gym.Env):
         ]
 
     def _info(self, fills: np.ndarray) -> dict[str, Any]:
-        cash, _, fees, _, _ = self._acct.tolist()
+        cash, _, fees, _, rounding = self._acct.tolist()
         return {
             "time_ns": self._times_list[self._t],
             "tick": self._t,
@@ -436,6 +459,7 @@ class KalshiTradingEnv(gym.Env):
             "cash_e6": cash,
             "equity_e6": self._equity_x2 / 2,
             "fees_paid_e4": fees,
+            "rounding_fees_e6": rounding,
             "drawdown": self._peak.drawdown,
         }
 
@@ -444,7 +468,8 @@ def trades_from_info(markets: Sequence[str], info: Mapping[str, Any]) -> list[di
     """The non-HOLD actions of one step's ``info["fills"]`` as readable dicts, market order.
 
     Keys: market, action_id, type, size_e2 (decoded; 0 for FLATTEN), filled_e2, avg_price_e4
-    (None when nothing filled), fee_e4, refusal (None when carried out, else the reason).
+    (None when nothing filled), fee_e4 (trade fees), rounding_fee_e6 (the order's net rounding
+    fee), refusal (None when carried out, else the reason).
     """
     out = []
     for market, row in zip(markets, info["fills"].tolist(), strict=True):
@@ -461,6 +486,7 @@ def trades_from_info(markets: Sequence[str], info: Mapping[str, Any]) -> list[di
                 "filled_e2": filled,
                 "avg_price_e4": row[kernel.F_NOTIONAL] / filled if filled else None,
                 "fee_e4": row[kernel.F_FEE] if traded else 0,
+                "rounding_fee_e6": row[kernel.F_ROUNDING] if traded else 0,
                 "refusal": kernel.REFUSALS[row[kernel.F_REFUSAL]],
             }
         )

@@ -21,6 +21,12 @@ The portfolio-dependent features are one compiled function, :func:`_position_slo
 :func:`write_position_features` for the paper trader's batch and
 :func:`write_env_observation` for the env), so they are the same bits on both paths.
 
+Fees (:mod:`apps.simulation.fees`): each level an order takes is one fill; its trade fee is
+rounded up to $0.0001, its balance change floored to the account precision
+(``limits[L_PRECISION]``), and the order's accumulator of rounding fees refunds a cent each time
+it reaches one. Each market's fee row at tick ``t`` is ``fee_table[fee_ids[t, j]]``, so a fee
+change applies from its tick on.
+
 Netting: a position holds YES or NO, never both; after a buy, matched YES/NO pairs are
 redeemed for $1 each (Kalshi nets them). Selling removes ``cost × sold / held`` of the cost
 basis, rounded down to $0.000001 (the rest stays with the contracts still held). A limit only
@@ -36,11 +42,14 @@ from typing import Any, NamedTuple
 import numpy as np
 from numba import njit
 
+from apps.simulation.fees import CENT_E6, FEE_TERM_DIVISOR, FLAT_TERM, check_account_precision
+from apps.simulation.fees import FeeIndex as FeeIndex  # the env and the paper trader use it
 from apps.simulation.layout import (
     A_CASH,
     A_EXPOSURE,
     A_FEES,
     A_REALIZED,
+    A_ROUNDING,
     ACTIONS_PER_MARKET,
     CASH,
     CLOSED,
@@ -53,10 +62,15 @@ from apps.simulation.layout import (
     F_FILLED,
     F_NOTIONAL,
     F_REFUSAL,
+    F_ROUNDING,
     F_SIDE,
     F_SIZE,
     F_TYPE,
     FEATURES_PER_MARKET,
+    FEE_DEN,
+    FEE_FLAT,
+    FEE_KIND,
+    FEE_NUM,
     FEES_CAPITAL_SHARE,
     FILL_COLUMNS,
     HOLD,
@@ -65,6 +79,7 @@ from apps.simulation.layout import (
     L_EXP_DEN,
     L_EXP_NUM,
     L_MAX_POSITION,
+    L_PRECISION,
     N_MARKETS,
     N_SIZES,
     NO_LIQUIDITY,
@@ -81,6 +96,7 @@ from apps.simulation.layout import (
     P_NO,
     P_NO_COST,
     P_REALIZED,
+    P_ROUNDING,
     P_SETTLED,
     P_TOUCHED,
     P_YES,
@@ -109,8 +125,7 @@ def check_int64_bounds(
     *,
     initial_cash_e6: int,
     limits: np.ndarray,
-    fee_nums: np.ndarray,
-    fee_dens: np.ndarray,
+    fee_table: np.ndarray,
     n_markets: int,
     episode_steps: int,
     max_order_e2: int,
@@ -120,22 +135,28 @@ def check_int64_bounds(
     Holdings never exceed the position limit after a step (a buy that would is refused), but
     an order is priced before it is checked: an order (at most ``max_order_e2``, the largest
     action size, or the position limit for a FLATTEN) may briefly make the holdings
-    ``limit + order``. So a market's cost stays below ``(limit + order) × $1``, one order's
-    fee terms below ``order × $0.25``, and capital moves by at most that much per market per
-    step.
+    ``limit + order``. So a market's cost stays below ``(limit + order) × $1``, one fill's fee
+    term below ``order × FLAT_TERM`` (a quadratic term is at most a quarter of that), and
+    capital moves by at most that much per market per step.
     """
     max_pos = int(limits[L_MAX_POSITION])
     max_order = max(int(max_order_e2), max_pos)
     max_held = max_pos + max_order
     max_cost = max_held * PRICE_SCALE
+    # One fill's fee numerator: rate numerator × term, the term at most order × $0.25 a
+    # contract (quadratic: size × p × (1 − p)) or order × FLAT_TERM (flat).
+    fee_numerator = 0
+    for kind, num, _ in fee_table.tolist():
+        term = max_order * (FLAT_TERM if kind == FEE_FLAT else (PRICE_SCALE // 2) ** 2)
+        fee_numerator = max(fee_numerator, num * term)
+    fee_denominator = max(int(d) for d in fee_table[:, FEE_DEN]) * FEE_TERM_DIVISOR
     capital = initial_cash_e6 + 2 * episode_steps * n_markets * max_cost
-    fraction_terms = max(int(x) for x in limits[1:])
-    worst_terms = max_order * (PRICE_SCALE // 2) ** 2  # Σ size × p × (1 − p)
+    fraction_terms = max(int(x) for x in limits[1:L_PRECISION])
     products = {
         "capital × share": 2 * capital * fraction_terms,
         "cost × share": max_cost * fraction_terms,
-        "fee numerator": worst_terms * max(int(n) for n in fee_nums),
-        "fee denominator": max(int(d) for d in fee_dens) * 1_000_000 * 100,
+        "fee numerator": fee_numerator,
+        "fee denominator": fee_denominator,
         "netting": max_cost * max_held,
         "equity ×2": 2 * capital + 2 * n_markets * max_cost * 2,
     }
@@ -148,66 +169,67 @@ def check_int64_bounds(
             )
 
 
-def rule_arrays(fees: Sequence[Any], limits: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(fee_nums, fee_dens, limits)`` int64 arrays from one
-    :class:`~apps.simulation.fees.FeeSchedule` per market (its exact taker rate) and the
-    :class:`~apps.simulation.portfolio.RiskLimits` (exact share fractions)."""
-    rates = [schedule.taker_rate for schedule in fees]
-    fee_nums = np.array([r.numerator for r in rates], dtype=np.int64)
-    fee_dens = np.array([r.denominator for r in rates], dtype=np.int64)
-    limit_array = np.array(
+def limits_array(limits: Any, precision_e4: int = 100) -> np.ndarray:
+    """The kernel's ``limits`` array: the :class:`~apps.simulation.portfolio.RiskLimits`
+    (exact share fractions) and the account precision (in $0.0001: 100 = $0.01, 1 = $0.0001)."""
+    return np.array(
         [
             limits.max_position_e2,
             limits.max_market_share.numerator,
             limits.max_market_share.denominator,
             limits.max_exposure_share.numerator,
             limits.max_exposure_share.denominator,
+            check_account_precision(precision_e4) * 100,
         ],
         dtype=np.int64,
     )
-    return fee_nums, fee_dens, limit_array
 
 
 class Rules(NamedTuple):
-    """A session's fixed trading rules as the kernels read them (after ``pos, acct``)."""
+    """A session's trading rules as the kernels read them (after ``pos, acct``)."""
 
     sizes: np.ndarray  # (5,) order sizes in 0.01 contract
-    fee_nums: np.ndarray  # (n_markets,) taker-rate numerators
-    fee_dens: np.ndarray  # (n_markets,) taker-rate denominators
-    limits: np.ndarray  # (5,) L_* entries
+    fee_ids: np.ndarray  # (ticks, n_markets) int32: each market's fee_table row per tick
+    fee_table: np.ndarray  # (rows, FEE_COLUMNS) kind, rate numerator, rate denominator
+    limits: np.ndarray  # (LIMITS_SIZE,) L_* entries
 
 
 def trading_rules(
     *,
-    fees: Sequence[Any],
+    fees: FeeIndex,
+    times_ns: np.ndarray,
     limits: Any,
     sizes_e2: Sequence[int],
     initial_cash_e6: int,
     episode_steps: int,
+    precision_e4: int = 100,
 ) -> Rules:
-    """The kernels' rule arrays for one fee schedule per market, the risk limits and the five
-    order sizes, after proving (:func:`check_int64_bounds`) that nothing can overflow."""
-    fee_nums, fee_dens, limit_array = rule_arrays(fees, limits)
+    """The kernels' rule arrays for the markets' fee timelines at ``times_ns`` (the ticks),
+    the risk limits, the account precision and the five order sizes, after proving
+    (:func:`check_int64_bounds`) that nothing can overflow."""
+    limit_array = limits_array(limits, precision_e4)
     check_int64_bounds(
         initial_cash_e6=initial_cash_e6,
         limits=limit_array,
-        fee_nums=fee_nums,
-        fee_dens=fee_dens,
-        n_markets=len(fees),
+        fee_table=fees.table,
+        n_markets=len(fees.row_ids),
         episode_steps=episode_steps,
         max_order_e2=max(sizes_e2),
     )
-    return Rules(np.array(sizes_e2, dtype=np.int64), fee_nums, fee_dens, limit_array)
+    return Rules(np.array(sizes_e2, dtype=np.int64), fees.ids(times_ns), fees.table, limit_array)
 
 
 # -- one order ----------------------------------------------------------------------------------
 
 
 @njit(cache=True, nogil=True)
-def _after_fill(yes, no, ycost, ncost, realized, is_yes, is_buy, filled, notional, fee_e4):
-    """Holdings after a fill and the cash change (the oracle's ``portfolio._after_fill``)."""
+def _after_fill(
+    yes, no, ycost, ncost, realized, is_yes, is_buy, filled, notional, fee_e4, rounding_e6
+):
+    """Holdings after an order's fills and the cash change (the oracle's
+    ``portfolio._after_fill``): cost or proceeds, trade fees and the net rounding fee."""
     if is_buy:
-        cash = -notional - fee_e4 * 100
+        cash = -notional - fee_e4 * 100 - rounding_e6
         if is_yes:
             yes += filled
             ycost += notional
@@ -227,7 +249,7 @@ def _after_fill(yes, no, ycost, ncost, realized, is_yes, is_buy, filled, notiona
             realized += payout - yes_out - no_out
             cash += payout
     else:
-        cash = notional - fee_e4 * 100
+        cash = notional - fee_e4 * 100 - rounding_e6
         held = yes if is_yes else no
         cost = ycost if is_yes else ncost
         removed = cost * filled // held if held else 0
@@ -242,8 +264,11 @@ def _after_fill(yes, no, ycost, ncost, realized, is_yes, is_buy, filled, notiona
 
 
 @njit(cache=True, nogil=True)
-def _decide(px, sz, t, j, action, trusted, pos, acct, sizes, fee_num, fee_den, limits, rec):
-    """Evaluate ``action`` for market ``j`` at tick ``t`` (the oracle's ``_Market.decide``).
+def _decide(px, sz, t, j, action, trusted, pos, acct, sizes, fee_row, limits, rec, margin=0):
+    """Evaluate ``action`` for market ``j`` at tick ``t`` (the oracle's ``_Market.decide``),
+    its fees from ``fee_row`` (a ``fee_table`` row). ``margin`` (e6) is taken off the cash
+    (and so the capital) the limits see after the order: 0 to decide, a cent for the masks'
+    shortcut.
 
     Writes the decision into ``rec`` (a ``fills`` row) and returns its refusal code.
     """
@@ -258,6 +283,7 @@ def _decide(px, sz, t, j, action, trusted, pos, acct, sizes, fee_num, fee_den, l
     rec[F_CONTRACT] = 0
     rec[F_SIDE] = 0
     rec[F_CASH] = 0
+    rec[F_ROUNDING] = 0
     yes = pos[j, P_YES]
     no = pos[j, P_NO]
     if kind == 0:
@@ -293,9 +319,19 @@ def _decide(px, sz, t, j, action, trusted, pos, acct, sizes, fee_num, fee_den, l
     if sz[t, j, ladder, 0] <= 0:
         rec[F_REFUSAL] = NO_LIQUIDITY
         return NO_LIQUIDITY
+    # Each level taken is one fill, charged as Kalshi charges it (the fees module docstring):
+    # 1. trade fee = rate × term rounded up to $0.0001;
+    # 2. the fill's debit (cost, or minus the proceeds, plus the trade fee) rounded up to the
+    #    account precision (its balance change floored toward −∞): the excess is a rounding fee;
+    # 3. the order's accumulator sums rounding fees and refunds a cent each time it reaches one.
+    flat = fee_row[FEE_KIND] == FEE_FLAT
+    fee_num = fee_row[FEE_NUM]
+    fee_den = fee_row[FEE_DEN] * FEE_TERM_DIVISOR
+    precision = limits[L_PRECISION]
     remaining = order
     notional = 0
-    terms = 0
+    fee = 0
+    accumulator = 0
     for k in range(px.shape[3]):
         level = sz[t, j, ladder, k]
         if level <= 0:
@@ -304,25 +340,32 @@ def _decide(px, sz, t, j, action, trusted, pos, acct, sizes, fee_num, fee_den, l
         if is_buy:
             price = PRICE_SCALE - price
         take = level if level < remaining else remaining
-        notional += price * take
-        terms += take * price * (PRICE_SCALE - price)
+        money = price * take
+        notional += money
+        term = take * FLAT_TERM if flat else take * price * (PRICE_SCALE - price)
+        trade_fee = 0
+        if term > 0 and fee_num > 0:
+            trade_fee = -(-(fee_num * term) // fee_den)
+        fee += trade_fee
+        debit = (money if is_buy else -money) + trade_fee * 100
+        accumulator += -(-debit // precision) * precision - debit
+        if accumulator >= CENT_E6:
+            accumulator -= CENT_E6
         remaining -= take
         if remaining == 0:
             break
     filled = order - remaining
-    fee = 0
-    if terms > 0 and fee_num > 0:  # ceil(rate × terms / 10⁶) to a whole cent
-        fee = -(-(fee_num * terms) // (fee_den * 100_000_000)) * 100
     rec[F_FILLED] = filled
     rec[F_NOTIONAL] = notional
     rec[F_FEE] = fee
+    rec[F_ROUNDING] = accumulator
     # Limits, checked in this order; the first breach is reported.
     ycost = pos[j, P_YES_COST]
     ncost = pos[j, P_NO_COST]
     n_yes, n_no, n_ycost, n_ncost, _, cash_delta = _after_fill(
-        yes, no, ycost, ncost, 0, is_yes, is_buy, filled, notional, fee
+        yes, no, ycost, ncost, 0, is_yes, is_buy, filled, notional, fee, accumulator
     )
-    cash_after = acct[A_CASH] + cash_delta
+    cash_after = acct[A_CASH] + cash_delta - margin
     code = TRADED
     old_cost = ycost + ncost
     new_cost = n_ycost + n_ncost
@@ -361,17 +404,20 @@ def _apply(j, rec, pos, acct):
         filled,
         rec[F_NOTIONAL],
         rec[F_FEE],
+        rec[F_ROUNDING],
     )
     acct[A_EXPOSURE] += ycost + ncost - pos[j, P_YES_COST] - pos[j, P_NO_COST]
     acct[A_CASH] += cash_delta
     rec[F_CASH] = cash_delta
     acct[A_FEES] += rec[F_FEE]
+    acct[A_ROUNDING] += rec[F_ROUNDING]
     acct[A_REALIZED] += realized - pos[j, P_REALIZED]
     pos[j, P_YES] = yes
     pos[j, P_NO] = no
     pos[j, P_YES_COST] = ycost
     pos[j, P_NO_COST] = ncost
     pos[j, P_FEES] += rec[F_FEE]
+    pos[j, P_ROUNDING] += rec[F_ROUNDING]
     pos[j, P_REALIZED] = realized
     pos[j, P_TOUCHED] = 1
 
@@ -380,12 +426,13 @@ def _apply(j, rec, pos, acct):
 
 
 @njit(cache=True, nogil=True)
-def execute_all(px, sz, trusted, pos, acct, sizes, fee_nums, fee_dens, limits, t, actions, fills):
+def execute_all(px, sz, trusted, pos, acct, sizes, fee_ids, fee_table, limits, t, actions, fills):
     """Carry out one action per market, in market order, against the books at tick ``t``.
 
     Each market sees the account as the previous markets left it (like calling
     the oracle's ``execute`` market by market). Returns the index of the first action outside
-    0..29 (nothing is changed then), or -1.
+    0..29 (nothing is changed then), or -1. Market ``j`` pays the fees of
+    ``fee_table[fee_ids[t, j]]``.
     """
     m = actions.shape[0]
     for j in range(m):
@@ -402,8 +449,7 @@ def execute_all(px, sz, trusted, pos, acct, sizes, fee_nums, fee_dens, limits, t
             pos,
             acct,
             sizes,
-            fee_nums[j],
-            fee_dens[j],
+            fee_table[fee_ids[t, j]],
             limits,
             fills[j],
         )
@@ -413,12 +459,12 @@ def execute_all(px, sz, trusted, pos, acct, sizes, fee_nums, fee_dens, limits, t
 
 
 @njit(cache=True, nogil=True)
-def action_masks(px, sz, trusted, pos, acct, sizes, fee_nums, fee_dens, limits, t, out):
+def action_masks(px, sz, trusted, pos, acct, sizes, fee_ids, fee_table, limits, t, out):
     """(n_markets × 30,) True where :func:`execute_all` would trade that action now (HOLD
     always True), for every market against the current account."""
     m = pos.shape[0]
     rec = np.zeros(FILL_COLUMNS, dtype=np.int64)
-    by_size = np.argsort(sizes, kind="mergesort")  # stable, like the oracle's sorted()
+    by_size = np.argsort(sizes, kind="mergesort")
     out[:] = False
     for j in range(m):
         base = j * ACTIONS_PER_MARKET
@@ -426,41 +472,30 @@ def action_masks(px, sz, trusted, pos, acct, sizes, fee_nums, fee_dens, limits, 
             out[base + a] = True
         if not trusted[t, j] or pos[j, P_SETTLED]:
             continue
-        fee_num = fee_nums[j]
-        fee_den = fee_dens[j]
+        fee_row = fee_table[fee_ids[t, j]]
         for kind in range(1, 5):
             first = kind * N_SIZES
             is_yes = kind == 1 or kind == 2
             other_held = pos[j, P_NO] if is_yes else pos[j, P_YES]
             if (kind == 1 or kind == 3) and other_held == 0:
-                # A buy that does not net is monotone in size (a larger order takes a superset of
-                # the levels: pays, fees and holds more, leaves less cash): if the
-                # largest passes, all do; else exactly the sizes below the first failure.
+                # A buy that does not net: a larger order takes a superset of the levels, so it
+                # pays more cost and trade fees and holds more; only its net rounding fee (under
+                # a cent) can be smaller. So if the largest passes every rule with a cent less
+                # cash and capital, every smaller size passes exactly; else each is evaluated.
                 largest = first + by_size[N_SIZES - 1]
                 code = _decide(
-                    px, sz, t, j, largest, True, pos, acct, sizes, fee_num, fee_den, limits, rec
+                    px, sz, t, j, largest, True, pos, acct, sizes, fee_row, limits, rec, CENT_E6
                 )
                 if code == TRADED:
                     for a in range(first, first + N_SIZES):
                         out[base + a] = True
                     continue
-                for i in range(N_SIZES):
-                    a = first + by_size[i]
-                    code = _decide(
-                        px, sz, t, j, a, True, pos, acct, sizes, fee_num, fee_den, limits, rec
-                    )
-                    if code != TRADED:
-                        break
-                    out[base + a] = True
-                continue
             for a in range(first, first + N_SIZES):
-                code = _decide(
-                    px, sz, t, j, a, True, pos, acct, sizes, fee_num, fee_den, limits, rec
-                )
+                code = _decide(px, sz, t, j, a, True, pos, acct, sizes, fee_row, limits, rec)
                 out[base + a] = code == TRADED
         # FLATTEN ignores the size: evaluate it once.
         flatten = ACTIONS_PER_MARKET - N_SIZES
-        code = _decide(px, sz, t, j, flatten, True, pos, acct, sizes, fee_num, fee_den, limits, rec)
+        code = _decide(px, sz, t, j, flatten, True, pos, acct, sizes, fee_row, limits, rec)
         for a in range(flatten, ACTIONS_PER_MARKET):
             out[base + a] = code == TRADED
 

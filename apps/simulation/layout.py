@@ -12,14 +12,20 @@ the env, the observation builder, the paper trader and the tests read the same n
   the ones the kernel writes.
 * **Account arrays** (int64) the kernel keeps an account in:
 
-  - ``pos`` (n_markets, ``POS_COLUMNS``): YES held, NO held, YES cost, NO cost, fees paid
-    (e4), realized P&L (e6), settled (0/1), touched (0/1: the market has a position record);
-  - ``acct`` (``ACCT_SIZE``,): cash (e6), total exposure (e6), fees paid (e4), realized (e6),
-    spare (kept 0);
-  - ``limits`` (5,): max position (e2), concentration share num/den, exposure share num/den;
+  - ``pos`` (n_markets, ``POS_COLUMNS``): YES held, NO held, YES cost, NO cost, trade fees
+    paid (e4), realized P&L (e6), settled (0/1), touched (0/1: the market has a position
+    record), net rounding fees paid (e6);
+  - ``acct`` (``ACCT_SIZE``,): cash (e6), total exposure (e6), trade fees paid (e4), realized
+    (e6), net rounding fees paid (e6);
+  - ``limits`` (``LIMITS_SIZE``,): max position (e2), concentration share num/den, exposure
+    share num/den, account precision (e6: 10_000 = $0.01, 100 = $0.0001);
+  - ``fee_table`` (rows, ``FEE_COLUMNS``): kind (``FEE_QUADRATIC`` / ``FEE_FLAT``), rate
+    numerator, rate denominator; ``fee_ids`` (ticks, n_markets) picks each market's row at
+    each tick (:mod:`apps.simulation.fees`);
   - ``fills`` (n_markets, ``FILL_COLUMNS``), one row per market and step: action id, type,
-    decoded size, filled, notional (e6), fee (e4), refusal code (``REFUSALS``), contract
-    (0 YES, 1 NO), side (0 buy, 1 sell), the cash the fill moved (e6, netting included).
+    decoded size, filled, notional (e6), trade fee (e4), refusal code (``REFUSALS``), contract
+    (0 YES, 1 NO), side (0 buy, 1 sell), the cash the fill moved (e6, netting included), the
+    order's net rounding fee (e6).
 
 numba's on-disk cache is keyed on each kernel module's own source, not on these values: after
 changing one, delete the kernels' cache files (``__pycache__/kernel*.nbi|nbc``) or edit the
@@ -102,14 +108,18 @@ FEES_CAPITAL_SHARE = 0.01  # fees paid are shown over 1 % of the starting cash
 
 # -- account arrays -------------------------------------------------------------------------
 # pos columns
-P_YES, P_NO, P_YES_COST, P_NO_COST, P_FEES, P_REALIZED, P_SETTLED, P_TOUCHED = range(8)
-POS_COLUMNS = 8
+P_YES, P_NO, P_YES_COST, P_NO_COST, P_FEES, P_REALIZED, P_SETTLED, P_TOUCHED, P_ROUNDING = range(9)
+POS_COLUMNS = 9
 # acct entries
-A_CASH, A_EXPOSURE, A_FEES, A_REALIZED, A_SPARE = range(5)
+A_CASH, A_EXPOSURE, A_FEES, A_REALIZED, A_ROUNDING = range(5)
 ACCT_SIZE = 5
 # limits entries
-L_MAX_POSITION, L_CONC_NUM, L_CONC_DEN, L_EXP_NUM, L_EXP_DEN = range(5)
-LIMITS_SIZE = 5
+L_MAX_POSITION, L_CONC_NUM, L_CONC_DEN, L_EXP_NUM, L_EXP_DEN, L_PRECISION = range(6)
+LIMITS_SIZE = 6
+# fee_table columns and kinds
+FEE_KIND, FEE_NUM, FEE_DEN = range(3)
+FEE_COLUMNS = 3
+FEE_QUADRATIC, FEE_FLAT = 0, 1
 # fills columns
 (
     F_ACTION,
@@ -122,8 +132,9 @@ LIMITS_SIZE = 5
     F_CONTRACT,
     F_SIDE,
     F_CASH,
-) = range(10)
-FILL_COLUMNS = 10
+    F_ROUNDING,
+) = range(11)
+FILL_COLUMNS = 11
 
 # Refusal codes (``fills[:, F_REFUSAL]``) and their logged names (None = traded).
 TRADED, HOLD, UNTRUSTED, CLOSED, NOT_HELD, NO_POSITION, NO_LIQUIDITY = range(7)

@@ -9,8 +9,10 @@ Units, all exact integers:
 * cash, cost basis and P&L in **$0.000001** (``_e6``). A fill's money is
   ``price_e4 × size_e2`` (a $0.0001 price times 0.01 contract), which is a whole number of
   micro-dollars but not always of $0.0001 (0.0650 × 2.95 = $0.191750); keeping cash in ``_e6``
-  means no rounding anywhere.
-* fees in $0.0001 (``_e4``, always whole cents), as :mod:`apps.simulation.fees` returns them;
+  means no rounding but Kalshi's own (fees).
+* trade fees in $0.0001 (``fees_e4``: each fill's fee is rounded up to $0.0001) and net
+  rounding fees in $0.000001 (``rounding_fees_e6``: what rounding each fill's balance change
+  to the account precision kept after the per-order cent refunds; :mod:`apps.simulation.fees`);
 * positions in 0.01 contract (``_e2``);
 * marks as **twice** the YES mid in $0.0001 (``mark_e4x2`` = best YES bid + implied YES ask,
   what :meth:`OrderBook.mid_e4x2` returns), so a half-tick mid stays an integer.
@@ -19,7 +21,7 @@ A market position holds YES or NO contracts, never both: Kalshi nets a YES and a
 market into $1, so after every fill matched pairs are redeemed for $1 each. We never short.
 Cost basis is the average cost of the contracts held; the accounting identity
 
-    equity − initial cash = realized P&L + unrealized P&L − fees paid
+    equity − initial cash = realized P&L + unrealized P&L − trade fees − rounding fees
 
 holds exactly at every step (tested).
 
@@ -42,11 +44,13 @@ from apps.simulation.layout import (
     A_EXPOSURE,
     A_FEES,
     A_REALIZED,
+    A_ROUNDING,
     ACCT_SIZE,
     P_FEES,
     P_NO,
     P_NO_COST,
     P_REALIZED,
+    P_ROUNDING,
     P_SETTLED,
     P_TOUCHED,
     P_YES,
@@ -120,6 +124,7 @@ class MarketPosition:
     fees_e4: int = 0
     realized_e6: int = 0
     settled: bool = False
+    rounding_fees_e6: int = 0
 
     @property
     def held_e2(self) -> int:
@@ -243,10 +248,11 @@ class Portfolio:
         for j, p in enumerate(positions.values()):
             pos[j] = (
                 p.yes_e2, p.no_e2, p.yes_cost_e6, p.no_cost_e6, p.fees_e4, p.realized_e6,
-                int(p.settled), 1,
+                int(p.settled), 1, p.rounding_fees_e6,
             )  # fmt: skip
         acct[A_EXPOSURE] = pos[:, P_YES_COST].sum() + pos[:, P_NO_COST].sum()
         acct[A_FEES] = pos[:, P_FEES].sum()
+        acct[A_ROUNDING] = pos[:, P_ROUNDING].sum()
         acct[A_REALIZED] = pos[:, P_REALIZED].sum()
         initial = cash_e6 if initial_cash_e6 is None else initial_cash_e6
         return cls(
@@ -265,7 +271,13 @@ class Portfolio:
 
     @property
     def fees_paid_e4(self) -> int:
+        """Trade fees paid, in $0.0001."""
         return int(self._acct[A_FEES])
+
+    @property
+    def rounding_fees_e6(self) -> int:
+        """Net rounding fees paid (after the per-order cent refunds), in $0.000001."""
+        return int(self._acct[A_ROUNDING])
 
     @property
     def realized_e6(self) -> int:
@@ -353,4 +365,5 @@ def _position(row: list[int]) -> MarketPosition:
         fees_e4=row[P_FEES],
         realized_e6=row[P_REALIZED],
         settled=bool(row[P_SETTLED]),
+        rounding_fees_e6=row[P_ROUNDING],
     )

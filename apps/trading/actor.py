@@ -234,7 +234,7 @@ class PaperActor:
         self.episode_steps = episode_steps
         self.kill_switch = kill_switch
         self.sizes_e2 = sizes_e2_from_contracts(config.sizes_contracts)
-        self.fees = [config.fees_by_market.get(m, config.fees) for m in self.markets]
+        self.fees = kernel.FeeIndex([config.fee_timeline(m) for m in self.markets])
         self.initial_cash_e6 = round(config.initial_cash_dollars * 1_000_000)
         # The account: the kernel's arrays, as in the env.
         self._pos, self._acct = new_account(self.n_markets, self.initial_cash_e6)
@@ -250,10 +250,12 @@ class PaperActor:
         # The training env accepted these settings; the same rules run here.
         self._rules = kernel.trading_rules(
             fees=self.fees,
+            times_ns=np.zeros(1, dtype=np.int64),  # one tick: decide() writes the fees now
             limits=config.limits,
             sizes_e2=self.sizes_e2,
             initial_cash_e6=self.initial_cash_e6,
             episode_steps=episode_steps,
+            precision_e4=config.account_precision_e4,
         )
         # The same, as a plain tuple: the compiled hot path unpacks it into the kernel calls.
         self._rule_args = tuple(self._rules)
@@ -319,6 +321,8 @@ class PaperActor:
         # The env's order: mark and record equity at the new tick, then decide. (The same
         # call writes the batch's books, trust, time to close and holdings.)
         flat_masks = np.empty(m * ACTIONS_PER_MARKET, dtype=bool)  # fresh: the outcome keeps it
+        # The fee settings in force now, in the rules' tick row the kernel calls read.
+        self.fees.write_ids(time_ns, self._rules.fee_ids[0])
         equity_x2 = before_decision(
             px,
             sz,

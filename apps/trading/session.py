@@ -128,9 +128,12 @@ class PaperSession:
         self.actor = PaperActor(
             markets=self.markets,
             policy=model.policy,
-            # The trainer builds its env with EnvConfig(episode_steps=...) and defaults for
-            # cash, sizes, fees and limits: the same config here.
-            config=EnvConfig(episode_steps=model.episode_steps),
+            # The trainer builds its env with EnvConfig(episode_steps=...), the account
+            # precision setting and defaults for cash, sizes, fees and limits: the same here.
+            config=EnvConfig(
+                episode_steps=model.episode_steps,
+                account_precision_e4=settings.RL_ACCOUNT_PRECISION_E4,
+            ),
             episode_steps=model.episode_steps,
             kill_switch=self.kill_switch,
         )

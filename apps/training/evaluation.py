@@ -74,7 +74,8 @@ def run_episode(env: KalshiTradingEnv, policy: Policy, *, start_tick: int) -> Ep
         equity_e6=np.asarray(equity_e6, dtype=np.float64),
         notional_e6=np.asarray(notional, dtype=np.int64),
         held=(table[:, :, kernel.P_YES] != 0) | (table[:, :, kernel.P_NO] != 0),
-        realized_e6=table[:, :, kernel.P_REALIZED],
+        # Net of the rounding fees, so a round trip's P&L (realised − trade fees) counts them.
+        realized_e6=table[:, :, kernel.P_REALIZED] - table[:, :, kernel.P_ROUNDING],
         fees_cum_e4=table[:, :, kernel.P_FEES],
     )
     point = metrics.compute(trace.blocks(), initial_cash_e6=initial)

@@ -396,9 +396,9 @@ def env_bytes(ticks: int, markets: int) -> tuple[int, int]:
     precomputation over ``ticks`` (``_precompute``).
 
     Kept: books padded to 10 markets x 2 sides x 10 levels of int64 prices and sizes, trust,
-    the float32 static features, the marks (int64 a market) and the tick times as a Python
-    list (an 8-byte slot and a 32-byte int each). Transient: the float64 history block of
-    10 markets and the temporaries of one slice of static features.
+    the float32 static features, the marks (int64 a market), the fee rows (int32 a market) and
+    the tick times as a Python list (an 8-byte slot and a 32-byte int each). Transient: the
+    float64 history block of 10 markets and the temporaries of one slice of static features.
     """
     from apps.simulation.books import BOOK_LEVELS
     from apps.simulation.features import FEATURES_PER_MARKET, N_HISTORY, N_MARKETS
@@ -408,6 +408,7 @@ def env_bytes(ticks: int, markets: int) -> tuple[int, int]:
         + N_MARKETS  # _trusted
         + N_MARKETS * FEATURES_PER_MARKET * 4  # _static
         + markets * 8  # _mid_e4x2
+        + markets * 4  # the fee row of each market per tick (int32 fee_ids)
         + 8
         + 32  # _times_list
     )

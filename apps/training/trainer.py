@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from django.conf import settings
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv
@@ -185,6 +186,8 @@ def log_heldout(logger: Any, metrics: dict[str, Any], *, step: int) -> None:
 
 
 def make_env(history: RecordedHistory, spec: RunSpec, **config: Any) -> KalshiTradingEnv:
+    # The account precision the paper trader uses too (RL_ACCOUNT_PRECISION_E4).
+    config.setdefault("account_precision_e4", settings.RL_ACCOUNT_PRECISION_E4)
     return KalshiTradingEnv(history, config=EnvConfig(episode_steps=spec.episode_steps, **config))
 
 

@@ -45,7 +45,7 @@ from apps.simulation.env import (
     trades_from_info,
 )
 from apps.simulation.features import N_FEATURES
-from apps.simulation.fees import TAKER_RATE, FeeSchedule
+from apps.simulation.fees import TAKER_RATE, FeeChange, FeeSchedule, FeeTimeline
 from apps.simulation.history import RecordedHistory
 from apps.simulation.loader import load
 from apps.simulation.synthetic import synthetic_history
@@ -509,20 +509,34 @@ def test_an_env_given_a_window_never_reaches_a_tick_at_or_after_its_end() -> Non
 
 
 def fee_by_formula_e4(legs: list[tuple[int, int]], multiplier: Fraction) -> int:
-    """roundup_to_cent(0.07 × m × Σ C × P × (1 − P)) written out, in $0.0001."""
-    dollars = sum(
-        Fraction(7, 100)
-        * multiplier
-        * Fraction(size, 100)
-        * Fraction(p, 10_000)
-        * (1 - Fraction(p, 10_000))
+    """Σ roundup_to_$0.0001(0.07 × m × C × P × (1 − P)) over the fills, written out, in $0.0001."""
+    return sum(
+        math.ceil(
+            Fraction(7, 100)
+            * multiplier
+            * Fraction(size, 100)
+            * Fraction(p, 10_000)
+            * (1 - Fraction(p, 10_000))
+            * 10_000
+        )
         for p, size in legs
     )
-    return math.ceil(dollars * 100) * 100
+
+
+def yes_buy_legs(history: RecordedHistory, t: int, size_e2: int) -> list[tuple[int, int]]:
+    """The (YES price, size) fills of a YES buy of ``size_e2`` at tick ``t`` (market 0)."""
+    legs, remaining = [], size_e2
+    for no_px, no_sz in zip(history.no_px[t, 0], history.no_sz[t, 0], strict=True):
+        take = min(int(no_sz), remaining)
+        legs.append((10_000 - int(no_px), take))  # a YES buy pays $1 minus the NO bid
+        remaining -= take
+        if not remaining:
+            break
+    return legs
 
 
 @pytest.mark.parametrize("multiplier", [Fraction(1), Fraction(1, 2)])
-def test_the_env_charges_the_fee_modules_fee_on_a_scripted_buy(multiplier) -> None:
+def test_the_env_charges_each_fill_its_fee_on_a_scripted_buy(multiplier) -> None:
     history = synthetic_history(markets=1, ticks=80, seed=5)
     market = history.markets[0]
     schedule = FeeSchedule(multiplier=multiplier)
@@ -531,23 +545,66 @@ def test_the_env_charges_the_fee_modules_fee_on_a_scripted_buy(multiplier) -> No
     # A tick whose best NO bid is thinner than 50 contracts, so the buy walks two levels.
     t = int(np.flatnonzero(history.no_sz[:60, 0, 0] < 5_000)[0])
     env.reset(options={"start_tick": t})
-    legs, remaining = [], 5_000
-    for no_px, no_sz in zip(history.no_px[t, 0], history.no_sz[t, 0], strict=True):
-        take = min(int(no_sz), remaining)
-        legs.append((10_000 - int(no_px), take))  # a YES buy pays $1 minus the NO bid
-        remaining -= take
-        if not remaining:
-            break
+    legs = yes_buy_legs(history, t, 5_000)
     assert len(legs) >= 2
-    expected = schedule.order_fee_e4(legs)
+    expected = sum(schedule.trade_fee_e4(p, s) for p, s in legs)
     assert expected == fee_by_formula_e4(legs, multiplier) > 0
     assert TAKER_RATE * multiplier == schedule.taker_rate
     _, _, _, _, info = env.step([encode(ActionType.BUY_YES, 4)])  # 50 contracts
     (trade,) = trades_from_info(env.markets, info)
     assert trade["filled_e2"] == 5_000
     assert trade["fee_e4"] == expected == info["fees_paid_e4"]
+    # Each fill's debit rounded up to the cent, a cent back per cent of rounding fees.
+    debits = [p * s + 100 * schedule.trade_fee_e4(p, s) for p, s in legs]
+    rounding = sum(-(-d // 10_000) * 10_000 - d for d in debits) % 10_000
+    assert trade["rounding_fee_e6"] == rounding == info["rounding_fees_e6"]
     notional_e6 = sum(p * s for p, s in legs)
-    assert env.initial_cash_e6 - info["cash_e6"] == notional_e6 + 100 * expected
+    assert env.initial_cash_e6 - info["cash_e6"] == notional_e6 + 100 * expected + rounding
+
+
+def test_a_fee_change_in_the_middle_of_an_episode_applies_from_its_tick_on() -> None:
+    """The market's multiplier drops from 1 to 0.5 at the time of the episode's fourth tick:
+    a one-contract buy each step pays the old fee before that tick and the new one from it."""
+    history = synthetic_history(markets=1, ticks=80, seed=5)
+    market = history.markets[0]
+    start = 20
+    before, after = FeeSchedule(), FeeSchedule(multiplier=Fraction(1, 2))
+    change = FeeChange(effective_ns=int(history.times_ns[start + 3]), schedule=after)
+    timeline = FeeTimeline(initial=before, changes=[change])
+    config = EnvConfig(episode_steps=8, fees_by_market={market: timeline})
+    env = KalshiTradingEnv(history, config=config)
+    env.reset(options={"start_tick": start})
+    charged = []
+    for _ in range(6):
+        t = env.current_tick
+        _, _, _, _, info = env.step([encode(ActionType.BUY_YES, 0)])  # the smallest size
+        (trade,) = trades_from_info(env.markets, info)
+        assert trade["refusal"] is None, trade
+        legs = yes_buy_legs(history, t, trade["filled_e2"])
+        fee_before = sum(before.trade_fee_e4(p, s) for p, s in legs)
+        fee_after = sum(after.trade_fee_e4(p, s) for p, s in legs)
+        assert fee_before != fee_after
+        charged.append("after" if trade["fee_e4"] == fee_after else "before")
+        assert trade["fee_e4"] == (fee_after if t >= start + 3 else fee_before)
+    assert charged == ["before"] * 3 + ["after"] * 3
+
+
+def test_the_account_precision_is_a_setting_of_the_env() -> None:
+    """A direct member ($0.0001) is debited the trade fees and no cent rounding."""
+    history = synthetic_history(markets=1, ticks=40, seed=5)
+    for precision_e4 in (100, 1):
+        config = EnvConfig(episode_steps=5, account_precision_e4=precision_e4)
+        env = KalshiTradingEnv(history, config=config)
+        env.reset(options={"start_tick": 10})
+        _, _, _, _, info = env.step([encode(ActionType.BUY_YES, 2)])
+        legs = yes_buy_legs(history, 10, info["fills"][0][3])
+        debits = [p * s + 100 * FeeSchedule().trade_fee_e4(p, s) for p, s in legs]
+        step = precision_e4 * 100
+        rounding = sum(-(-d // step) * step - d for d in debits) % 10_000
+        assert info["rounding_fees_e6"] == rounding
+        assert env.initial_cash_e6 - info["cash_e6"] == sum(debits) + rounding
+    with pytest.raises(ValueError, match="precision"):
+        EnvConfig(account_precision_e4=10)
 
 
 # -- training -----------------------------------------------------------------------------------

@@ -32,8 +32,11 @@ def test_buying_yes_takes_the_best_no_bid_at_one_minus_its_price() -> None:
     assert fill.filled_e2 == 1_000
     assert fill.notional_e6 == 3_100 * 1_000  # $3.10 for 10 contracts
     assert fill.avg_price_e4 == 3_100
-    assert fill.fee_e4 == fees.taker_fee_e4(3_100, 1_000) == 1_500  # 0.07·10·0.31·0.69 = 0.1497
-    assert fill.cash_delta_e6 == -(3_100_000 + 150_000)
+    # 0.07·10·0.31·0.69 = 0.14973 → $0.1498 (rounded up to $0.0001)
+    assert fill.fee_e4 == fees.taker_fee_e4(3_100, 1_000) == 1_498
+    # $3.2498 is debited as $3.25 at cent precision: $0.0002 of rounding fee.
+    assert fill.rounding_e6 == 200
+    assert fill.cash_delta_e6 == -3_250_000
 
 
 def test_each_order_walks_its_own_ladder_at_its_own_price() -> None:
@@ -57,8 +60,8 @@ def test_a_large_order_walks_several_levels_best_first_and_fills_partially() -> 
     assert fill.filled_e2 == 500 and fill.requested_e2 == 1_000
     assert fill.notional_e6 == 3_000 * 200 + 2_950 * 300
     assert fill.avg_price_e4 == Fraction(3_000 * 200 + 2_950 * 300, 500)
-    assert fill.fee_e4 == fees.order_fee_e4(fill.fills, fees.TAKER_RATE)
-    assert fill.cash_delta_e6 == fill.notional_e6 - fill.fee_e4 * 100
+    assert fill.fee_e4 == sum(fees.taker_fee_e4(p, s) for p, s in fill.fills)
+    assert fill.cash_delta_e6 == fill.notional_e6 - fill.fee_e4 * 100 - fill.rounding_e6
 
 
 def test_a_limit_price_stops_the_walk() -> None:
@@ -173,7 +176,8 @@ def test_fills_never_exceed_shown_depth_nor_improve_on_shown_prices(yes, no, ord
     if limit is not None and fill.fills:
         assert all((p <= limit) if buy else (p >= limit) for p, _ in fill.fills)
     assert fill.notional_e6 == sum(p * s for p, s in fill.fills)
-    assert fill.fee_e4 == fees.order_fee_e4(fill.fills, fees.TAKER_RATE)
+    assert fill.fee_e4 == sum(fees.taker_fee_e4(p, s) for p, s in fill.fills)
+    assert 0 <= fill.rounding_e6 < fees.CENT_E6
     if fill.filled_e2:
         best = allowed[0][0]
         assert (fill.avg_price_e4 >= best) if buy else (fill.avg_price_e4 <= best)

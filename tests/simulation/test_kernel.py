@@ -37,7 +37,7 @@ from apps.simulation.features import (
     PortfolioState,
     build_observation_batch,
 )
-from apps.simulation.fees import STANDARD_FEES, FeeSchedule, FeeType
+from apps.simulation.fees import STANDARD_FEES, FeeChange, FeeSchedule, FeeTimeline, FeeType
 from apps.simulation.portfolio import Portfolio as PortfolioView
 from apps.simulation.synthetic import synthetic_history
 from tests.simulation.oracle.actions import Decision, action_mask, execute
@@ -55,8 +55,12 @@ FEE_SCHEDULES = (
     FeeSchedule(multiplier=Fraction(7, 20)),
     FeeSchedule(fee_type=FeeType.NONE),
     FeeSchedule(multiplier=Fraction(1, 2)),
-    FeeSchedule(multiplier=Fraction(3, 7)),  # an odd rate: the ceiling to a cent matters
+    FeeSchedule(multiplier=Fraction(3, 7)),  # an odd rate: every ceiling matters
+    FeeSchedule(fee_type=FeeType.QUADRATIC_WITH_MAKER_FEES, multiplier=Fraction(1, 2)),
+    FeeSchedule(fee_type=FeeType.FLAT, flat_fee_per_contract=Fraction(17, 1000)),
+    FeeSchedule(fee_type=FeeType.FLAT, flat_fee_per_contract=Fraction(1, 300), multiplier=3),
 )
+PRECISIONS_E4 = (100, 1)  # $0.01 (default) and $0.0001 (direct members)
 SHARES = (
     Fraction(1),
     Fraction(1, 2),
@@ -80,12 +84,21 @@ LEVEL_COUNT_P /= LEVEL_COUNT_P.sum()
 # -- the env's integer arrays, built as KalshiTradingEnv._setup_rules builds them ------------
 
 
+def timeline(fees: FeeSchedule | FeeTimeline) -> FeeTimeline:
+    return fees if isinstance(fees, FeeTimeline) else FeeTimeline(initial=fees)
+
+
 def rule_arrays(
-    limits: RiskLimits, fees: Sequence[FeeSchedule]
+    limits: RiskLimits,
+    fees: Sequence[FeeSchedule | FeeTimeline],
+    ticks: int = 1,
+    precision_e4: int = 100,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(limits, fee numerators, fee denominators) as the kernel reads them."""
-    fee_nums, fee_dens, limits_arr = kernel.rule_arrays(fees, limits)
-    return limits_arr, fee_nums, fee_dens
+    """(limits, fee_ids, fee_table) as the kernel reads them, the fee ids for ``ticks`` ticks
+    at ``START_NS`` + 1 s each."""
+    index = kernel.FeeIndex([timeline(f) for f in fees])
+    times = START_NS + np.arange(ticks, dtype=np.int64) * NS
+    return kernel.limits_array(limits, precision_e4), index.ids(times), index.table
 
 
 def mids_e4x2(px: np.ndarray, sz: np.ndarray, trusted: np.ndarray, m: int) -> np.ndarray:
@@ -172,13 +185,15 @@ def assert_same_account(
             ref.realized_e6,
             int(ref.settled),
             1,
+            ref.rounding_fees_e6,
         ]
         assert row == expected, (market, row, ref)
-    assert acct[: kernel.A_REALIZED + 1].tolist() == [
+    assert acct.tolist() == [
         portfolio.cash_e6,
         portfolio.exposure_e6(),
         portfolio.fees_paid_e4,
         portfolio.realized_e6,
+        portfolio.rounding_fees_e6,
     ]
     # The kernel's running total exposure is the sum of its positions' cost bases.
     assert acct[kernel.A_EXPOSURE] == int(
@@ -194,7 +209,11 @@ def assert_same_account(
         portfolio.exposure_e6(),
         portfolio.capital_e6,
     )
-    assert (view.fees_paid_e4, view.realized_e6) == (portfolio.fees_paid_e4, portfolio.realized_e6)
+    assert (view.fees_paid_e4, view.realized_e6, view.rounding_fees_e6) == (
+        portfolio.fees_paid_e4,
+        portfolio.realized_e6,
+        portfolio.rounding_fees_e6,
+    )
     for market in markets:
         assert view.exposure_e6(market) == portfolio.exposure_e6(market)
         assert astuple(view.position(market)) == astuple(portfolio.position(market))
@@ -221,11 +240,17 @@ def assert_same_decision(row: np.ndarray, decision: Decision, action_id: int) ->
     assert row[kernel.F_TYPE] == int(decision.action_type)
     assert row[kernel.F_SIZE] == decision.size_e2
     fill = decision.fill
-    got = [int(row[kernel.F_FILLED]), int(row[kernel.F_NOTIONAL]), int(row[kernel.F_FEE])]
+    got = [
+        int(row[kernel.F_FILLED]),
+        int(row[kernel.F_NOTIONAL]),
+        int(row[kernel.F_FEE]),
+        int(row[kernel.F_ROUNDING]),
+    ]
     if fill is None:
-        assert got == [0, 0, 0], (row.tolist(), decision)
+        assert got == [0, 0, 0, 0], (row.tolist(), decision)
     else:
-        assert got == [fill.filled_e2, fill.notional_e6, fill.fee_e4], (row.tolist(), decision)
+        expected = [fill.filled_e2, fill.notional_e6, fill.fee_e4, fill.rounding_e6]
+        assert got == expected, (row.tolist(), decision)
     if decision.order is not None:
         assert row[kernel.F_CONTRACT] == (0 if decision.order.contract is Contract.YES else 1)
         assert row[kernel.F_SIDE] == (0 if decision.order.side is Side.BUY else 1)
@@ -278,13 +303,15 @@ def mirror_account(portfolio: Portfolio, markets: Sequence[str]) -> tuple[np.nda
                 p.realized_e6,
                 int(p.settled),
                 1,
+                p.rounding_fees_e6,
             ]
     acct = np.zeros(kernel.ACCT_SIZE, dtype=np.int64)
-    acct[: kernel.A_REALIZED + 1] = [
+    acct[:] = [
         portfolio.cash_e6,
         portfolio.exposure_e6(),
         portfolio.fees_paid_e4,
         portfolio.realized_e6,
+        portfolio.rounding_fees_e6,
     ]
     return pos, acct
 
@@ -293,8 +320,9 @@ def apply_prior_fills(
     rng: np.random.Generator,
     portfolio: Portfolio,
     markets: Sequence[str],
-    fees: Sequence[FeeSchedule],
+    fees: Sequence[FeeTimeline],
     count: int,
+    precision_e4: int = 100,
 ) -> None:
     """Random fills booked with ``enforce=False``: positions past the position,
     concentration and exposure limits (cash stays ≥ 0), as after losses or a limit change."""
@@ -309,7 +337,8 @@ def apply_prior_fills(
             contract=Contract.YES if rng.random() < 0.5 else Contract.NO,
             side=Side.BUY if rng.random() < 0.75 else Side.SELL,
             size_e2=int(rng.integers(1, 3 * limit + 2)),
-            fees=fees[j],
+            fees=fees[j].initial,
+            precision_e4=precision_e4,
         )
         breaches = portfolio.check_fill(markets[j], fill)
         if fill.filled_e2 and not {LimitBreach.CASH, LimitBreach.NOT_HELD} & set(breaches):
@@ -345,9 +374,12 @@ def run_lockstep(
     prior_fills: int,
     coverage: Counter[str],
     rules: ModuleType = kernel,
+    precision_e4: int = 100,
+    fee_change: tuple[int, FeeSchedule] | None = None,
 ) -> None:
     """One random multi-step case through ``rules`` (the kernel, or a mutant of it) and the
-    oracle in lockstep; any difference fails an assertion."""
+    oracle in lockstep; any difference fails an assertion. ``fee_change`` (tick, schedule):
+    the first market's fees change to ``schedule`` from that tick on."""
     rng = np.random.default_rng(seed)
     ticks = steps + 1
     markets = [f"KX-K-{j}" for j in range(m)]
@@ -360,13 +392,17 @@ def run_lockstep(
     )
     results = rng.integers(kernel.RESULT_UNKNOWN, kernel.RESULT_SCALAR + 1, size=m)
     values_e4 = np.where(results == kernel.RESULT_SCALAR, rng.integers(0, 10_001, size=m), 0)
-    limits_arr, fee_nums, fee_dens = rule_arrays(limits, fees)
+    timelines = [timeline(f) for f in fees]
+    if fee_change is not None:
+        at_tick, schedule = fee_change
+        change = FeeChange(effective_ns=int(START_NS + at_tick * NS), schedule=schedule)
+        timelines[0] = FeeTimeline(initial=timelines[0].initial, changes=[change])
+    limits_arr, fee_ids, fee_table = rule_arrays(limits, timelines, ticks, precision_e4)
     sizes = np.array(sizes_e2, dtype=np.int64)
     kernel.check_int64_bounds(
         initial_cash_e6=cash_e6,
         limits=limits_arr,
-        fee_nums=fee_nums,
-        fee_dens=fee_dens,
+        fee_table=fee_table,
         n_markets=m,
         episode_steps=steps,
         max_order_e2=max(sizes_e2),
@@ -374,7 +410,7 @@ def run_lockstep(
 
     portfolio = Portfolio(cash_e6=cash_e6, limits=limits)
     if prior_fills:
-        apply_prior_fills(rng, portfolio, markets, fees, prior_fills)
+        apply_prior_fills(rng, portfolio, markets, timelines, prior_fills, precision_e4)
     pos, acct = mirror_account(portfolio, markets)
     payouts = np.zeros(m, dtype=np.int64)
 
@@ -407,12 +443,15 @@ def run_lockstep(
                 "market": markets[j],
                 "trusted": bool(trusted[t, j]),
                 "sizes_e2": sizes_e2,
-                "fees": fees[j],
+                "fees": timelines[j].at(int(times[t])),
+                "precision_e4": precision_e4,
             }
             for j in range(m)
         ]
+        if timelines[0].at(int(times[t])) != timelines[0].initial:
+            coverage["fee_changed"] += 1
         rules.action_masks(
-            px, sz, trusted, pos, acct, sizes, fee_nums, fee_dens, limits_arr, t, masks
+            px, sz, trusted, pos, acct, sizes, fee_ids, fee_table, limits_arr, t, masks
         )
         expected_masks = np.stack(
             [action_mask(book=books[j], portfolio=portfolio, **kw[j]) for j in range(m)]
@@ -436,8 +475,8 @@ def run_lockstep(
             pos,
             acct,
             sizes,
-            fee_nums,
-            fee_dens,
+            fee_ids,
+            fee_table,
             limits_arr,
             t,
             np.array(actions, dtype=np.int64),
@@ -464,6 +503,16 @@ def run_lockstep(
                     coverage["sub_cent_fill"] += 1
                 if fill.fee_e4 == 0 and fill.notional_e6:
                     coverage["fee_free_fill"] += 1
+                if len(fill.fills) > 1:
+                    coverage["multi_level_order"] += 1
+                if fill.rounding_e6 % 100:
+                    coverage["rounding_under_a_centicent"] += 1
+                if precision_e4 == 1 and fill.rounding_e6:
+                    coverage["direct_member_rounding"] += 1
+                if any(size % 100 for _, size in fill.fills):
+                    coverage["fractional_fill"] += 1
+                if fill.side is Side.SELL and fill.fee_e4 * 100 > fill.notional_e6:
+                    coverage["fee_above_proceeds"] += 1
         assert_same_account(portfolio, markets, pos, acct)
         settle(t + 1)
         equity()
@@ -528,6 +577,21 @@ def accounts(draw: st.DrawFn) -> dict:
     }
 
 
+# The random cases of the lockstep test (and of the mutants'): books, accounts, each market's
+# fee schedule, the account precision and sometimes a fee change of the first market.
+LOCKSTEP_CASES = {
+    "seed": st.integers(0, 2**32 - 1),
+    "m": st.one_of(st.integers(1, 4), st.just(kernel.N_MARKETS)),
+    "steps": st.integers(1, 8),
+    "account": accounts(),
+    "fees": st.lists(st.sampled_from(FEE_SCHEDULES), min_size=10, max_size=10),
+    "precision_e4": st.sampled_from(PRECISIONS_E4),
+    "fee_change": st.one_of(
+        st.none(), st.tuples(st.integers(1, 7), st.sampled_from(FEE_SCHEDULES))
+    ),
+}
+
+
 def test_the_kernel_steps_masks_settles_and_values_exactly_like_the_reference() -> None:
     """execute_all, action_masks, settle_due and equity_x2 in lockstep with actions.execute,
     actions.action_mask, Portfolio.settle and Portfolio.equity_e6x2 over random multi-step
@@ -542,15 +606,18 @@ def test_the_kernel_steps_masks_settles_and_values_exactly_like_the_reference() 
         derandomize=True,
         suppress_health_check=[HealthCheck.too_slow],
     )
-    @given(
-        seed=st.integers(0, 2**32 - 1),
-        m=st.one_of(st.integers(1, 4), st.just(kernel.N_MARKETS)),
-        steps=st.integers(1, 8),
-        account=accounts(),
-        fees=st.lists(st.sampled_from(FEE_SCHEDULES), min_size=10, max_size=10),
-    )
-    def check(seed, m, steps, account, fees) -> None:
-        run_lockstep(seed=seed, m=m, steps=steps, fees=fees[:m], coverage=coverage, **account)
+    @given(**LOCKSTEP_CASES)
+    def check(seed, m, steps, account, fees, precision_e4, fee_change) -> None:
+        run_lockstep(
+            seed=seed,
+            m=m,
+            steps=steps,
+            fees=fees[:m],
+            coverage=coverage,
+            precision_e4=precision_e4,
+            fee_change=fee_change,
+            **account,
+        )
 
     check()
     expected = {name or "traded" for name in kernel.REFUSALS} | {
@@ -565,6 +632,12 @@ def test_the_kernel_steps_masks_settles_and_values_exactly_like_the_reference() 
         "settle_mid_default",
         "settle_holdings",
         "fee_over_a_dollar",
+        "fee_changed",
+        "multi_level_order",
+        "rounding_under_a_centicent",
+        "direct_member_rounding",
+        "fractional_fill",
+        "fee_above_proceeds",
         "traded_over_position_limit",
         "traded_over_concentration_limit",
         "traded_over_exposure_limit",
@@ -670,9 +743,9 @@ def test_orders_at_each_limits_exact_edge_decide_like_the_reference() -> None:
                 limits, cash, worse = placed
                 portfolio = restored(cash, limits, positions)
                 pos, acct = mirror_account(portfolio, markets)
-                limits_arr, fee_nums, fee_dens = rule_arrays(limits, [fees, fees])
+                limits_arr, fee_ids, fee_table = rule_arrays(limits, [fees, fees])
                 masks = np.empty(2 * ACTIONS_PER_MARKET, dtype=bool)
-                args = (sizes, fee_nums, fee_dens, limits_arr)
+                args = (sizes, fee_ids, fee_table, limits_arr)
                 kernel.action_masks(px, sz, trusted, pos, acct, *args, 0, masks)
                 mask = action_mask(book=book, portfolio=portfolio, market="M", fees=fees)
                 assert np.array_equal(masks[:ACTIONS_PER_MARKET], mask)
@@ -699,7 +772,7 @@ def test_an_action_id_outside_0_29_changes_nothing_and_is_reported() -> None:
     rng = np.random.default_rng(7)
     px, sz, trusted = random_books(rng, 2, 3)
     trusted[:] = True
-    limits, fee_nums, fee_dens = rule_arrays(RiskLimits(), [STANDARD_FEES] * 3)
+    limits, fee_ids, fee_table = rule_arrays(RiskLimits(), [STANDARD_FEES] * 3, ticks=2)
     pos = np.zeros((3, kernel.POS_COLUMNS), dtype=np.int64)
     acct = np.zeros(kernel.ACCT_SIZE, dtype=np.int64)
     acct[kernel.A_CASH] = 1_000 * DOLLAR_E6
@@ -708,7 +781,7 @@ def test_an_action_id_outside_0_29_changes_nothing_and_is_reported() -> None:
     for actions, bad in (([5, 6, 30], 2), ([-1, 5, 5], 0), ([5, 29, 31], 2)):
         with pytest.raises(ValueError):
             decode(actions[bad])  # the reference refuses the id outright
-        args = (px, sz, trusted, pos, acct, sizes, fee_nums, fee_dens, limits)
+        args = (px, sz, trusted, pos, acct, sizes, fee_ids, fee_table, limits)
         assert kernel.execute_all(*args, 0, np.array(actions), fills) == bad
         assert not pos.any() and acct.tolist() == [1_000 * DOLLAR_E6, 0, 0, 0, 0]
         assert not fills.any()
@@ -726,12 +799,11 @@ def bound_args(
     episode_steps: int = 300,
     max_order_e2: int = max(DEFAULT_SIZES_E2),
 ) -> dict:
-    limits_arr, fee_nums, fee_dens = rule_arrays(limits or RiskLimits(), [fees] * n_markets)
+    limits_arr, _, fee_table = rule_arrays(limits or RiskLimits(), [fees] * n_markets)
     return {
         "initial_cash_e6": cash_e6,
         "limits": limits_arr,
-        "fee_nums": fee_nums,
-        "fee_dens": fee_dens,
+        "fee_table": fee_table,
         "n_markets": n_markets,
         "episode_steps": episode_steps,
         "max_order_e2": max_order_e2,
@@ -813,7 +885,7 @@ def test_at_the_edge_of_the_bound_check_the_kernel_still_equals_the_reference() 
     markets = ["A", "B"]
     sizes_e2 = (lo, lo // 3, lo // 2, 7, lo - 1)
     fees = [STANDARD_FEES, FeeSchedule(multiplier=Fraction(7, 20))]
-    limits_arr, fee_nums, fee_dens = rule_arrays(limits, fees)
+    limits_arr, fee_ids, fee_table = rule_arrays(limits, fees, ticks=steps + 1)
     sizes = np.array(sizes_e2, dtype=np.int64)
     portfolio = Portfolio(cash_e6=base["initial_cash_e6"], limits=limits)
     pos = np.zeros((2, kernel.POS_COLUMNS), dtype=np.int64)
@@ -822,7 +894,7 @@ def test_at_the_edge_of_the_bound_check_the_kernel_still_equals_the_reference() 
     script = [(5, 19), (12, 21), (19, 5), (29, 16), (6, 29), (8, 18)]  # buys, sells, netting
     traded = Counter()
     for t, actions in enumerate(script):
-        rules = (sizes, fee_nums, fee_dens, limits_arr)
+        rules = (sizes, fee_ids, fee_table, limits_arr)
         kernel.execute_all(px, sz, trusted, pos, acct, *rules, t, np.array(actions), fills)
         for j, a in enumerate(actions):
             book = book_at(px, sz, t, j)

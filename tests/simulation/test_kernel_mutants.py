@@ -2,10 +2,12 @@
 
 The lockstep test (``test_kernel.py``) proves the kernel equal to the oracle; these tests prove
 that the comparison can fail. Each mutant is the kernel's own source with one rule changed
-(a fee rounded down, no YES/NO netting, a sold cost basis rounded up, an unknown result
-settled half a tick higher, the mask's monotone shortcut testing the smallest size instead of
-the largest), compiled fresh by numba, and run through the same random cases as the real
-kernel: the oracle must catch it.
+(a trade fee rounded down, the cent refunded only above a cent or never, a balance change
+floored toward zero, a fee change ignored, no YES/NO netting, a sold cost basis rounded up, an
+unknown result settled half a tick higher), compiled fresh by numba, and run through the same
+random cases as the real kernel: the oracle must catch it. The per-fill fee mutants must also
+fail the worked examples of ``test_fees.py`` (a refund only above a cent is caught there only:
+random books almost never sum an order's rounding fees to exactly a cent).
 """
 
 from __future__ import annotations
@@ -16,17 +18,31 @@ from collections import Counter
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
-from hypothesis import strategies as st
 
 from apps.simulation import kernel
-from tests.simulation.test_kernel import FEE_SCHEDULES, accounts, run_lockstep
+from tests.simulation.test_fees import fee_examples
+from tests.simulation.test_kernel import LOCKSTEP_CASES, run_lockstep
 
 pytestmark = pytest.mark.slow  # each mutant is a fresh numba compile of the kernel
 
 MUTANTS = {
-    "fee rounded down": (
-        "fee = -(-(fee_num * terms) // (fee_den * 100_000_000)) * 100",
-        "fee = (fee_num * terms) // (fee_den * 100_000_000) * 100",
+    "trade fee rounded down": (
+        "trade_fee = -(-(fee_num * term) // fee_den)",
+        "trade_fee = (fee_num * term) // fee_den",
+    ),
+    "refund only above a cent": (
+        "if accumulator >= CENT_E6:",
+        "if accumulator > CENT_E6:",
+    ),
+    "balance change floored toward zero": (
+        "accumulator += -(-debit // precision) * precision - debit",
+        "accumulator += (debit // precision if debit >= 0 else -(-debit // precision))"
+        " * precision - debit",
+    ),
+    "no refunds": ("accumulator -= CENT_E6", "accumulator -= 0"),
+    "fee change ignored (first tick's fees)": (
+        "fee_table[fee_ids[t, j]],\n            limits,\n            fills[j]",
+        "fee_table[fee_ids[0, j]],\n            limits,\n            fills[j]",
     ),
     "no netting": ("pairs = min(yes, no)", "pairs = 0"),
     "sold cost basis rounded up": (
@@ -37,11 +53,19 @@ MUTANTS = {
         "yes_pays = mid_e4x2[k, j] // 2",
         "yes_pays = (mid_e4x2[k, j] + 1) // 2",
     ),
-    "mask shortcut on the smallest size": (
-        "largest = first + by_size[N_SIZES - 1]",
-        "largest = first + by_size[0]",
-    ),
 }
+
+
+# Random books almost never make an order's rounding fees sum to exactly a cent, so refunding
+# only above a cent passes the lockstep cases; the fee examples pin it.
+EXAMPLES_ONLY = ("refund only above a cent",)
+# The per-fill fee rules, which the fee examples must catch as well.
+FEE_RULES = (
+    "trade fee rounded down",
+    "refund only above a cent",
+    "balance change floored toward zero",
+    "no refunds",
+)
 
 
 def mutant(original: str, broken: str) -> types.ModuleType:
@@ -55,7 +79,7 @@ def mutant(original: str, broken: str) -> types.ModuleType:
     return module
 
 
-@pytest.mark.parametrize("name", list(MUTANTS))
+@pytest.mark.parametrize("name", [n for n in MUTANTS if n not in EXAMPLES_ONLY])
 def test_a_broken_kernel_rule_fails_the_lockstep_test(name: str) -> None:
     rules = mutant(*MUTANTS[name])
 
@@ -68,20 +92,31 @@ def test_a_broken_kernel_rule_fails_the_lockstep_test(name: str) -> None:
         suppress_health_check=[HealthCheck.too_slow],
         database=None,
     )
-    @given(
-        seed=st.integers(0, 2**32 - 1),
-        m=st.one_of(st.integers(1, 4), st.just(kernel.N_MARKETS)),
-        steps=st.integers(1, 8),
-        account=accounts(),
-        fees=st.lists(st.sampled_from(FEE_SCHEDULES), min_size=10, max_size=10),
-    )
-    def check(seed, m, steps, account, fees) -> None:
+    @given(**LOCKSTEP_CASES)
+    def check(seed, m, steps, account, fees, precision_e4, fee_change) -> None:
         run_lockstep(
-            seed=seed, m=m, steps=steps, fees=fees[:m], coverage=Counter(), rules=rules, **account
+            seed=seed,
+            m=m,
+            steps=steps,
+            fees=fees[:m],
+            coverage=Counter(),
+            rules=rules,
+            precision_e4=precision_e4,
+            fee_change=fee_change,
+            **account,
         )
 
     with pytest.raises(AssertionError):
         check()
+
+
+@pytest.mark.parametrize("name", [n for n in MUTANTS if n in FEE_RULES])
+def test_a_broken_fee_rule_fails_the_fee_examples(name: str) -> None:
+    """A broken per-fill fee rule also fails the worked examples of ``test_fees.py`` (random
+    books rarely make an order's rounding fees sum to exactly a cent: the examples do)."""
+    rules = mutant(*MUTANTS[name])
+    with pytest.raises(AssertionError):
+        fee_examples(rules)
 
 
 def test_the_unbroken_source_compiled_the_same_way_passes() -> None:
@@ -90,16 +125,18 @@ def test_the_unbroken_source_compiled_the_same_way_passes() -> None:
     rules = mutant("pairs = min(yes, no)", "pairs = min(yes, no)")
 
     @settings(max_examples=60, deadline=None, derandomize=True, database=None)
-    @given(
-        seed=st.integers(0, 2**32 - 1),
-        m=st.one_of(st.integers(1, 4), st.just(kernel.N_MARKETS)),
-        steps=st.integers(1, 8),
-        account=accounts(),
-        fees=st.lists(st.sampled_from(FEE_SCHEDULES), min_size=10, max_size=10),
-    )
-    def check(seed, m, steps, account, fees) -> None:
+    @given(**LOCKSTEP_CASES)
+    def check(seed, m, steps, account, fees, precision_e4, fee_change) -> None:
         run_lockstep(
-            seed=seed, m=m, steps=steps, fees=fees[:m], coverage=Counter(), rules=rules, **account
+            seed=seed,
+            m=m,
+            steps=steps,
+            fees=fees[:m],
+            coverage=Counter(),
+            rules=rules,
+            precision_e4=precision_e4,
+            fee_change=fee_change,
+            **account,
         )
 
     check()

@@ -193,7 +193,8 @@ steps = st.lists(
 @settings(max_examples=200, deadline=None)
 @given(st.integers(min_value=0, max_value=500 * DOLLAR_E6), steps, st.integers(0, 20_000))
 def test_the_books_always_balance(cash_e6, ops, mark) -> None:
-    """equity − initial cash = realized + unrealized − fees, exactly, after any sequence."""
+    """equity − initial cash = realized + unrealized − trade fees − rounding fees, exactly,
+    after any sequence."""
     p = Portfolio(cash_e6=cash_e6, limits=RiskLimits(max_position_e2=3_000))
     for market, contract, side, size, yes, no, event in ops:
         fill = fill_order(book_from(yes, no), contract=contract, side=side, size_e2=size)
@@ -203,7 +204,8 @@ def test_the_books_always_balance(cash_e6, ops, mark) -> None:
             p.settle(market, event.removeprefix("settle_"))
         marks = {"A": min(mark, 20_000), "B": None}
         unrealized = sum(pos.unrealized_e6(marks.get(m)) for m, pos in p)
-        assert p.equity_e6(marks) - cash_e6 == p.realized_e6 + unrealized - p.fees_paid_e4 * 100
+        fees_e6 = p.fees_paid_e4 * 100 + p.rounding_fees_e6  # trade fees + net rounding fees
+        assert p.equity_e6(marks) - cash_e6 == p.realized_e6 + unrealized - fees_e6
         assert p.unrealized_e6(marks) == unrealized
         assert p.exposure_e6() == sum(pos.cost_e6 for _, pos in p)  # the cached total holds
         assert p.cash_e6 >= 0

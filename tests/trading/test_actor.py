@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 
 from apps.simulation.actions import ActionType, encode
-from apps.simulation.env import EnvConfig, KalshiTradingEnv, traded_count
+from apps.simulation.env import EnvConfig, KalshiTradingEnv, traded_count, trades_from_info
+from apps.simulation.fees import FeeChange, FeeSchedule, FeeTimeline
 from apps.simulation.portfolio import MarketPosition, Portfolio
 from apps.simulation.synthetic import synthetic_history
 from apps.trading.actor import PaperActor, PolicyVersion
@@ -69,6 +72,53 @@ def test_the_actor_sees_and_does_what_the_env_does_on_the_same_history(algorithm
         assert outcome.rows[-1].cash_after_e4 == env.portfolio.cash_e6 // 100, t
         assert actor.portfolio.fees_paid_e4 == env.portfolio.fees_paid_e4
     assert traded > 0  # the comparison covered fills, not only holds
+
+
+def test_the_actor_pays_the_fees_in_force_at_each_decision_as_the_env_does() -> None:
+    """A fee change in the middle of the session (market 0's multiplier 1 → 0.5 at tick 12)
+    and direct-member precision: the actor's fills, trade fees, rounding fees and cash equal
+    the env's at every step, and market 0's fee for the same order drops at the change."""
+    history = synthetic_history(markets=2, ticks=40, seed=6)
+    change = FeeChange(int(history.times_ns[12]), FeeSchedule(multiplier=Fraction(1, 2)))
+    config = EnvConfig(
+        episode_steps=30,
+        fees_by_market={history.markets[0]: FeeTimeline(changes=[change])},
+        account_precision_e4=1,
+    )
+    buy_one = encode(ActionType.BUY_YES, 0)
+    actor = PaperActor(
+        markets=history.markets,
+        policy=PolicyVersion(policy=Always(buy_one, 2), version=1, algorithm="PPO"),
+        config=config,
+        episode_steps=30,
+        kill_switch=KillSwitch(LOOSE),
+    )
+    env = KalshiTradingEnv(history, config=config)
+    env.reset(options={"start_tick": 0})
+    fees_by_tick = {}
+    for t in range(24):
+        outcome = actor.decide(samples_of(history, t))
+        _, _, _, _, info = env.step(outcome.actions)
+        trades = trades_from_info(env.markets, info)
+        assert [r.fee_e4 for r in outcome.rows] == [tr["fee_e4"] for tr in trades], t
+        assert [r.quantity_filled_e2 for r in outcome.rows] == [tr["filled_e2"] for tr in trades]
+        assert actor.portfolio.cash_e6 == env.portfolio.cash_e6, t
+        assert actor.portfolio.rounding_fees_e6 == env.portfolio.rounding_fees_e6, t
+        filled = outcome.rows[0].quantity_filled_e2
+        if filled:
+            legs, remaining = [], filled  # the NO bids the YES buy took, complemented
+            for no_px, no_sz in zip(history.no_px[t, 0], history.no_sz[t, 0], strict=True):
+                take = min(int(no_sz), remaining)
+                legs.append((10_000 - int(no_px), take))
+                remaining -= take
+                if not remaining:
+                    break
+            fees_by_tick[t] = (legs, outcome.rows[0].fee_e4)
+    before, after = FeeSchedule(), FeeSchedule(multiplier=Fraction(1, 2))
+    assert any(t < 12 for t in fees_by_tick) and any(t >= 12 for t in fees_by_tick)
+    for t, (legs, fee) in fees_by_tick.items():
+        schedule = after if t >= 12 else before
+        assert fee == sum(schedule.trade_fee_e4(p, s) for p, s in legs), t
 
 
 def test_rewards_of_all_markets_sum_to_the_sessions_return() -> None:

@@ -158,6 +158,7 @@ class _Market:
         "max_levels",
         "portfolio",
         "position",
+        "precision_e4",
     )
 
     def __init__(
@@ -168,8 +169,10 @@ class _Market:
         market: str,
         fees: FeeSchedule,
         max_levels: int,
+        precision_e4: int = 100,
     ) -> None:
         self.book = book
+        self.precision_e4 = precision_e4
         self.portfolio = portfolio
         self.market = market
         self.fees = fees
@@ -215,6 +218,7 @@ class _Market:
                         side=order.side,
                         size_e2=order.size_e2,
                         fees=self.fees,
+                        precision_e4=self.precision_e4,
                     )
                     breaches = self.portfolio.check_fill_given(position, fill, self.exposure_e6)
                     if breaches:
@@ -233,6 +237,7 @@ def decide(
     sizes_e2: Sequence[int] = DEFAULT_SIZES_E2,
     fees: FeeSchedule = STANDARD_FEES,
     max_levels: int = BOOK_LEVELS,
+    precision_e4: int = 100,
 ) -> Decision:
     """Evaluate one action against the book and portfolio as they stand (nothing changes).
 
@@ -246,8 +251,16 @@ def decide(
         sizes_e2: the five order sizes in 0.01 contract.
         fees: the market's fee schedule.
         max_levels: bid levels visible per side (the env stores ``BOOK_LEVELS``).
+        precision_e4: the account precision in $0.0001 (100 = $0.01, 1 = $0.0001).
     """
-    ctx = _Market(book=book, portfolio=portfolio, market=market, fees=fees, max_levels=max_levels)
+    ctx = _Market(
+        book=book,
+        portfolio=portfolio,
+        market=market,
+        fees=fees,
+        max_levels=max_levels,
+        precision_e4=precision_e4,
+    )
     return ctx.decide(action_id, sizes_e2, trusted=trusted, is_open=is_open)
 
 
@@ -262,6 +275,7 @@ def execute(
     sizes_e2: Sequence[int] = DEFAULT_SIZES_E2,
     fees: FeeSchedule = STANDARD_FEES,
     max_levels: int = BOOK_LEVELS,
+    precision_e4: int = 100,
 ) -> Decision:
     """Carry out one action: :func:`decide`, then apply its fill to ``portfolio`` if allowed.
 
@@ -278,6 +292,7 @@ def execute(
         sizes_e2=sizes_e2,
         fees=fees,
         max_levels=max_levels,
+        precision_e4=precision_e4,
     )
     if decision.trades:
         assert decision.fill is not None
@@ -296,6 +311,7 @@ def action_mask(
     sizes_e2: Sequence[int] = DEFAULT_SIZES_E2,
     fees: FeeSchedule = STANDARD_FEES,
     max_levels: int = BOOK_LEVELS,
+    precision_e4: int = 100,
 ) -> np.ndarray:
     """(30,) bool: True where :func:`execute` would carry the action out (HOLD always True).
 
@@ -305,37 +321,22 @@ def action_mask(
     mask[:N_SIZES] = True  # HOLD
     if not trusted or not is_open:
         return mask
-    ctx = _Market(book=book, portfolio=portfolio, market=market, fees=fees, max_levels=max_levels)
+    ctx = _Market(
+        book=book,
+        portfolio=portfolio,
+        market=market,
+        fees=fees,
+        max_levels=max_levels,
+        precision_e4=precision_e4,
+    )
 
     def allowed(action_id: int) -> bool:
         return ctx.decide(action_id, sizes_e2, trusted=True, is_open=True).allowed
 
-    by_size = sorted(range(N_SIZES), key=lambda i: sizes_e2[i])
-    position = ctx.position
-    for action_type in _TYPES[1:-1]:
-        first = int(action_type) * N_SIZES
-        contract, side = _ORDERS[action_type]
-        other_held = position.no_e2 if contract is Contract.YES else position.yes_e2
-        if side is Side.BUY and not other_held:
-            # A buy that does not net against the other side is monotone in size: a larger
-            # order takes a superset of the levels, so it pays more, fees more, holds more and
-            # leaves less cash and capital. If the largest size passes every rule, all do;
-            # otherwise the allowed sizes are exactly those below the first that fails.
-            if allowed(first + by_size[-1]):
-                mask[first : first + N_SIZES] = True
-                continue
-            for i in by_size:
-                if not allowed(first + i):
-                    break
-                mask[first + i] = True
-            continue
-        for i in range(N_SIZES):
-            # Selling more than is held is refused before pricing (NOT_HELD): skip the call.
-            if side is Side.SELL and sizes_e2[i] > (
-                position.yes_e2 if contract is Contract.YES else position.no_e2
-            ):
-                continue
-            mask[first + i] = allowed(first + i)
+    # Every size of every order is evaluated: with per-fill rounding an order's debit is not
+    # monotone in its size (the net rounding fee, under a cent, can drop as the order grows).
+    for action_id in range(N_SIZES, int(ActionType.FLATTEN) * N_SIZES):
+        mask[action_id] = allowed(action_id)
     # FLATTEN ignores the size: evaluate once, copy to its five ids.
     flatten = int(ActionType.FLATTEN) * N_SIZES
     mask[flatten:] = allowed(flatten)

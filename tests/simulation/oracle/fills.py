@@ -31,8 +31,9 @@ from enum import StrEnum
 from fractions import Fraction
 
 from apps.simulation.books import BOOK_LEVELS, BookView, Level
-from apps.simulation.fees import STANDARD_FEES, FeeSchedule, fee_term, roundup_to_cent_e4
-from apps.simulation.layout import PRICE_SCALE
+from apps.simulation.fees import STANDARD_FEES, FeeSchedule
+from apps.simulation.layout import PRICE_SCALE, SIZE_SCALE
+from tests.simulation.oracle.fees import OrderFees
 
 
 class Contract(StrEnum):
@@ -57,7 +58,9 @@ class Fill:
         fills: (price_e4, size_e2) per level taken, best first, in the traded contract's price.
         notional_e6: Σ price_e4 × size_e2, the exact money exchanged before fees, in $0.000001
             ($0.0001 × 0.01 contract).
-        fee_e4: the order's fee in $0.0001 (a multiple of 100).
+        fee_e4: Σ the fills' trade fees, in $0.0001 (:mod:`tests.simulation.oracle.fees`).
+        rounding_e6: the order's net rounding fee (its accumulator at the end, after the cent
+            refunds), in $0.000001.
     """
 
     contract: Contract
@@ -67,6 +70,7 @@ class Fill:
     fills: tuple[Level, ...]
     notional_e6: int
     fee_e4: int
+    rounding_e6: int = 0
 
     @property
     def avg_price_e4(self) -> Fraction | None:
@@ -77,8 +81,9 @@ class Fill:
 
     @property
     def cash_delta_e6(self) -> int:
-        """Cash change in $0.000001: −(notional + fee) for a buy, notional − fee for a sell."""
-        fee_e6 = self.fee_e4 * 100
+        """Cash change in $0.000001: −(notional + fees) for a buy, notional − fees for a sell,
+        fees being the trade fees and the net rounding fee."""
+        fee_e6 = self.fee_e4 * 100 + self.rounding_e6
         if self.side is Side.BUY:
             return -self.notional_e6 - fee_e6
         return self.notional_e6 - fee_e6
@@ -118,8 +123,10 @@ def fill_from_levels(
     size_e2: int,
     limit_price_e4: int | None = None,
     fees: FeeSchedule = STANDARD_FEES,
+    precision_e4: int = 100,
 ) -> Fill:
-    """Walk prepared levels (from :func:`taking_levels`) for one order.
+    """Walk prepared levels (from :func:`taking_levels`) for one order; each level taken is
+    one fill, charged by :class:`~tests.simulation.oracle.fees.OrderFees`.
 
     Args:
         levels: (price_e4, size_e2) the order may take, best first, in the traded contract.
@@ -128,6 +135,7 @@ def fill_from_levels(
         size_e2: requested size in 0.01 contract (> 0).
         limit_price_e4: worst acceptable price in $0.0001 (max for a buy, min for a sell).
         fees: the series' fee schedule (a market order always pays the taker rate).
+        precision_e4: the account precision in $0.0001 (100 = $0.01, 1 = $0.0001).
     """
     if size_e2 <= 0:
         raise ValueError(f"order size must be positive, got {size_e2}")
@@ -137,7 +145,8 @@ def fill_from_levels(
     remaining = size_e2
     taken: list[Level] = []
     notional = 0
-    terms = 0
+    order_fees = OrderFees(precision=Fraction(precision_e4, PRICE_SCALE))
+    trade_fees = Fraction(0)
     for price_e4, level_e2 in levels:
         if limit_price_e4 is not None and (
             price_e4 > limit_price_e4 if side is Side.BUY else price_e4 < limit_price_e4
@@ -146,7 +155,13 @@ def fill_from_levels(
         take = level_e2 if level_e2 < remaining else remaining
         taken.append((price_e4, take))
         notional += price_e4 * take
-        terms += fee_term(price_e4, take)
+        charge = order_fees.fill(
+            fees,
+            price=Fraction(price_e4, PRICE_SCALE),
+            count=Fraction(take, SIZE_SCALE),
+            buy=side is Side.BUY,
+        )
+        trade_fees += charge.trade_fee
         remaining -= take
         if remaining == 0:
             break
@@ -157,8 +172,14 @@ def fill_from_levels(
         filled_e2=size_e2 - remaining,
         fills=tuple(taken),
         notional_e6=notional,
-        fee_e4=roundup_to_cent_e4(terms, fees.taker_rate),
+        fee_e4=_whole(trade_fees * 10_000),
+        rounding_e6=_whole(order_fees.accumulator * 1_000_000),
     )
+
+
+def _whole(amount: Fraction) -> int:
+    assert amount.denominator == 1, amount  # fees are whole $0.0001, rounding whole $0.000001
+    return amount.numerator
 
 
 def fill_order(
@@ -170,6 +191,7 @@ def fill_order(
     limit_price_e4: int | None = None,
     fees: FeeSchedule = STANDARD_FEES,
     max_levels: int = BOOK_LEVELS,
+    precision_e4: int = 100,
 ) -> Fill:
     """Fill a taker order against the book as it stands (the book is not changed).
 
@@ -181,6 +203,7 @@ def fill_order(
         limit_price_e4: worst acceptable price in $0.0001 (max for a buy, min for a sell).
         fees: the series' fee schedule.
         max_levels: bid levels visible on the walked side (the env stores ``BOOK_LEVELS``).
+        precision_e4: the account precision in $0.0001.
     """
     contract = Contract(contract)
     side = Side(side)
@@ -191,4 +214,5 @@ def fill_order(
         size_e2=size_e2,
         limit_price_e4=limit_price_e4,
         fees=fees,
+        precision_e4=precision_e4,
     )

@@ -9,7 +9,8 @@ Units, all exact integers:
   ``price_e4 × size_e2`` (a $0.0001 price times 0.01 contract), which is a whole number of
   micro-dollars but not always of $0.0001 (0.0650 × 2.95 = $0.191750); keeping cash in ``_e6``
   means no rounding anywhere.
-* fees in $0.0001 (``_e4``, always whole cents), as :mod:`apps.simulation.fees` returns them;
+* trade fees in $0.0001 (``_e4``, each fill's rounded up to $0.0001) and net rounding fees in
+  $0.000001 (``rounding_fees_e6``), as :mod:`tests.simulation.oracle.fees` charges them;
 * positions in 0.01 contract (``_e2``);
 * marks as **twice** the YES mid in $0.0001 (``mark_e4x2`` = best YES bid + implied YES ask,
   what :meth:`OrderBook.mid_e4x2` returns), so a half-tick mid stays an integer.
@@ -22,7 +23,7 @@ Cost basis is the average cost of the contracts held. Selling part of a position
 ``cost × sold / held`` (rounded down to a micro-dollar, the remainder stays with the contracts
 still held, so no money is created or lost). The accounting identity
 
-    equity − initial cash = realized P&L + unrealized P&L − fees paid
+    equity − initial cash = realized P&L + unrealized P&L − trade fees − rounding fees
 
 holds exactly at every step (tested).
 
@@ -86,6 +87,7 @@ class MarketPosition:
     fees_e4: int = 0
     realized_e6: int = 0
     settled: bool = False
+    rounding_fees_e6: int = 0
 
     @property
     def held_e2(self) -> int:
@@ -130,6 +132,7 @@ def _after_fill(pos: MarketPosition, fill: Fill) -> tuple[MarketPosition, int]:
         fees_e4=pos.fees_e4 + fill.fee_e4,
         realized_e6=pos.realized_e6,
         settled=pos.settled,
+        rounding_fees_e6=pos.rounding_fees_e6 + fill.rounding_e6,
     )
     size = fill.filled_e2
     cash = fill.cash_delta_e6
@@ -185,6 +188,7 @@ class Portfolio:
         # positions): the env asks for it several times per market per step.
         self._exposure_e6 = 0
         self.fees_paid_e4 = 0
+        self.rounding_fees_e6 = 0
         self.realized_e6 = 0
         self.peak_equity_e6: Fraction = Fraction(cash_e6)
         self.drawdown = 0.0  # fraction of the peak lost, at the last record_equity()
@@ -210,6 +214,7 @@ class Portfolio:
         portfolio.positions = dict(positions)
         portfolio._exposure_e6 = sum(pos.cost_e6 for pos in positions.values())
         portfolio.fees_paid_e4 = fees_paid_e4
+        portfolio.rounding_fees_e6 = sum(pos.rounding_fees_e6 for pos in positions.values())
         portfolio.realized_e6 = realized_e6
         portfolio.peak_equity_e6 = peak_equity_e6
         portfolio.drawdown = drawdown
@@ -332,6 +337,7 @@ class Portfolio:
         self._exposure_e6 += new.cost_e6 - pos.cost_e6
         self.cash_e6 += cash_delta
         self.fees_paid_e4 += fill.fee_e4
+        self.rounding_fees_e6 += fill.rounding_e6
         self.realized_e6 += new.realized_e6 - pos.realized_e6
         return new
 
