@@ -20,7 +20,14 @@ from django.utils import timezone
 
 from apps.simulation.history import RecordedHistory
 from apps.simulation.loader import load
-from apps.training.models import EpisodeMode, ModelStatus, RLModel, TradingEpisode
+from apps.training.models import (
+    EpisodeMode,
+    HeldOutTraces,
+    ModelStatus,
+    RLModel,
+    TradingEpisode,
+)
+from apps.training.pooling import AGENT, traces_to_bytes
 from apps.training.selectors import spec_of
 from apps.training.storage import artifact_dir, load_policy, tensorboard_dir
 
@@ -102,6 +109,17 @@ def mark_ready(model_id: int, outcome: TrainOutcome, out_dir: Path) -> str:
             )
             for r in outcome.agent_episodes
         ]
+    )
+    # Kept so that evaluations can be pooled across versions (a walk-forward's folds).
+    policies = {AGENT: outcome.agent_episodes, **outcome.baseline_episodes}
+    HeldOutTraces.objects.create(
+        model=model,
+        data=traces_to_bytes(
+            {
+                name: [r.trace for r in results if r.trace is not None]
+                for name, results in policies.items()
+            }
+        ),
     )
     return ModelStatus.READY
 

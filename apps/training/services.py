@@ -6,8 +6,10 @@ the ``train`` command and the Celery task all call these, never the models direc
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -16,21 +18,30 @@ from django.db.models import Max
 from django.utils import timezone
 
 from apps.training.artifacts import ArtifactError
-from apps.training.models import EpisodeMode, ModelStatus, RLModel, TradingEpisode
+from apps.training.models import (
+    EpisodeMode,
+    ModelStatus,
+    RLModel,
+    TradingEpisode,
+    WalkForward,
+    WalkForwardFold,
+)
 from apps.training.selectors import (  # noqa: F401  (spec_of re-exported)
     previous_promoted,
     promotion_check,
+    recorded_span,
     running_training_count,
     spec_of,
 )
-from apps.training.spec import RunSpec, SpecError, validate_spec
+from apps.training.spec import NON_FIELD, RunSpec, SpecError, validate_spec
 from apps.training.storage import (  # noqa: F401  (re-exported: the registry's public face)
     artifact_dir,
     load_policy,
     memory_budget_bytes,
     tensorboard_dir,
 )
-from apps.training.tasks import train_model_task
+from apps.training.tasks import train_model_task, walkforward_fold_task
+from apps.training.walkforward import rolling_windows
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +55,18 @@ class PromotionRefused(RegistryError):
 
 
 @transaction.atomic
-def start_training_run(*, spec: RunSpec, enqueue: bool = True) -> RLModel:
+def start_training_run(*, spec: RunSpec, enqueue: bool = True, check_limit: bool = True) -> RLModel:
     """Validate ``spec``, create the model row (status training) and queue the Celery task.
 
     Raises :class:`SpecError` before anything is written when the spec is invalid (bounds,
     types, or an estimated memory over ``RL_TRAINING_MEMORY_BUDGET_MB``), and
     :class:`RegistryError` when the concurrency limit is reached or the parent is missing.
+    ``check_limit=False`` is for the folds of a walk-forward and the trials of a study, which
+    are queued together and run as fast as the workers that exist take them.
     """
     validate_spec(spec, memory_budget_bytes=memory_budget_bytes())
     limit = settings.RL_TRAINING_MAX_CONCURRENT
-    if running_training_count() >= limit:
+    if check_limit and running_training_count() >= limit:
         raise RegistryError(
             f"{limit} training run(s) already running (RL_TRAINING_MAX_CONCURRENT); "
             "wait for one to finish or cancel it"
@@ -89,6 +102,70 @@ def start_training_run(*, spec: RunSpec, enqueue: bool = True) -> RLModel:
         transaction.on_commit(lambda: train_model_task.delay(model.pk))
     log.info("training run %s v%s queued (%s)", model.name, version, spec.algorithm)
     return model
+
+
+@transaction.atomic
+def start_walkforward(
+    *,
+    spec: RunSpec,
+    folds: int,
+    train_segments: int = 3,
+    span: tuple[datetime, datetime] | None = None,
+    enqueue: bool = True,
+) -> WalkForward:
+    """A walk-forward evaluation of ``spec`` (its windows are replaced by the folds'): one
+    registry version per fold over rolling windows of ``span`` (default: the markets'
+    recorded span), each queued as its own Celery task. Every fold's spec is validated before
+    anything is written (a :class:`SpecError` names the fold)."""
+    span = span or recorded_span(spec.markets)
+    if span is None:
+        raise RegistryError(f"no recorded deltas for {', '.join(spec.markets)}")
+    try:
+        windows = rolling_windows(*span, folds=folds, train_segments=train_segments)
+    except ValueError as exc:
+        raise SpecError({NON_FIELD: [str(exc)]}) from None
+    walkforward = WalkForward.objects.create(
+        name=spec.name,
+        base_spec=spec.as_json(),
+        settings={
+            "folds": folds,
+            "train_segments": train_segments,
+            "span": [span[0].isoformat(), span[1].isoformat()],
+        },
+    )
+    rows = []
+    for index, (train_start, train_end, test_start, test_end) in enumerate(windows):
+        fold_spec = dataclasses.replace(
+            spec,
+            train_start=train_start,
+            train_end=train_end,
+            eval_start=test_start,
+            eval_end=test_end,
+        )
+        try:
+            model = start_training_run(spec=fold_spec, enqueue=False, check_limit=False)
+        except SpecError as exc:
+            raise SpecError(
+                {k: [f"fold {index}: {m}" for m in v] for k, v in exc.errors.items()}
+            ) from None
+        rows.append(
+            WalkForwardFold.objects.create(
+                walkforward=walkforward,
+                index=index,
+                model=model,
+                train_start=train_start,
+                train_end=train_end,
+                test_start=test_start,
+                test_end=test_end,
+            )
+        )
+    if enqueue:
+        for fold in rows:
+            transaction.on_commit(
+                lambda f=fold: walkforward_fold_task.delay(f.model_id, walkforward.pk)
+            )
+    log.info("%s queued: %d folds", walkforward, len(rows))
+    return walkforward
 
 
 @transaction.atomic
@@ -254,5 +331,6 @@ __all__ = [
     "rollback_model",
     "start_paper_episode",
     "start_training_run",
+    "start_walkforward",
     "update_episode",
 ]

@@ -1,4 +1,5 @@
-"""The Celery tasks of training: thin shells over :mod:`apps.training.runs`."""
+"""The Celery tasks of training: thin shells over :mod:`apps.training.runs` and
+:mod:`apps.training.walkforward`."""
 
 from __future__ import annotations
 
@@ -7,9 +8,19 @@ from typing import Any
 from celery import shared_task
 
 from apps.training.runs import execute_training_run
+from apps.training.walkforward import finish_walkforward, record_worker
 
 
 @shared_task(name="training.train_model", acks_late=True)
 def train_model_task(model_id: int) -> dict[str, Any]:
     """Train the queued run ``model_id``; the row ends ready, failed or cancelled."""
     return execute_training_run(model_id)
+
+
+@shared_task(name="training.walkforward_fold", acks_late=True, bind=True)
+def walkforward_fold_task(self: Any, model_id: int, walkforward_id: int) -> dict[str, Any]:
+    """Train one fold of a walk-forward, then aggregate it if it was the last to end."""
+    record_worker(model_id, self.request.hostname or "")
+    result = execute_training_run(model_id)
+    result["walkforward"] = finish_walkforward(walkforward_id)
+    return result
