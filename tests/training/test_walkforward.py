@@ -3,6 +3,7 @@ on real workers, and the ``walkforward`` command."""
 
 from __future__ import annotations
 
+import html
 import itertools
 import time
 from datetime import UTC, datetime, timedelta
@@ -22,6 +23,7 @@ from apps.training.models import (
 from apps.training.pooling import pooled_metrics, traces_from_bytes
 from apps.training.tasks import train_model_task
 from apps.training.walkforward import rolling_windows
+from apps.ui import formatting
 from tests.training.conftest import small_spec
 from tests.training.worker_support import celery_workers
 
@@ -138,3 +140,44 @@ def test_the_walkforward_command_queues_folds_and_reports_pooled_metrics(
     with pytest.raises(Exception, match=r"fold 0: .*unknown hyperparameter"):
         call_command("walkforward", "--name=bad", "--folds=2", "--hp=n_step=1", stdout=out)
     assert not WalkForward.objects.filter(name="bad").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_the_admin_starts_a_walkforward_and_shows_folds_and_pooled_metrics(
+    recorded_markets, admin_client, monkeypatch
+) -> None:
+    from kalshiflow_site.celery import app
+
+    monkeypatch.setitem(app.conf, "task_always_eager", True)  # no worker in this test
+    assert admin_client.get("/admin/training/walkforward/").status_code == 200
+    assert admin_client.get("/admin/training/walkforward/start/").status_code == 200
+    form = {
+        "name": "wf-admin",
+        "algorithm": "PPO",
+        "markets": ",".join(recorded_markets),
+        "total_timesteps": 256,
+        "seed": 0,
+        "step_s": 0.01,
+        "episode_steps": 15,
+        "eval_episodes": 2,
+        "hyperparameters": '{"n_steps": 128, "batch_sise": 64}',
+        "folds": 2,
+        "train_segments": 2,
+    }
+    bad = admin_client.post("/admin/training/walkforward/start/", form)
+    assert bad.status_code == 200 and b"unknown hyperparameter" in bad.content
+    assert not WalkForward.objects.exists()
+    form["hyperparameters"] = '{"n_steps": 128, "batch_size": 64}'
+    ok = admin_client.post("/admin/training/walkforward/start/", form)
+    assert ok.status_code == 302
+    walkforward = WalkForward.objects.get(name="wf-admin")
+    assert walkforward.status == WalkForwardStatus.DONE
+    page = admin_client.get(ok["Location"]).content.decode()
+    for fold in walkforward.folds.all():
+        assert f"/admin/training/rlmodel/{fold.model_id}/change/" in page
+    pooled = walkforward.metrics["pooled"]["evaluation"]
+    name = "pnl_per_hour_dollars"
+    ci = html.escape(formatting.interval(pooled[f"{name}_ci"], name))
+    assert ci and ci in page  # the pooled figure with its interval
+    assert "momentum" in page and "no_trading" in page
