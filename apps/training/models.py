@@ -187,3 +187,66 @@ class WalkForwardFold(models.Model):
 
     def __str__(self) -> str:
         return f"fold {self.index} of {self.walkforward}"
+
+
+class StudyStatus(models.TextChoices):
+    RUNNING = "running", "running"
+    DONE = "done", "done (budget spent)"
+
+
+class Study(models.Model):
+    """An Optuna hyperparameter study stored in this database (Optuna's RDB storage, study
+    ``optuna_name``); its trials run as Celery tasks on any worker, each a registry version."""
+
+    name = models.CharField(max_length=100, help_text="each trial is a version of this name")
+    optuna_name = models.CharField(max_length=200, unique=True)
+    status = models.CharField(
+        max_length=16, choices=StudyStatus.choices, default=StudyStatus.RUNNING
+    )
+    base_spec = models.JSONField(default=dict, help_text="every trial's spec before its parameters")
+    search_space = models.JSONField(default=dict)
+    n_trials = models.PositiveIntegerField(help_text="the budget: trials to run")
+    evaluate_every = models.PositiveIntegerField(
+        default=0, help_text="timesteps between intermediate held-out evaluations (pruning)"
+    )
+    objective = models.CharField(max_length=64, default="pnl_per_hour_dollars")
+    best = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "rl_studies"
+        ordering = ["-created_at"]
+        verbose_name_plural = "studies"
+
+    def __str__(self) -> str:
+        return f"study {self.pk} of {self.name} ({self.status})"
+
+
+class StudyTrial(models.Model):
+    """One trial of a study: its Optuna number and parameters, the worker that ran it, its
+    intermediate and final held-out values, and the registry version it trained."""
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="trials")
+    number = models.PositiveIntegerField()
+    state = models.CharField(max_length=16, default="running")
+    params = models.JSONField(default=dict)
+    value = models.FloatField(null=True, blank=True)
+    intermediate = models.JSONField(default=list, blank=True, help_text="[[timesteps, value]]")
+    worker = models.CharField(max_length=200, blank=True, default="")
+    model = models.OneToOneField(
+        RLModel, null=True, blank=True, on_delete=models.SET_NULL, related_name="trial"
+    )
+    error = models.TextField(blank=True, default="")
+    started_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "rl_study_trials"
+        ordering = ["study", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["study", "number"], name="rl_trial_number"),
+        ]
+
+    def __str__(self) -> str:
+        return f"trial {self.number} of {self.study}"

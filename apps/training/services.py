@@ -9,19 +9,20 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
+import uuid
 from datetime import datetime
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
-from django.db.models import Max
 from django.utils import timezone
 
 from apps.training.artifacts import ArtifactError
+from apps.training.launch import RegistryError, create_run
 from apps.training.models import (
     EpisodeMode,
     ModelStatus,
     RLModel,
+    Study,
     TradingEpisode,
     WalkForward,
     WalkForwardFold,
@@ -40,14 +41,11 @@ from apps.training.storage import (  # noqa: F401  (re-exported: the registry's 
     memory_budget_bytes,
     tensorboard_dir,
 )
-from apps.training.tasks import train_model_task, walkforward_fold_task
+from apps.training.tasks import study_trial_task, train_model_task, walkforward_fold_task
+from apps.training.tuning import DEFAULT_SPACE, MAX_TRIALS, create_optuna_study, validate_space
 from apps.training.walkforward import rolling_windows
 
 log = logging.getLogger(__name__)
-
-
-class RegistryError(Exception):
-    """A registry operation that cannot be done now; the message says why."""
 
 
 class PromotionRefused(RegistryError):
@@ -61,46 +59,13 @@ def start_training_run(*, spec: RunSpec, enqueue: bool = True, check_limit: bool
     Raises :class:`SpecError` before anything is written when the spec is invalid (bounds,
     types, or an estimated memory over ``RL_TRAINING_MEMORY_BUDGET_MB``), and
     :class:`RegistryError` when the concurrency limit is reached or the parent is missing.
-    ``check_limit=False`` is for the folds of a walk-forward and the trials of a study, which
-    are queued together and run as fast as the workers that exist take them.
+    ``check_limit=False`` is for the folds of a walk-forward, which are queued together and
+    run as fast as the workers that exist take them.
     """
-    validate_spec(spec, memory_budget_bytes=memory_budget_bytes())
-    limit = settings.RL_TRAINING_MAX_CONCURRENT
-    if check_limit and running_training_count() >= limit:
-        raise RegistryError(
-            f"{limit} training run(s) already running (RL_TRAINING_MAX_CONCURRENT); "
-            "wait for one to finish or cancel it"
-        )
-    parent = None
-    if spec.parent_version is not None:
-        parent = RLModel.objects.filter(name=spec.name, version=spec.parent_version).first()
-        if parent is None or not parent.artifact_sha256:
-            raise RegistryError(f"{spec.name} v{spec.parent_version} has no trained artifact")
-        if parent.algorithm != spec.algorithm or list(parent.markets) != list(spec.markets):
-            raise RegistryError(
-                f"{parent} is a {parent.algorithm} policy for {parent.markets}: fine-tuning "
-                "keeps the parent's algorithm and markets"
-            )
-        try:
-            load_policy(parent)  # refused now rather than in the worker (checked there again)
-        except ArtifactError as exc:
-            raise RegistryError(f"cannot fine-tune from {parent}: {exc}") from None
-    # Lock this name's rows so two starts cannot take the same version number.
-    list(RLModel.objects.select_for_update().filter(name=spec.name).values_list("id"))
-    version = (RLModel.objects.filter(name=spec.name).aggregate(v=Max("version"))["v"] or 0) + 1
-    model = RLModel.objects.create(
-        name=spec.name,
-        version=version,
-        algorithm=spec.algorithm,
-        status=ModelStatus.TRAINING,
-        hyperparameters={**spec.hyperparameters, "_spec": spec.as_json()},
-        markets=spec.markets,
-        parent=parent,
-        progress={"timesteps": 0, "total_timesteps": spec.total_timesteps, "fraction": 0.0},
-    )
+    model = create_run(spec=spec, check_limit=check_limit)
     if enqueue:
         transaction.on_commit(lambda: train_model_task.delay(model.pk))
-    log.info("training run %s v%s queued (%s)", model.name, version, spec.algorithm)
+    log.info("training run %s v%s queued (%s)", model.name, model.version, spec.algorithm)
     return model
 
 
@@ -166,6 +131,45 @@ def start_walkforward(
             )
     log.info("%s queued: %d folds", walkforward, len(rows))
     return walkforward
+
+
+@transaction.atomic
+def start_study(
+    *,
+    spec: RunSpec,
+    n_trials: int,
+    search_space: dict[str, Any] | None = None,
+    evaluate_every: int | None = None,
+    enqueue: bool = True,
+) -> Study:
+    """An Optuna study over ``search_space`` (default :data:`tuning.DEFAULT_SPACE`) around
+    ``spec``, with a budget of ``n_trials`` trial tasks queued for any worker. Intermediate
+    held-out evaluations every ``evaluate_every`` timesteps (default: a quarter of the run;
+    0 = none) feed the pruner. Raises :class:`SpecError` before anything is written."""
+    validate_spec(spec, memory_budget_bytes=memory_budget_bytes())
+    space = validate_space(DEFAULT_SPACE if search_space is None else search_space, spec.algorithm)
+    problems = []
+    if not 1 <= n_trials <= MAX_TRIALS:
+        problems.append(f"the budget must be 1 to {MAX_TRIALS} trials, not {n_trials}")
+    every = spec.total_timesteps // 4 if evaluate_every is None else evaluate_every
+    if not 0 <= every <= spec.total_timesteps:
+        problems.append(f"evaluate_every must be 0 to total_timesteps, not {every}")
+    if problems:
+        raise SpecError({NON_FIELD: problems})
+    study = Study.objects.create(
+        name=spec.name,
+        optuna_name=f"{spec.name}-{uuid.uuid4().hex[:12]}",
+        base_spec=spec.as_json(),
+        search_space=space,
+        n_trials=n_trials,
+        evaluate_every=every,
+    )
+    create_optuna_study(study.optuna_name)
+    if enqueue:
+        for _ in range(n_trials):
+            transaction.on_commit(lambda: study_trial_task.delay(study.pk))
+    log.info("%s queued: %d trials", study, n_trials)
+    return study
 
 
 @transaction.atomic
@@ -330,6 +334,7 @@ __all__ = [
     "retire_model",
     "rollback_model",
     "start_paper_episode",
+    "start_study",
     "start_training_run",
     "start_walkforward",
     "update_episode",

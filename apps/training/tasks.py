@@ -1,13 +1,15 @@
 """The Celery tasks of training: thin shells over :mod:`apps.training.runs` and
-:mod:`apps.training.walkforward`."""
+:mod:`apps.training.walkforward` and :mod:`apps.training.tuning`."""
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 from celery import shared_task
 
 from apps.training.runs import execute_training_run
+from apps.training.tuning import run_trial
 from apps.training.walkforward import finish_walkforward, record_worker
 
 
@@ -24,3 +26,9 @@ def walkforward_fold_task(self: Any, model_id: int, walkforward_id: int) -> dict
     result = execute_training_run(model_id)
     result["walkforward"] = finish_walkforward(walkforward_id)
     return result
+
+
+@shared_task(name="training.study_trial", acks_late=True, bind=True)
+def study_trial_task(self: Any, study_id: int) -> dict[str, Any]:
+    """Run one trial of a study on whichever worker takes it (recorded on the trial)."""
+    return run_trial(study_id, worker=self.request.hostname or socket.gethostname())
