@@ -16,9 +16,16 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from apps.simulation.metrics import METRICS
-from apps.training import selectors, services
-from apps.training.models import WalkForward
-from apps.training.spec import ALGORITHMS, NON_FIELD, RunSpec, SpecError, parse_json
+from apps.training import selectors, services, tuning
+from apps.training.models import Study, WalkForward
+from apps.training.spec import (
+    ALGORITHMS,
+    MAX_HYPERPARAMETERS_JSON_CHARS,
+    NON_FIELD,
+    RunSpec,
+    SpecError,
+    parse_json,
+)
 from apps.training.walkforward import MAX_FOLDS, MAX_TRAIN_SEGMENTS, rolling_windows
 from apps.ui import formatting
 
@@ -285,4 +292,192 @@ class WalkForwardAdmin(admin.ModelAdmin):
                 form.add_error(None, str(exc))
         except services.RegistryError as exc:
             form.add_error(None, str(exc))
+        return None
+
+
+class StudyForm(ExperimentForm):
+    n_trials = forms.IntegerField(
+        min_value=1, max_value=tuning.MAX_TRIALS, initial=10, label="budget (trials)"
+    )
+    evaluate_every = forms.IntegerField(
+        min_value=0,
+        required=False,
+        label="evaluate every (timesteps)",
+        help_text="intermediate held-out evaluations for the pruner; empty = a quarter of the run",
+    )
+    search_space = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 4}),
+        required=False,
+        help_text='JSON, e.g. {"learning_rate": {"type": "float", "low": 1e-5, "high": 0.01, '
+        '"log": true}}; empty = learning rate, gamma and entropy coefficient',
+    )
+
+    def clean_search_space(self) -> dict | None:
+        raw = (self.cleaned_data.get("search_space") or "").strip()
+        if not raw:
+            return None
+        try:
+            value = parse_json(raw, max_chars=MAX_HYPERPARAMETERS_JSON_CHARS)
+        except ValueError as exc:
+            raise forms.ValidationError(str(exc)) from None
+        if not isinstance(value, dict):
+            raise forms.ValidationError("must be a JSON object")
+        return value
+
+
+@admin.register(Study)
+class StudyAdmin(admin.ModelAdmin):
+    """Read-only: a study is started with the form; its trial tasks fill it in."""
+
+    list_display = (
+        "id",
+        "name",
+        "status",
+        "trials_done",
+        "best_value",
+        "best_params",
+        "created_at",
+    )
+    list_filter = ("status", "name")
+    readonly_fields = (
+        "name",
+        "status",
+        "optuna_name",
+        "search_space",
+        "evaluate_every",
+        "created_at",
+        "finished_at",
+        "trials_done",
+        "best_value",
+        "best_params",
+        "best_version",
+        "trials_table",
+        "plots",
+    )
+    fields = readonly_fields
+    change_list_template = "admin/training/study/change_list.html"
+    change_form_template = "admin/training/study/change_form.html"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # started through the "Start a study" form
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False if obj is not None else super().has_change_permission(request)
+
+    @admin.display(description="trials (ended / budget)")
+    def trials_done(self, obj: Study) -> str:
+        return f"{obj.trials.exclude(state='running').count()} / {obj.n_trials}"
+
+    @admin.display(description="best held-out P&L per hour")
+    def best_value(self, obj: Study) -> str:
+        value = (obj.best or {}).get("value")
+        return "" if value is None else formatting.metric(value, tuning.OBJECTIVE)
+
+    @admin.display(description="best parameters")
+    def best_params(self, obj: Study) -> str:
+        params = (obj.best or {}).get("params") or {}
+        return ", ".join(
+            f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
+        )
+
+    @admin.display(description="best version")
+    def best_version(self, obj: Study) -> str:
+        best = obj.best or {}
+        if not best.get("model_id"):
+            return ""
+        url = reverse("admin:training_rlmodel_change", args=[best["model_id"]])
+        return format_html("<a href='{}'>{} v{}</a>", url, obj.name, best.get("version"))
+
+    @admin.display(description="trials")
+    def trials_table(self, obj: Study) -> str:
+        rows = []
+        for trial in obj.trials.select_related("model").order_by("number"):
+            link = (
+                format_html(
+                    "<a href='{}'>v{}</a>",
+                    reverse("admin:training_rlmodel_change", args=[trial.model_id]),
+                    trial.model.version,
+                )
+                if trial.model
+                else "-"
+            )
+            params = ", ".join(
+                f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in trial.params.items()
+            )
+            value = "" if trial.value is None else formatting.metric(trial.value, tuning.OBJECTIVE)
+            rows.append((trial.number, trial.state, link, value, params, trial.worker))
+        body = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            rows,
+        )
+        return format_html(
+            "<table><tr><th>trial</th><th>state</th><th>version</th>"
+            "<th>held-out P&amp;L/h</th><th>parameters</th><th>worker</th></tr>{}</table>",
+            body,
+        )
+
+    @admin.display(description="Optuna's plots")
+    def plots(self, obj: Study) -> str:
+        return format_html_join(
+            "",
+            "<img src='{}' alt='{}' loading='lazy' style='max-width: 48%; margin: 4px'>",
+            (
+                (reverse("admin:training_study_plot", args=[obj.pk, kind]), kind)
+                for kind in tuning.PLOTS
+            ),
+        )
+
+    def get_urls(self):  # type: ignore[no-untyped-def]
+        wrap = self.admin_site.admin_view
+        return [
+            path("start/", wrap(self.start_view), name="training_study_start"),
+            path("<int:pk>/plot/<str:kind>.png", wrap(self.plot_view), name="training_study_plot"),
+            *super().get_urls(),
+        ]
+
+    def plot_view(self, request: HttpRequest, pk: int, kind: str) -> HttpResponse:
+        study = Study.objects.filter(pk=pk).first()
+        if study is None or not self.has_view_permission(request, study):
+            return HttpResponse("Not found", status=404)
+        try:
+            png = tuning.plot_png(study, kind)
+        except ValueError as exc:
+            return HttpResponse(str(exc), status=404, content_type="text/plain")
+        return HttpResponse(png, content_type="image/png")
+
+    def start_view(self, request: HttpRequest) -> HttpResponse:
+        if not request.user.has_perm("training.change_rlmodel"):
+            return HttpResponse("Forbidden", status=403)
+        if request.method == "POST":
+            form = StudyForm(request.POST)
+            if form.is_valid():
+                study = self._start(form)
+                if study is not None:
+                    self.message_user(request, f"queued {study}", messages.SUCCESS)
+                    return HttpResponseRedirect(
+                        reverse("admin:training_study_change", args=[study.pk])
+                    )
+        else:
+            form = StudyForm(initial={"markets": ",".join(selectors.recorded_markets())})
+        return form_page(self, request, form, "Start a hyperparameter study")
+
+    @staticmethod
+    def _start(form: StudyForm) -> Study | None:
+        data = form.cleaned_data
+        span = selectors.recorded_span(data["markets"])
+        if span is None:
+            form.add_error("markets", "no recorded deltas for these markets")
+            return None
+        (ts, te), (es, ee) = selectors.split_windows(*span)
+        try:
+            return services.start_study(
+                spec=form.base_spec((ts, te, es, ee)),
+                n_trials=data["n_trials"],
+                search_space=data["search_space"],
+                evaluate_every=data["evaluate_every"],
+            )
+        except SpecError as exc:
+            form.add_spec_errors(exc)
         return None
