@@ -25,7 +25,7 @@ def _close_optuna_connections():
 
 
 def study_spec(markets: list[str], **overrides):
-    return small_spec(markets, total_timesteps=256, **overrides)
+    return small_spec(markets, **{"total_timesteps": 256, **overrides})
 
 
 def test_a_search_space_is_validated_against_the_hyperparameter_bounds() -> None:
@@ -139,3 +139,29 @@ def test_the_admin_starts_a_study_shows_its_trials_plots_and_promotes_the_best(
     )
     best.refresh_from_db()
     assert best.status == ModelStatus.ACTIVE
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_intermediate_held_out_evaluations_reach_the_pruner_and_can_stop_a_run(
+    recorded_markets,
+) -> None:
+    from apps.training.runs import execute_training_run
+
+    reports = []
+
+    def prune_at_the_second(step: int, metrics: dict) -> bool:
+        reports.append((step, metrics))
+        return len(reports) == 2
+
+    spec = study_spec(recorded_markets, total_timesteps=1024)
+    model = services.start_training_run(spec=spec, enqueue=False)
+    result = execute_training_run(model.pk, on_evaluation=prune_at_the_second, evaluate_every=256)
+    model.refresh_from_db()
+    assert result["pruned"] and model.status == ModelStatus.CANCELLED
+    assert "pruned by its study" in model.error and not model.artifact_path
+    assert [step for step, _ in reports] == [256, 512]
+    # Each report is a held-out evaluation of the policy at that point (agent metrics).
+    assert all(
+        m["episodes"] == spec.eval_episodes and "pnl_per_hour_dollars" in m for _, m in reports
+    )
