@@ -23,9 +23,11 @@ def train_model_task(model_id: int) -> dict[str, Any]:
 def walkforward_fold_task(self: Any, model_id: int, walkforward_id: int) -> dict[str, Any]:
     """Train one fold of a walk-forward, then aggregate it if it was the last to end."""
     record_worker(model_id, self.request.hostname or "")
-    result = execute_training_run(model_id)
-    result["walkforward"] = finish_walkforward(walkforward_id)
-    return result
+    try:
+        result = execute_training_run(model_id)
+    finally:  # even if the run raised past its own handling, the last fold aggregates
+        ended = finish_walkforward(walkforward_id)
+    return {**result, "walkforward": ended}
 
 
 @shared_task(name="training.study_trial", acks_late=True, bind=True)

@@ -174,10 +174,26 @@ def run_trial(study_id: int, *, worker: str) -> dict[str, Any]:
         study=row, number=trial.number, params=params, worker=worker[:200]
     )
     try:
+        return _train_trial(row, study, trial, trial_row, spec)
+    except Exception as exc:
+        # Whatever broke, the trial ends failed in both records, so the budget is spent.
+        if trial_row.state == "running":
+            study.tell(trial, state=TrialState.FAIL)
+            _end_trial(trial_row, "failed", error=f"{type(exc).__name__}: {exc}")
+            update_study(row.pk)
+        raise
+
+
+def _train_trial(
+    row: Study, study: optuna.Study, trial: optuna.Trial, trial_row: StudyTrial, spec: RunSpec
+) -> dict[str, Any]:
+    study_id = row.pk
+    try:
         model = create_run(spec=spec, check_limit=False)
     except (SpecError, RegistryError) as exc:
         study.tell(trial, state=TrialState.FAIL)
         _end_trial(trial_row, "failed", error=str(exc))
+        update_study(study_id)
         return {"study": study_id, "trial": trial.number, "state": "failed"}
     trial_row.model = model
     trial_row.save(update_fields=["model"])
