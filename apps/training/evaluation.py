@@ -219,14 +219,22 @@ MIN_BLOCK_STEPS = 10
 
 
 def _blocks(results: list[EpisodeResult], block_steps: int | None) -> list[metrics.Block]:
-    if block_steps is None and 0 < len(results) < TARGET_BLOCKS:
-        total = sum(r.steps for r in results)
+    if any(r.trace is None for r in results):
+        raise ValueError("summarize() needs results from run_episode (they carry traces)")
+    return trace_blocks([r.trace for r in results], block_steps)
+
+
+def trace_blocks(
+    traces: list[metrics.EpisodeTrace], block_steps: int | None = None
+) -> list[metrics.Block]:
+    """The bootstrap's blocks of ``traces``: each episode one block, or, with fewer than
+    :data:`TARGET_BLOCKS` episodes, pieces of at least :data:`MIN_BLOCK_STEPS` steps."""
+    if block_steps is None and 0 < len(traces) < TARGET_BLOCKS:
+        total = sum(t.notional_e6.size for t in traces)
         block_steps = max(MIN_BLOCK_STEPS, -(-total // TARGET_BLOCKS))
     blocks: list[metrics.Block] = []
-    for result in results:
-        if result.trace is None:
-            raise ValueError("summarize() needs results from run_episode (they carry traces)")
-        blocks += result.trace.blocks(block_steps)
+    for trace in traces:
+        blocks += trace.blocks(block_steps)
     return blocks
 
 

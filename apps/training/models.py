@@ -120,3 +120,133 @@ class TradingEpisode(models.Model):
 
     def __str__(self) -> str:
         return f"{self.mode} episode of {self.model} at {self.started_at:%Y-%m-%d %H:%M}"
+
+
+class HeldOutTraces(models.Model):
+    """The per-step records of a version's held-out evaluation (agent and every baseline),
+    from which pooled metrics and their block-bootstrap intervals are recomputed across
+    versions (a walk-forward's folds). ``data`` is a compressed numpy archive of plain arrays,
+    read with ``allow_pickle=False`` (nothing stored here can execute code)."""
+
+    model = models.OneToOneField(RLModel, on_delete=models.CASCADE, related_name="heldout_traces")
+    data = models.BinaryField()
+
+    class Meta:
+        db_table = "rl_heldout_traces"
+
+    def __str__(self) -> str:
+        return f"held-out traces of {self.model}"
+
+
+class WalkForwardStatus(models.TextChoices):
+    RUNNING = "running", "running"
+    DONE = "done", "done"
+    FAILED = "failed", "failed (no fold finished)"
+
+
+class WalkForward(models.Model):
+    """A walk-forward evaluation: rolling (train, test) windows over the recorded history,
+    each fold a registry version trained by its own Celery task, aggregated when the last
+    fold ends (per-fold and pooled held-out metrics with block-bootstrap intervals)."""
+
+    name = models.CharField(max_length=100, help_text="the folds are versions of this name")
+    status = models.CharField(
+        max_length=16, choices=WalkForwardStatus.choices, default=WalkForwardStatus.RUNNING
+    )
+    base_spec = models.JSONField(default=dict, help_text="the run spec of every fold")
+    settings = models.JSONField(default=dict, help_text="folds, train segments, span")
+    metrics = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "rl_walkforwards"
+        ordering = ["-created_at"]
+        verbose_name = "walk-forward evaluation"
+
+    def __str__(self) -> str:
+        return f"walk-forward {self.pk} of {self.name} ({self.status})"
+
+
+class WalkForwardFold(models.Model):
+    walkforward = models.ForeignKey(WalkForward, on_delete=models.CASCADE, related_name="folds")
+    index = models.PositiveIntegerField()
+    model = models.OneToOneField(RLModel, on_delete=models.CASCADE, related_name="fold")
+    train_start = models.DateTimeField()
+    train_end = models.DateTimeField()
+    test_start = models.DateTimeField()
+    test_end = models.DateTimeField()
+    worker = models.CharField(max_length=200, blank=True, default="", help_text="who trained it")
+
+    class Meta:
+        db_table = "rl_walkforward_folds"
+        ordering = ["walkforward", "index"]
+        constraints = [
+            models.UniqueConstraint(fields=["walkforward", "index"], name="rl_fold_index"),
+        ]
+
+    def __str__(self) -> str:
+        return f"fold {self.index} of {self.walkforward}"
+
+
+class StudyStatus(models.TextChoices):
+    RUNNING = "running", "running"
+    DONE = "done", "done (budget spent)"
+
+
+class Study(models.Model):
+    """An Optuna hyperparameter study stored in this database (Optuna's RDB storage, study
+    ``optuna_name``); its trials run as Celery tasks on any worker, each a registry version."""
+
+    name = models.CharField(max_length=100, help_text="each trial is a version of this name")
+    optuna_name = models.CharField(max_length=200, unique=True)
+    status = models.CharField(
+        max_length=16, choices=StudyStatus.choices, default=StudyStatus.RUNNING
+    )
+    base_spec = models.JSONField(default=dict, help_text="every trial's spec before its parameters")
+    search_space = models.JSONField(default=dict)
+    n_trials = models.PositiveIntegerField(help_text="the budget: trials to run")
+    evaluate_every = models.PositiveIntegerField(
+        default=0, help_text="timesteps between intermediate held-out evaluations (pruning)"
+    )
+    objective = models.CharField(max_length=64, default="pnl_per_hour_dollars")
+    best = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "rl_studies"
+        ordering = ["-created_at"]
+        verbose_name_plural = "studies"
+
+    def __str__(self) -> str:
+        return f"study {self.pk} of {self.name} ({self.status})"
+
+
+class StudyTrial(models.Model):
+    """One trial of a study: its Optuna number and parameters, the worker that ran it, its
+    intermediate and final held-out values, and the registry version it trained."""
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="trials")
+    number = models.PositiveIntegerField()
+    state = models.CharField(max_length=16, default="running")
+    params = models.JSONField(default=dict)
+    value = models.FloatField(null=True, blank=True)
+    intermediate = models.JSONField(default=list, blank=True, help_text="[[timesteps, value]]")
+    worker = models.CharField(max_length=200, blank=True, default="")
+    model = models.OneToOneField(
+        RLModel, null=True, blank=True, on_delete=models.SET_NULL, related_name="trial"
+    )
+    error = models.TextField(blank=True, default="")
+    started_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "rl_study_trials"
+        ordering = ["study", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["study", "number"], name="rl_trial_number"),
+        ]
+
+    def __str__(self) -> str:
+        return f"trial {self.number} of {self.study}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import traceback
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,14 @@ from django.utils import timezone
 
 from apps.simulation.history import RecordedHistory
 from apps.simulation.loader import load
-from apps.training.models import EpisodeMode, ModelStatus, RLModel, TradingEpisode
+from apps.training.models import (
+    EpisodeMode,
+    HeldOutTraces,
+    ModelStatus,
+    RLModel,
+    TradingEpisode,
+)
+from apps.training.pooling import AGENT, traces_to_bytes
 from apps.training.selectors import spec_of
 from apps.training.storage import artifact_dir, load_policy, tensorboard_dir
 
@@ -103,17 +111,44 @@ def mark_ready(model_id: int, outcome: TrainOutcome, out_dir: Path) -> str:
             for r in outcome.agent_episodes
         ]
     )
+    # Kept so that evaluations can be pooled across versions (a walk-forward's folds).
+    policies = {AGENT: outcome.agent_episodes, **outcome.baseline_episodes}
+    HeldOutTraces.objects.create(
+        model=model,
+        data=traces_to_bytes(
+            {
+                name: [r.trace for r in results if r.trace is not None]
+                for name, results in policies.items()
+            }
+        ),
+    )
     return ModelStatus.READY
 
 
-def execute_training_run(model_id: int) -> dict[str, Any]:
-    """Train the queued run ``model_id``; the row ends ready, failed or cancelled."""
+def mark_pruned(model_id: int, reason: str) -> None:
+    """A study's pruner stopped the run: it ends cancelled, with the reason."""
+    RLModel.objects.filter(pk=model_id, status=ModelStatus.TRAINING).update(
+        status=ModelStatus.CANCELLED, error=reason[:4000], updated_at=timezone.now()
+    )
+
+
+def execute_training_run(
+    model_id: int,
+    *,
+    on_evaluation: Callable[[int, dict[str, Any]], bool] | None = None,
+    evaluate_every: int = 0,
+) -> dict[str, Any]:
+    """Train the queued run ``model_id``; the row ends ready, failed or cancelled.
+
+    ``on_evaluation`` / ``evaluate_every``: intermediate held-out evaluations (a study's
+    trial reports them to its pruner; see :func:`apps.training.trainer.train_and_evaluate`).
+    """
     model = RLModel.objects.get(pk=model_id)
     if model.status != ModelStatus.TRAINING:
         return {"model": model_id, "status": model.status, "skipped": True}
     # Imported here, not at the top: the registry's services queue this run from the web
     # process, which should not load torch and Stable-Baselines3 to do so.
-    from apps.training.trainer import TrainingCancelled, train_and_evaluate
+    from apps.training.trainer import TrainingCancelled, TrainingPruned, train_and_evaluate
 
     spec = spec_of(model)
     out_dir = artifact_dir(name=model.name, version=model.version)
@@ -140,7 +175,13 @@ def execute_training_run(model_id: int) -> dict[str, Any]:
             on_progress=lambda p: set_progress(model_id, p),
             should_stop=lambda: is_cancelled(model_id),
             parent_policy=parent,
+            on_evaluation=on_evaluation,
+            evaluate_every=evaluate_every,
         )
+    except TrainingPruned as exc:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        mark_pruned(model_id, f"pruned by its study: {exc}")
+        return {"model": model_id, "status": ModelStatus.CANCELLED, "pruned": True}
     except TrainingCancelled:
         shutil.rmtree(out_dir, ignore_errors=True)
         log.info("training run %s v%s cancelled", model.name, model.version)

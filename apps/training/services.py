@@ -6,37 +6,46 @@ the ``train`` command and the Celery task all call these, never the models direc
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
+import uuid
+from datetime import datetime
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
-from django.db.models import Max
 from django.utils import timezone
 
 from apps.training.artifacts import ArtifactError
-from apps.training.models import EpisodeMode, ModelStatus, RLModel, TradingEpisode
+from apps.training.launch import RegistryError, create_run
+from apps.training.models import (
+    EpisodeMode,
+    ModelStatus,
+    RLModel,
+    Study,
+    TradingEpisode,
+    WalkForward,
+    WalkForwardFold,
+)
 from apps.training.selectors import (  # noqa: F401  (spec_of re-exported)
     previous_promoted,
     promotion_check,
+    recorded_span,
     running_training_count,
     spec_of,
 )
-from apps.training.spec import RunSpec, SpecError, validate_spec
+from apps.training.spec import NON_FIELD, RunSpec, SpecError, validate_spec
 from apps.training.storage import (  # noqa: F401  (re-exported: the registry's public face)
     artifact_dir,
     load_policy,
     memory_budget_bytes,
     tensorboard_dir,
 )
-from apps.training.tasks import train_model_task
+from apps.training.tasks import study_trial_task, train_model_task, walkforward_fold_task
+from apps.training.tuning import DEFAULT_SPACE, MAX_TRIALS, create_optuna_study, validate_space
+from apps.training.walkforward import rolling_windows
 
 log = logging.getLogger(__name__)
-
-
-class RegistryError(Exception):
-    """A registry operation that cannot be done now; the message says why."""
 
 
 class PromotionRefused(RegistryError):
@@ -44,51 +53,123 @@ class PromotionRefused(RegistryError):
 
 
 @transaction.atomic
-def start_training_run(*, spec: RunSpec, enqueue: bool = True) -> RLModel:
+def start_training_run(*, spec: RunSpec, enqueue: bool = True, check_limit: bool = True) -> RLModel:
     """Validate ``spec``, create the model row (status training) and queue the Celery task.
 
     Raises :class:`SpecError` before anything is written when the spec is invalid (bounds,
     types, or an estimated memory over ``RL_TRAINING_MEMORY_BUDGET_MB``), and
     :class:`RegistryError` when the concurrency limit is reached or the parent is missing.
+    ``check_limit=False`` is for the folds of a walk-forward, which are queued together and
+    run as fast as the workers that exist take them.
     """
-    validate_spec(spec, memory_budget_bytes=memory_budget_bytes())
-    limit = settings.RL_TRAINING_MAX_CONCURRENT
-    if running_training_count() >= limit:
-        raise RegistryError(
-            f"{limit} training run(s) already running (RL_TRAINING_MAX_CONCURRENT); "
-            "wait for one to finish or cancel it"
-        )
-    parent = None
-    if spec.parent_version is not None:
-        parent = RLModel.objects.filter(name=spec.name, version=spec.parent_version).first()
-        if parent is None or not parent.artifact_sha256:
-            raise RegistryError(f"{spec.name} v{spec.parent_version} has no trained artifact")
-        if parent.algorithm != spec.algorithm or list(parent.markets) != list(spec.markets):
-            raise RegistryError(
-                f"{parent} is a {parent.algorithm} policy for {parent.markets}: fine-tuning "
-                "keeps the parent's algorithm and markets"
-            )
-        try:
-            load_policy(parent)  # refused now rather than in the worker (checked there again)
-        except ArtifactError as exc:
-            raise RegistryError(f"cannot fine-tune from {parent}: {exc}") from None
-    # Lock this name's rows so two starts cannot take the same version number.
-    list(RLModel.objects.select_for_update().filter(name=spec.name).values_list("id"))
-    version = (RLModel.objects.filter(name=spec.name).aggregate(v=Max("version"))["v"] or 0) + 1
-    model = RLModel.objects.create(
-        name=spec.name,
-        version=version,
-        algorithm=spec.algorithm,
-        status=ModelStatus.TRAINING,
-        hyperparameters={**spec.hyperparameters, "_spec": spec.as_json()},
-        markets=spec.markets,
-        parent=parent,
-        progress={"timesteps": 0, "total_timesteps": spec.total_timesteps, "fraction": 0.0},
-    )
+    model = create_run(spec=spec, check_limit=check_limit)
     if enqueue:
         transaction.on_commit(lambda: train_model_task.delay(model.pk))
-    log.info("training run %s v%s queued (%s)", model.name, version, spec.algorithm)
+    log.info("training run %s v%s queued (%s)", model.name, model.version, spec.algorithm)
     return model
+
+
+@transaction.atomic
+def start_walkforward(
+    *,
+    spec: RunSpec,
+    folds: int,
+    train_segments: int = 3,
+    span: tuple[datetime, datetime] | None = None,
+    enqueue: bool = True,
+) -> WalkForward:
+    """A walk-forward evaluation of ``spec`` (its windows are replaced by the folds'): one
+    registry version per fold over rolling windows of ``span`` (default: the markets'
+    recorded span), each queued as its own Celery task. Every fold's spec is validated before
+    anything is written (a :class:`SpecError` names the fold)."""
+    span = span or recorded_span(spec.markets)
+    if span is None:
+        raise RegistryError(f"no recorded deltas for {', '.join(spec.markets)}")
+    try:
+        windows = rolling_windows(*span, folds=folds, train_segments=train_segments)
+    except ValueError as exc:
+        raise SpecError({NON_FIELD: [str(exc)]}) from None
+    walkforward = WalkForward.objects.create(
+        name=spec.name,
+        base_spec=spec.as_json(),
+        settings={
+            "folds": folds,
+            "train_segments": train_segments,
+            "span": [span[0].isoformat(), span[1].isoformat()],
+        },
+    )
+    rows = []
+    for index, (train_start, train_end, test_start, test_end) in enumerate(windows):
+        fold_spec = dataclasses.replace(
+            spec,
+            train_start=train_start,
+            train_end=train_end,
+            eval_start=test_start,
+            eval_end=test_end,
+        )
+        try:
+            model = start_training_run(spec=fold_spec, enqueue=False, check_limit=False)
+        except SpecError as exc:
+            raise SpecError(
+                {k: [f"fold {index}: {m}" for m in v] for k, v in exc.errors.items()}
+            ) from None
+        rows.append(
+            WalkForwardFold.objects.create(
+                walkforward=walkforward,
+                index=index,
+                model=model,
+                train_start=train_start,
+                train_end=train_end,
+                test_start=test_start,
+                test_end=test_end,
+            )
+        )
+    if enqueue:
+        for fold in rows:
+            transaction.on_commit(
+                lambda f=fold: walkforward_fold_task.delay(f.model_id, walkforward.pk)
+            )
+    log.info("%s queued: %d folds", walkforward, len(rows))
+    return walkforward
+
+
+@transaction.atomic
+def start_study(
+    *,
+    spec: RunSpec,
+    n_trials: int,
+    search_space: dict[str, Any] | None = None,
+    evaluate_every: int | None = None,
+    enqueue: bool = True,
+) -> Study:
+    """An Optuna study over ``search_space`` (default :data:`tuning.DEFAULT_SPACE`) around
+    ``spec``, with a budget of ``n_trials`` trial tasks queued for any worker. Intermediate
+    held-out evaluations every ``evaluate_every`` timesteps (default: a quarter of the run;
+    0 = none) feed the pruner. Raises :class:`SpecError` before anything is written."""
+    validate_spec(spec, memory_budget_bytes=memory_budget_bytes())
+    space = validate_space(DEFAULT_SPACE if search_space is None else search_space, spec.algorithm)
+    problems = []
+    if not 1 <= n_trials <= MAX_TRIALS:
+        problems.append(f"the budget must be 1 to {MAX_TRIALS} trials, not {n_trials}")
+    every = spec.total_timesteps // 4 if evaluate_every is None else evaluate_every
+    if not 0 <= every <= spec.total_timesteps:
+        problems.append(f"evaluate_every must be 0 to total_timesteps, not {every}")
+    if problems:
+        raise SpecError({NON_FIELD: problems})
+    study = Study.objects.create(
+        name=spec.name,
+        optuna_name=f"{spec.name}-{uuid.uuid4().hex[:12]}",
+        base_spec=spec.as_json(),
+        search_space=space,
+        n_trials=n_trials,
+        evaluate_every=every,
+    )
+    create_optuna_study(study.optuna_name)
+    if enqueue:
+        for _ in range(n_trials):
+            transaction.on_commit(lambda: study_trial_task.delay(study.pk))
+    log.info("%s queued: %d trials", study, n_trials)
+    return study
 
 
 @transaction.atomic
@@ -253,6 +334,8 @@ __all__ = [
     "retire_model",
     "rollback_model",
     "start_paper_episode",
+    "start_study",
     "start_training_run",
+    "start_walkforward",
     "update_episode",
 ]

@@ -40,6 +40,10 @@ class TrainingCancelled(RuntimeError):
     """The run was cancelled from the registry while it trained."""
 
 
+class TrainingPruned(TrainingCancelled):
+    """A study's pruner stopped the run on an intermediate held-out evaluation."""
+
+
 @dataclass
 class TrainOutcome:
     artifact_path: Path
@@ -146,6 +150,49 @@ class CheckpointCallback(BaseCallback):
         return True
 
 
+class HeldOutCallback(BaseCallback):
+    """Every ``every`` timesteps, the current policy (deterministic) on the held-out start
+    ticks; ``report(timesteps, agent metrics)`` says whether to stop (a study's pruner)."""
+
+    def __init__(
+        self,
+        *,
+        every: int,
+        eval_env: KalshiTradingEnv,
+        starts: list[int],
+        masked: bool,
+        report: Callable[[int, dict[str, Any]], bool],
+    ) -> None:
+        super().__init__()
+        self.every, self.eval_env, self.starts, self.masked = every, eval_env, starts, masked
+        self.report = report
+        self.pruned = False
+        self._next = every
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps < self._next:
+            return True
+        self._next = self.num_timesteps + self.every
+        policy = agent_policy(self.model, masked=self.masked)
+        results = [run_episode(self.eval_env, policy, start_tick=s) for s in self.starts]
+        self.pruned = bool(self.report(int(self.num_timesteps), summarize(results)))
+        return not self.pruned
+
+
+def agent_policy(agent: Any, *, masked: bool) -> Callable[[np.ndarray, KalshiTradingEnv], Any]:
+    """A deterministic policy of ``agent`` for :func:`run_episode` (with action masks for
+    MaskablePPO)."""
+
+    def policy(obs: np.ndarray, env: KalshiTradingEnv) -> np.ndarray:
+        if masked:
+            action, _ = agent.predict(obs, deterministic=True, action_masks=env.action_masks())
+        else:
+            action, _ = agent.predict(obs, deterministic=True)
+        return action
+
+    return policy
+
+
 def new_model(
     spec: RunSpec, env: Any, *, tensorboard_dir: Path, parent_policy: Any | None = None
 ) -> Any:
@@ -216,12 +263,17 @@ def train_and_evaluate(
     should_stop: Callable[[], bool],
     parent_policy: Any | None = None,
     check_every_s: float = 2.0,
+    on_evaluation: Callable[[int, dict[str, Any]], bool] | None = None,
+    evaluate_every: int = 0,
 ) -> TrainOutcome:
     """Train ``spec`` on ``train_history``, save the artifact, evaluate on ``eval_history``.
 
     ``parent_policy`` (fine-tuning) is a verified, loaded policy of the parent version.
     ``should_stop`` is asked at most every ``check_every_s`` during rollouts and between
-    optimisation steps; when it says yes, :class:`TrainingCancelled` is raised."""
+    optimisation steps; when it says yes, :class:`TrainingCancelled` is raised. With
+    ``evaluate_every`` and ``on_evaluation``, the policy is evaluated on the held-out ticks
+    every ``evaluate_every`` timesteps and ``on_evaluation(timesteps, metrics)`` may stop the
+    run (:class:`TrainingPruned`)."""
     torch.set_num_threads(1)  # determinism (and fairness on a shared 2-core machine)
     out_dir.mkdir(parents=True, exist_ok=True)
     env = make_train_env(train_history, spec)
@@ -234,6 +286,19 @@ def train_and_evaluate(
         total_timesteps=spec.total_timesteps, on_progress=on_progress, cancel=cancel
     )
     callbacks: list[BaseCallback] = [progress]
+    eval_env = make_env(eval_history, spec)
+    starts = evaluation_starts(eval_env, spec.eval_episodes)
+    masked = spec.algorithm == "MaskablePPO"
+    heldout = None
+    if on_evaluation is not None and evaluate_every > 0:
+        heldout = HeldOutCallback(
+            every=evaluate_every,
+            eval_env=eval_env,
+            starts=starts,
+            masked=masked,
+            report=on_evaluation,
+        )
+        callbacks.append(heldout)
     if spec.checkpoint_every:
         callbacks.append(
             CheckpointCallback(
@@ -249,6 +314,8 @@ def train_and_evaluate(
     )
     if progress.cancelled:
         raise TrainingCancelled("the run was cancelled")
+    if heldout is not None and heldout.pruned:
+        raise TrainingPruned(f"pruned at {model.num_timesteps} timesteps")
     on_progress(progress.snapshot())
     artifact = out_dir / "model.zip"
     sha = save_artifact(model.policy, artifact, algorithm=spec.algorithm)
@@ -260,18 +327,8 @@ def train_and_evaluate(
         n_markets=len(spec.markets),
         root=out_dir,
     )
-    eval_env = make_env(eval_history, spec)
-    starts = evaluation_starts(eval_env, spec.eval_episodes)
-    masked = spec.algorithm == "MaskablePPO"
-
-    def agent_policy(obs: np.ndarray, env: KalshiTradingEnv) -> np.ndarray:
-        if masked:
-            action, _ = agent.predict(obs, deterministic=True, action_masks=env.action_masks())
-        else:
-            action, _ = agent.predict(obs, deterministic=True)
-        return action
-
-    agent_results = [run_episode(eval_env, agent_policy, start_tick=s) for s in starts]
+    policy = agent_policy(agent, masked=masked)
+    agent_results = [run_episode(eval_env, policy, start_tick=s) for s in starts]
     baselines = {
         name: [run_episode(eval_env, policy, start_tick=s) for s in starts]
         for name, policy in baseline_policies().items()
