@@ -36,6 +36,7 @@ from apps.marketdata.models import (
 from apps.simulation.env import EnvConfig, KalshiTradingEnv, traded_count
 from apps.simulation.loader import load
 from apps.training import selectors, services
+from apps.training.dispatch import worker_status
 from apps.training.models import ModelStatus, RLModel
 from apps.training.spec import RunSpec
 
@@ -126,8 +127,9 @@ def train_model(
     timesteps: int,
     seed: int,
 ) -> RLModel:
-    """Train a small PPO model as a Celery task on the first 70 % of the window and evaluate it
-    on the rest (the same services the admin and ``train`` use)."""
+    """Train a small PPO model as a Celery task (in this process when no worker answers) on
+    the first 70 % of the window and evaluate it on the rest (the same services the admin and
+    ``train`` use)."""
     (ts, te), (es, ee) = selectors.split_windows(start, end, train_share=0.7)
     eval_ticks = int((ee - es) / timedelta(seconds=step_s))
     spec = RunSpec(
@@ -145,7 +147,11 @@ def train_model(
         episode_steps=max(2, min(100, eval_ticks // 2)),
         eval_episodes=3,
     )
-    model = services.start_training_run(spec=spec)
+    # Offline there is no worker (./run serve starts one): the demo then trains in-process.
+    here = not worker_status().online
+    model = services.start_training_run(spec=spec, enqueue=not here)
+    if here:
+        services.run_training_here(model=model)
     deadline = time.monotonic() + 900
     while model.status == ModelStatus.TRAINING and time.monotonic() < deadline:
         time.sleep(0.5)

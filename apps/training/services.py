@@ -16,14 +16,16 @@ from django.db.models import Max
 from django.utils import timezone
 
 from apps.training.artifacts import ArtifactError
+from apps.training.datachecks import validate_run
 from apps.training.models import EpisodeMode, ModelStatus, RLModel, TradingEpisode
+from apps.training.runs import note
 from apps.training.selectors import (  # noqa: F401  (spec_of re-exported)
     previous_promoted,
     promotion_check,
     running_training_count,
     spec_of,
 )
-from apps.training.spec import RunSpec, SpecError, validate_spec
+from apps.training.spec import RunSpec, SpecError
 from apps.training.storage import (  # noqa: F401  (re-exported: the registry's public face)
     artifact_dir,
     load_policy,
@@ -48,10 +50,12 @@ def start_training_run(*, spec: RunSpec, enqueue: bool = True) -> RLModel:
     """Validate ``spec``, create the model row (status training) and queue the Celery task.
 
     Raises :class:`SpecError` before anything is written when the spec is invalid (bounds,
-    types, or an estimated memory over ``RL_TRAINING_MEMORY_BUDGET_MB``), and
+    types, an estimated memory over ``RL_TRAINING_MEMORY_BUDGET_MB``, markets that are not
+    recorded or windows without enough recorded ticks: :func:`datachecks.validate_run`), and
     :class:`RegistryError` when the concurrency limit is reached or the parent is missing.
+    ``enqueue=False`` only writes the row (the caller runs it: :func:`run_training_here`).
     """
-    validate_spec(spec, memory_budget_bytes=memory_budget_bytes())
+    validate_run(spec)
     limit = settings.RL_TRAINING_MAX_CONCURRENT
     if running_training_count() >= limit:
         raise RegistryError(
@@ -83,12 +87,24 @@ def start_training_run(*, spec: RunSpec, enqueue: bool = True) -> RLModel:
         hyperparameters={**spec.hyperparameters, "_spec": spec.as_json()},
         markets=spec.markets,
         parent=parent,
-        progress={"timesteps": 0, "total_timesteps": spec.total_timesteps, "fraction": 0.0},
+        progress={
+            "timesteps": 0,
+            "total_timesteps": spec.total_timesteps,
+            "fraction": 0.0,
+            "phase": "queued",
+            "log": [f"{timezone.now():%H:%M:%S} queued: waiting for a worker"],
+        },
     )
     if enqueue:
         transaction.on_commit(lambda: train_model_task.delay(model.pk))
     log.info("training run %s v%s queued (%s)", model.name, version, spec.algorithm)
     return model
+
+
+def run_training_here(*, model: RLModel) -> dict[str, Any]:
+    """Run the queued ``model``'s task in this process (Celery's ``apply``: the same task,
+    not through the queue), for a command that waits for its run when no worker answers."""
+    return train_model_task.apply(args=(model.pk,)).get()
 
 
 @transaction.atomic
@@ -100,6 +116,7 @@ def cancel_training_run(*, model: RLModel) -> RLModel:
     model.status = ModelStatus.CANCELLED
     model.error = "cancelled by a user"
     model.save(update_fields=["status", "error", "updated_at"])
+    note(model.pk, "cancel requested: a running task stops at its next check", phase="cancelled")
     return model
 
 
@@ -252,6 +269,7 @@ __all__ = [
     "promote_model",
     "retire_model",
     "rollback_model",
+    "run_training_here",
     "start_paper_episode",
     "start_training_run",
     "update_episode",

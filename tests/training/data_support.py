@@ -1,0 +1,36 @@
+"""Recorded books for validation tests: the fewest rows that make a market "recorded" over a
+span — a snapshot before it starts (the book is trusted from the start) and one at its end
+(the recording reached it)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+
+from django.utils import timezone
+
+from apps.marketdata.models import OrderbookSnapshot, RecordingConnection
+
+
+def record_books(markets: list[str], start: datetime, end: datetime) -> None:
+    connection = RecordingConnection.objects.create(
+        id=uuid.uuid4(), exchange="local", ws_url="ws://local", opened_at=timezone.now()
+    )
+    rows = []
+    for j, market in enumerate(markets):
+        for k, when in enumerate((start - timedelta(seconds=1), end)):
+            rows.append(
+                OrderbookSnapshot(
+                    connection=connection,
+                    market_ticker=market,
+                    sid=j + 1,
+                    seq=k + 1,
+                    yes_levels=[[4000, 1000]],
+                    no_levels=[[5000, 1000]],
+                    received_at=when,
+                    source="ws",
+                    as_of_sid=j + 1,
+                    as_of_seq=k + 1,
+                )
+            )
+    OrderbookSnapshot.objects.bulk_create(rows)
