@@ -119,8 +119,11 @@ def data_problems(spec: RunSpec) -> dict[str, list[str]]:
         if not short:
             continue
         worst = min(short, key=lambda c: c.seconds)
-        if worst.start is None or worst.seconds == 0:
-            found = f"has no trusted recorded book of {worst.market}"
+        if worst.start is None:
+            found = f"has no order book snapshot of {worst.market} (its book is never trusted)"
+        elif worst.end is None or worst.end <= worst.start:
+            ended = f": its recording ends at {_when(worst.end)}" if worst.end else ""
+            found = f"has no recorded data of {worst.market}{ended}"
         else:
             found = (
                 f"has a recorded book of {worst.market} only from {_when(worst.start)} to "

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from celery import current_app
 from django.conf import settings
+from django.core.cache import cache
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +64,30 @@ def transport_name() -> str:
     return url.split("://", 1)[0] or "unknown"
 
 
-def worker_status(*, timeout_s: float | None = None) -> WorkerStatus:
+# A worker that answered is believed for this long (the start form's page pings, then its
+# post does not wait again); a silence is never cached, so a worker just started is seen.
+ONLINE_CACHE_S = 10
+_CACHE_KEY = "training:worker-status"
+
+
+def worker_status(*, timeout_s: float | None = None, cached: bool = True) -> WorkerStatus:
     """Ping the workers; returns as soon as one answers, else after ``timeout_s``
     (``RL_WORKER_PING_TIMEOUT_S``). Never raises: a broker that is down is an answer too."""
     timeout = settings.RL_WORKER_PING_TIMEOUT_S if timeout_s is None else timeout_s
     transport = transport_name()
     if current_app.conf.task_always_eager:  # set by a test: tasks run where they are queued
         return WorkerStatus(workers=("eager (in process)",), transport=transport)
+    if cached:
+        known = cache.get(_CACHE_KEY)
+        if known and known[0] == transport:
+            return WorkerStatus(workers=tuple(known[1]), transport=transport)
+    status = _ping(transport, timeout)
+    if status.online:
+        cache.set(_CACHE_KEY, (transport, list(status.workers)), ONLINE_CACHE_S)
+    return status
+
+
+def _ping(transport: str, timeout: float) -> WorkerStatus:
     try:
         with current_app.connection_for_write() as conn:
             # One connection attempt, not Celery's retry loop: a broker that is down is told

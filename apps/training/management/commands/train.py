@@ -11,7 +11,12 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
 from apps.training import selectors, services
-from apps.training.datachecks import DEFAULT_EPISODE_STEPS, STEP_CHOICES_S, run_defaults
+from apps.training.datachecks import (
+    DEFAULT_EPISODE_STEPS,
+    STEP_CHOICES_S,
+    run_defaults,
+    unrecorded,
+)
 from apps.training.dispatch import worker_status
 from apps.training.evaluation import describe_metrics
 from apps.training.models import ModelStatus, RLModel
@@ -104,6 +109,9 @@ class Command(BaseCommand):
         windows = [opts["train_start"], opts["train_end"], opts["eval_start"], opts["eval_end"]]
         if not all(windows):
             if defaults is None:
+                missing = unrecorded(markets)
+                if missing:
+                    raise CommandError(f"--markets: not in the recorded data: {', '.join(missing)}")
                 raise CommandError(f"no recorded deltas for {', '.join(markets)}")
             derived = (
                 defaults.train_start,
