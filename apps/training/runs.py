@@ -31,6 +31,7 @@ from apps.simulation.loader import load
 from apps.training.models import EpisodeMode, ModelStatus, RLModel, TradingEpisode
 from apps.training.selectors import spec_of
 from apps.training.storage import artifact_dir, load_policy, tensorboard_dir
+from apps.ui import formatting
 
 if TYPE_CHECKING:
     from apps.training.trainer import TrainOutcome
@@ -246,9 +247,8 @@ def execute_training_run(model_id: int) -> dict[str, Any]:
     pnl = (outcome.metrics.get("evaluation") or {}).get("pnl_per_hour_dollars")
     note(
         model_id,
-        "ready"
-        + (f": held-out P&L {pnl:+.2f} $/h" if isinstance(pnl, int | float) else "")
-        + f", artifact sha256 {outcome.artifact_sha256[:12]}",
+        f"ready: held-out P&L {formatting.metric(pnl, 'pnl_per_hour_dollars')}, "
+        f"artifact sha256 {outcome.artifact_sha256[:12]}",
         phase="ready",
     )
     log.info(

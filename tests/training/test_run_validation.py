@@ -167,3 +167,31 @@ def test_the_forms_defaults_pass_its_own_checks_on_a_short_recording(admin_clien
     model = RLModel.objects.get(name="checked")
     assert response["Location"] == f"/admin/training/rlmodel/{model.pk}/run/"
     assert model.progress["phase"] == "queued"
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+def test_manage_py_train_runs_the_task_itself_when_no_worker_answers(
+    recorded_markets, settings, capsys
+) -> None:
+    """``train`` waits for its run anyway: with no worker listening it runs it in-process
+    (the same Celery task, applied here) instead of waiting forever at 0 %."""
+    from django.core.cache import cache
+
+    from apps.training.dispatch import worker_status
+    from tests.training.conftest import small_spec
+
+    cache.clear()
+    settings.RL_WORKER_PING_TIMEOUT_S = 0.3
+    assert not worker_status().online
+    spec = small_spec(recorded_markets, total_timesteps=256)
+    call_command(
+        "train", "--name", "cli-here", "--markets", ",".join(spec.markets),
+        "--train-start", spec.train_start.isoformat(), "--train-end", spec.train_end.isoformat(),
+        "--eval-start", spec.eval_start.isoformat(), "--eval-end", spec.eval_end.isoformat(),
+        "--timesteps", "256", "--step-s", str(spec.step_s), "--episode-steps", "20",
+        "--hp", "n_steps=128", "--hp", "batch_size=64", "--hp", "n_epochs=1",
+    )  # fmt: skip
+    model = RLModel.objects.get(name="cli-here")
+    assert model.status == "ready", model.error
+    assert "cli-here v1 (ready) trained" in capsys.readouterr().out
