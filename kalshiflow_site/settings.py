@@ -1,6 +1,7 @@
 """Django settings, read from the environment with defaults that run with zero configuration.
 
-No DATABASE_URL -> SQLite under var/. No REDIS_URL -> in-memory channel layer and eager Celery.
+No DATABASE_URL -> SQLite under var/. No REDIS_URL -> in-memory channel layer and Celery over a
+folder (var/celery), consumed by the worker ``./run serve`` starts.
 """
 
 from __future__ import annotations
@@ -129,8 +130,11 @@ SECURE_PROXY_SSL_HEADER = (
     ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("SECURE_PROXY_SSL", False) else None
 )
 
-# Redis: channel layer and Celery. Without REDIS_URL everything runs in-process.
+# Redis: channel layer and Celery. Without REDIS_URL the channel layer is in-process and
+# Celery's queue is a folder (kombu's filesystem transport), consumed by the worker that
+# `./run serve` starts beside the web server: a task never runs inside a request.
 REDIS_URL = env_str("REDIS_URL", "")
+CELERY_TASK_ALWAYS_EAGER = False
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
@@ -140,12 +144,28 @@ if REDIS_URL:
     }
     CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
     CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", REDIS_URL)
-    CELERY_TASK_ALWAYS_EAGER = False
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
-    CELERY_BROKER_URL = "memory://"
-    CELERY_RESULT_BACKEND = "cache+memory://"
-    CELERY_TASK_ALWAYS_EAGER = True
+    RL_CELERY_DIR = Path(env_str("RL_CELERY_DIR", str(VAR_DIR / "celery")))
+    for _folder in ("queue", "control", "results"):
+        (RL_CELERY_DIR / _folder).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_URL = "filesystem://localhost/"
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        # One folder both ways: the web process writes the messages the worker reads.
+        "data_folder_in": str(RL_CELERY_DIR / "queue"),
+        "data_folder_out": str(RL_CELERY_DIR / "queue"),
+        # Fanout bindings (the worker's remote control: ping, so the admin knows it is up).
+        "control_folder": str(RL_CELERY_DIR / "control"),
+        # Seconds between looks at the folders (kombu's default is 1 s): a ping answers fast.
+        "polling_interval": 0.25,
+    }
+    CELERY_RESULT_BACKEND = f"file://{RL_CELERY_DIR / 'results'}"
+# `./run serve` starts a Celery worker beside daphne when this is on (default: without Redis,
+# where the queue is a local folder and nothing else would consume it).
+RL_EMBEDDED_WORKER = env_bool("RL_EMBEDDED_WORKER", not REDIS_URL)
+# How long the admin waits for a worker to answer a ping before it warns that a run queued
+# now would wait.
+RL_WORKER_PING_TIMEOUT_S = env_float("RL_WORKER_PING_TIMEOUT_S", 1.5, minimum=0.1)
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

@@ -38,6 +38,7 @@ from apps.marketdata.models import (
 from apps.simulation.env import EnvConfig, KalshiTradingEnv, traded_count
 from apps.simulation.loader import load
 from apps.training import selectors, services
+from apps.training.dispatch import worker_status
 from apps.training.models import ModelStatus, RLModel
 from apps.training.spec import RunSpec
 
@@ -154,8 +155,9 @@ def train_model(
     seed: int,
     planted: bool,
 ) -> RLModel:
-    """Train a PPO model as a Celery task on the first 70 % of the window and evaluate it
-    on the rest (the same services the admin and ``train`` use)."""
+    """Train a PPO model as a Celery task (in this process when no worker answers) on the
+    first 70 % of the window and evaluate it on the rest (the same services the admin and
+    ``train`` use)."""
     (ts, te), (es, ee) = selectors.split_windows(start, end, train_share=0.7)
     eval_ticks = int((ee - es) / timedelta(seconds=step_s))
     episode_steps = max(2, min(100, eval_ticks // 3))
@@ -177,7 +179,11 @@ def train_model(
         eval_episodes=max(2, min(20, eval_ticks // (episode_steps + 1))),
         n_envs=8 if planted else 1,
     )
-    model = services.start_training_run(spec=spec)
+    # Offline there is no worker (./run serve starts one): the demo then trains in-process.
+    here = not worker_status().online
+    model = services.start_training_run(spec=spec, enqueue=not here)
+    if here:
+        services.run_training_here(model=model)
     deadline = time.monotonic() + 900
     while model.status == ModelStatus.TRAINING and time.monotonic() < deadline:
         time.sleep(0.5)

@@ -1,5 +1,7 @@
 """The model registry in the admin: a read-only report per version, a side-by-side
-comparison, confirmation pages before promotion and rollback, and a form that starts a run.
+comparison, confirmation pages before promotion and rollback, a form that starts a run
+(:mod:`apps.training.forms`) and a run page that follows it live (status, progress, ETA,
+learning curve, log tail, cancel; its state from :mod:`apps.training.progress`).
 
 Actions call the services; the pages' data comes from :mod:`apps.training.selectors`, their
 charts from :mod:`apps.training.charts` and every number's format from
@@ -7,21 +9,20 @@ charts from :mod:`apps.training.charts` and every number's format from
 
 from __future__ import annotations
 
-from datetime import datetime
 from urllib.parse import urlencode
 
-from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from apps.training import charts, selectors, services
+from apps.training import charts, dispatch, progress, selectors, services
 from apps.training.artifacts import ArtifactError
+from apps.training.forms import TrainingRunForm, add_spec_errors, initial_values, parse_markets
 from apps.training.models import ModelStatus, RLModel, TradingEpisode
-from apps.training.spec import ALGORITHMS, RunSpec, SpecError, parse_json, validate_spec
+from apps.training.spec import MAX_MARKETS, SpecError
 from apps.ui import formatting
 from apps.ui.admin_filters import TimeRangeFilter
 
@@ -93,90 +94,6 @@ class TradingEpisodeInline(EpisodeFormats, admin.TabularInline):
     @admin.display(description="equity / drawdown")
     def plot(self, obj: TradingEpisode) -> str:
         return episode_plot_img(obj, width_px=300)
-
-
-def add_spec_errors(form: forms.Form, exc: SpecError) -> None:
-    """Show each of the validator's problems next to its field (the rest above the form)."""
-    for key, problems in exc.errors.items():
-        field = key if key in form.fields else None
-        for problem in problems:
-            form.add_error(field, problem)
-
-
-class TrainingRunForm(forms.Form):
-    """Validated fields for a run; the spec validation runs again in the service."""
-
-    name = forms.SlugField(max_length=100)
-    algorithm = forms.ChoiceField(choices=[(a, a) for a in ALGORITHMS])
-    markets = forms.CharField(help_text="comma-separated tickers (1 to 10)")
-    train_start = forms.DateTimeField()
-    train_end = forms.DateTimeField()
-    eval_start = forms.DateTimeField(help_text="held-out time: must not overlap training")
-    eval_end = forms.DateTimeField()
-    total_timesteps = forms.IntegerField(min_value=1, initial=20_000)
-    seed = forms.IntegerField(initial=0)
-    step_s = forms.FloatField(min_value=0.001, initial=1.0, label="env step (s)")
-    episode_steps = forms.IntegerField(min_value=2, initial=300)
-    n_envs = forms.IntegerField(
-        min_value=1,
-        max_value=64,
-        initial=8,
-        required=False,
-        label="envs",
-        help_text="stepped per policy forward pass (n_steps is per env); empty = 1",
-    )
-    hyperparameters = forms.CharField(
-        widget=forms.Textarea(attrs={"rows": 3}),
-        required=False,
-        initial="{}",
-        help_text='JSON, e.g. {"learning_rate": 0.0003, "n_steps": 512}',
-    )
-    mode = forms.ChoiceField(
-        choices=[("training", "training")],
-        initial="training",
-        help_text="runs only ever train; live trading does not exist",
-    )
-
-    def clean_hyperparameters(self) -> dict:
-        raw = self.cleaned_data.get("hyperparameters") or "{}"
-        try:
-            value = parse_json(raw)  # bounded: size, nesting, finite numbers only
-        except ValueError as exc:
-            raise forms.ValidationError(str(exc)) from None
-        if not isinstance(value, dict):
-            raise forms.ValidationError("must be a JSON object")
-        return value
-
-    def clean(self) -> dict:
-        """The spec validator (bounds, types, memory budget) runs here, per field."""
-        data = super().clean()
-        if not self.errors:
-            try:
-                validate_spec(self.spec(), memory_budget_bytes=services.memory_budget_bytes())
-            except SpecError as exc:
-                add_spec_errors(self, exc)
-        return data
-
-    def clean_markets(self) -> list[str]:
-        return [m.strip().upper() for m in self.cleaned_data["markets"].split(",") if m.strip()]
-
-    def spec(self) -> RunSpec:
-        data = self.cleaned_data
-        return RunSpec(
-            name=data["name"],
-            algorithm=data["algorithm"],
-            markets=data["markets"],
-            train_start=data["train_start"],
-            train_end=data["train_end"],
-            eval_start=data["eval_start"],
-            eval_end=data["eval_end"],
-            total_timesteps=data["total_timesteps"],
-            hyperparameters=data["hyperparameters"],
-            seed=data["seed"],
-            step_s=data["step_s"],
-            episode_steps=data["episode_steps"],
-            n_envs=data.get("n_envs") or 1,
-        )
 
 
 @admin.register(RLModel)
@@ -285,8 +202,17 @@ class RLModelAdmin(admin.ModelAdmin):
 
     @admin.display(description="progress")
     def progress_display(self, obj: RLModel) -> str:
+        """The run's progress, linked to its run page (live for a run in training)."""
         fraction = (obj.progress or {}).get("fraction")
-        return "" if fraction is None else formatting.percent(fraction, places=0)
+        if fraction is None or obj.pk is None:
+            return ""
+        if obj.status in (ModelStatus.READY, ModelStatus.ACTIVE, ModelStatus.RETIRED):
+            fraction = 1.0
+        return format_html(
+            '<a href="{}" class="kf-run-link">{}</a>',
+            reverse("admin:training_rlmodel_run", args=[obj.pk]),
+            formatting.percent(fraction, places=0),
+        )
 
     @admin.display(description="held-out P&L per hour")
     def held_out_pnl(self, obj: RLModel) -> str:
@@ -462,51 +388,117 @@ class RLModelAdmin(admin.ModelAdmin):
                 self.admin_site.admin_view(self.compare_view),
                 name="training_rlmodel_compare",
             ),
+            path(
+                "<path:object_id>/run/",
+                self.admin_site.admin_view(self.run_view),
+                name="training_rlmodel_run",
+            ),
+            path(
+                "<path:object_id>/run.json",
+                self.admin_site.admin_view(self.run_json),
+                name="training_rlmodel_run_json",
+            ),
+            path(
+                "<path:object_id>/run/cancel/",
+                self.admin_site.admin_view(self.run_cancel),
+                name="training_rlmodel_run_cancel",
+            ),
         ]
         return custom + super().get_urls()
 
-    def start_view(self, request: HttpRequest) -> HttpResponse:
-        if not self.has_view_permission(request) or not request.user.has_perm(
+    def _may_change(self, request: HttpRequest) -> bool:
+        return self.has_view_permission(request) and request.user.has_perm(
             "training.change_rlmodel"
-        ):
+        )
+
+    def start_view(self, request: HttpRequest) -> HttpResponse:
+        """The form; a valid post queues the run (never runs it here) and opens its run page.
+
+        Before queueing, the workers are pinged: when none answers, the form says so and
+        queues only if asked to anyway (a run would otherwise sit at 0 %)."""
+        if not self._may_change(request):
             return HttpResponse("Forbidden", status=403)
+        worker = None
         if request.method == "POST":
             form = TrainingRunForm(request.POST)
             if form.is_valid():
-                try:
-                    model = services.start_training_run(spec=form.spec())
-                except SpecError as exc:
-                    add_spec_errors(form, exc)
-                except services.RegistryError as exc:
-                    form.add_error(None, str(exc))
+                worker = dispatch.worker_status()
+                if not worker.online and not form.cleaned_data.get("queue_anyway"):
+                    form.add_error(None, f"Not queued: {worker.warning()}")
                 else:
-                    self.message_user(request, f"queued {model}", messages.SUCCESS)
-                    return HttpResponseRedirect(reverse("admin:training_rlmodel_changelist"))
+                    try:
+                        model = services.start_training_run(spec=form.spec())
+                    except SpecError as exc:
+                        add_spec_errors(form, exc)
+                    except services.RegistryError as exc:
+                        form.add_error(None, str(exc))
+                    else:
+                        self.message_user(request, f"queued {model}", messages.SUCCESS)
+                        return HttpResponseRedirect(
+                            reverse("admin:training_rlmodel_run", args=[model.pk])
+                        )
         else:
-            form = TrainingRunForm(initial=self._defaults())
+            chosen = parse_markets(request.GET.get("markets", ""))[:MAX_MARKETS]
+            form = TrainingRunForm(initial=initial_values(chosen or selectors.recorded_markets()))
+        worker = worker or dispatch.worker_status()
         context = {
             **self.admin_site.each_context(request),
             "title": "Start a training run",
             "form": form,
             "opts": self.model._meta,
+            "worker": worker,
         }
         return TemplateResponse(request, "admin/training/rlmodel/start.html", context)
 
-    @staticmethod
-    def _defaults() -> dict:
-        markets = selectors.recorded_markets()
-        span = selectors.recorded_span(markets) if markets else None
-        if span is None:
-            return {"markets": ",".join(markets)}
-        (ts, te), (es, ee) = selectors.split_windows(*span)
-        fmt = datetime.isoformat
-        return {
-            "markets": ",".join(markets),
-            "train_start": fmt(ts),
-            "train_end": fmt(te),
-            "eval_start": fmt(es),
-            "eval_end": fmt(ee),
+    def run_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """A run's live page: status, progress, ETA, learning curve, log tail, cancel; its
+        script polls :meth:`run_json` until the run ends."""
+        model = self.get_object(request, object_id)
+        if model is None or not self.has_view_permission(request, model):
+            return HttpResponse("Not found", status=404)
+        state = progress.run_state(model)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Run {model.name} v{model.version}",
+            "opts": self.model._meta,
+            "model": model,
+            "state": state,
+            "chart": self._learning_chart(model, state),
+            "may_cancel": self._may_change(request) and not state["finished"],
+            "worker": dispatch.worker_status() if state["phase"] == "queued" else None,
         }
+        return TemplateResponse(request, "admin/training/rlmodel/run.html", context)
+
+    @staticmethod
+    def _learning_chart(model: RLModel, state: dict) -> str:
+        return charts.learning_curve_svg(
+            state["curve"], title=f"{model.name} v{model.version}: mean episode reward so far"
+        )
+
+    def run_json(self, request: HttpRequest, object_id: str) -> JsonResponse:
+        """The run page's state; the chart only when the curve has points the page lacks
+        (``?points=`` is how many it has)."""
+        model = self.get_object(request, object_id)
+        if model is None or not self.has_view_permission(request, model):
+            return JsonResponse({"error": "not found"}, status=404)
+        state = progress.run_state(model)
+        have = request.GET.get("points", "")
+        if not have.isdigit() or int(have) != state["points"]:
+            state["chart"] = self._learning_chart(model, state)
+        return JsonResponse(state)
+
+    def run_cancel(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        model = self.get_object(request, object_id)
+        if model is None or not self._may_change(request):
+            return HttpResponse("Forbidden", status=403)
+        if request.method == "POST":
+            try:
+                services.cancel_training_run(model=model)
+            except services.RegistryError as exc:
+                self.message_user(request, str(exc), messages.WARNING)
+            else:
+                self.message_user(request, f"cancelled {model}", messages.SUCCESS)
+        return HttpResponseRedirect(reverse("admin:training_rlmodel_run", args=[model.pk]))
 
 
 @admin.register(TradingEpisode)

@@ -7,12 +7,14 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Max
+from django.utils import timezone
 
 from apps.training.artifacts import ArtifactError
+from apps.training.datachecks import validate_run
 from apps.training.models import ModelStatus, RLModel
 from apps.training.selectors import running_training_count
-from apps.training.spec import RunSpec, validate_spec
-from apps.training.storage import load_policy, memory_budget_bytes
+from apps.training.spec import RunSpec
+from apps.training.storage import load_policy
 
 VERSION_ATTEMPTS = 5
 
@@ -24,8 +26,9 @@ class RegistryError(Exception):
 @transaction.atomic
 def create_run(*, spec: RunSpec, check_limit: bool = True) -> RLModel:
     """Validate ``spec`` and create its model row (status training, the next version of its
-    name). Raises :class:`~apps.training.spec.SpecError` or :class:`RegistryError`."""
-    validate_spec(spec, memory_budget_bytes=memory_budget_bytes())
+    name). Raises :class:`~apps.training.spec.SpecError` (bounds, memory, then the recorded
+    data: :func:`~apps.training.datachecks.validate_run`) or :class:`RegistryError`."""
+    validate_run(spec)
     limit = settings.RL_TRAINING_MAX_CONCURRENT
     if check_limit and running_training_count() >= limit:
         raise RegistryError(
@@ -66,6 +69,8 @@ def create_run(*, spec: RunSpec, check_limit: bool = True) -> RLModel:
                         "timesteps": 0,
                         "total_timesteps": spec.total_timesteps,
                         "fraction": 0.0,
+                        "phase": "queued",
+                        "log": [f"{timezone.now():%H:%M:%S} queued: waiting for a worker"],
                     },
                 )
         except IntegrityError:

@@ -4,12 +4,20 @@ The Celery task (:mod:`apps.training.tasks`) is a thin shell over :func:`execute
 every write of the run's status (progress, failed, cancelled, ready with its evaluation
 episodes) is a function here, so the registry's services queue the task without the task
 reaching back into them.
+
+``RLModel.progress`` is what the admin's run page polls: the trainer's latest snapshot
+(timesteps, fps, mean episode reward, losses), plus what this module keeps beside it — the
+phase, the learning curve so far (a bounded list of (timesteps, mean reward) points), an ETA
+and a short log tail.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
 import shutil
+import socket
 import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -31,6 +39,7 @@ from apps.training.models import (
 from apps.training.pooling import AGENT, traces_to_bytes
 from apps.training.selectors import spec_of
 from apps.training.storage import artifact_dir, load_policy, tensorboard_dir
+from apps.ui import formatting
 
 if TYPE_CHECKING:
     from apps.training.trainer import TrainOutcome
@@ -38,11 +47,76 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+# The run page's learning curve and log tail stay small whatever the run's length: past
+# CURVE_POINTS the curve keeps every other point (so it still spans the whole run).
+CURVE_POINTS = 200
+LOG_LINES = 40
+
+
+def _thin(curve: list[list[float]]) -> list[list[float]]:
+    if len(curve) <= CURVE_POINTS:
+        return curve
+    return [*curve[0:-1:2], curve[-1]]
+
+
+def _log_line(message: str) -> str:
+    return f"{timezone.now():%H:%M:%S} {message}"[:300]
+
+
+def _with_line(progress: dict[str, Any], message: str) -> list[str]:
+    return [*list(progress.get("log") or [])[-(LOG_LINES - 1) :], _log_line(message)]
+
+
+def describe_snapshot(progress: dict[str, Any]) -> str:
+    """One log line for a trainer snapshot."""
+    parts = [f"{progress.get('timesteps', 0):,}/{progress.get('total_timesteps', 0):,} steps"]
+    if progress.get("fps"):
+        parts.append(f"{progress['fps']:,.0f} steps/s")
+    reward = progress.get("mean_episode_reward")
+    if reward is not None:
+        parts.append(f"mean episode reward {reward:+.4f}")
+    return ", ".join(parts)
+
+
 def set_progress(model_id: int, progress: dict[str, Any]) -> None:
-    """Record how far a run is; a run no longer training (cancelled) is left alone."""
-    RLModel.objects.filter(pk=model_id, status=ModelStatus.TRAINING).update(
-        progress=progress, updated_at=timezone.now()
-    )
+    """Record how far a run is, extend its learning curve and log, estimate the time left;
+    a run no longer training (cancelled) is left alone."""
+    rows = RLModel.objects.filter(pk=model_id, status=ModelStatus.TRAINING)
+    previous = rows.values_list("progress", flat=True).first()
+    if previous is None:
+        return
+    curve = [list(p) for p in previous.get("curve") or []]
+    timesteps = int(progress.get("timesteps") or 0)
+    reward = progress.get("mean_episode_reward")
+    if isinstance(reward, int | float) and math.isfinite(reward):
+        if not curve or curve[-1][0] < timesteps:
+            curve = _thin([*curve, [timesteps, round(float(reward), 6)]])
+    total = int(progress.get("total_timesteps") or previous.get("total_timesteps") or 0)
+    fps = progress.get("fps") or 0
+    done = total > 0 and timesteps >= total
+    merged = {
+        **{k: v for k, v in previous.items() if k in ("started_at", "worker")},
+        **progress,
+        "phase": "evaluating" if done else "training",
+        "curve": curve,
+        "eta_s": round((total - timesteps) / fps, 1) if fps and not done else None,
+        "log": _with_line(previous, describe_snapshot(progress)),
+    }
+    if done and previous.get("phase") != "evaluating":
+        merged["log"] = [*merged["log"], _log_line("training done: evaluating on held-out time")]
+    rows.update(progress=merged, updated_at=timezone.now())
+
+
+def note(model_id: int, message: str, *, phase: str | None = None, **fields: Any) -> None:
+    """Add a line to a run's log tail (and set its phase and other progress ``fields``),
+    whatever its status, so the run page also shows how it ended."""
+    previous = RLModel.objects.filter(pk=model_id).values_list("progress", flat=True).first()
+    if previous is None:
+        return
+    progress = {**previous, **fields, "log": _with_line(previous, message)}
+    if phase is not None:
+        progress["phase"] = phase
+    RLModel.objects.filter(pk=model_id).update(progress=progress, updated_at=timezone.now())
 
 
 def is_cancelled(model_id: int) -> bool:
@@ -152,6 +226,14 @@ def execute_training_run(
 
     spec = spec_of(model)
     out_dir = artifact_dir(name=model.name, version=model.version)
+    note(
+        model_id,
+        f"started by worker pid {os.getpid()} on {socket.gethostname()}: loading "
+        f"{len(spec.markets)} market(s) every {spec.step_s:g} s",
+        phase="loading",
+        started_at=timezone.now().isoformat(),
+        worker=f"{socket.gethostname()}:{os.getpid()}",
+    )
     try:
         # The parent's artifact is checked again here (it may have changed since queueing),
         # first, before any history is loaded.
@@ -166,6 +248,12 @@ def execute_training_run(
         )
         _require_data(train_history, "training")
         _require_data(eval_history, "evaluation")
+        note(
+            model_id,
+            f"loaded {train_history.n_ticks:,} training and {eval_history.n_ticks:,} "
+            f"held-out ticks: training {spec.algorithm} for {spec.total_timesteps:,} steps",
+            phase="training",
+        )
         outcome = train_and_evaluate(
             spec,
             train_history=train_history,
@@ -184,16 +272,26 @@ def execute_training_run(
         return {"model": model_id, "status": ModelStatus.CANCELLED, "pruned": True}
     except TrainingCancelled:
         shutil.rmtree(out_dir, ignore_errors=True)
+        note(model_id, "cancelled: stopped and removed its files", phase="cancelled")
         log.info("training run %s v%s cancelled", model.name, model.version)
         return {"model": model_id, "status": ModelStatus.CANCELLED}
     except Exception as exc:
         shutil.rmtree(out_dir, ignore_errors=True)
         mark_failed(model_id, exc)
+        note(model_id, f"failed: {type(exc).__name__}: {exc}", phase="failed")
         log.exception("training run %s v%s failed", model.name, model.version)
         return {"model": model_id, "status": ModelStatus.FAILED, "error": str(exc)}
     status = mark_ready(model_id, outcome, out_dir)
     if status != ModelStatus.READY:
+        note(model_id, f"{status} during evaluation: artifact removed", phase=status)
         return {"model": model_id, "status": status}
+    pnl = (outcome.metrics.get("evaluation") or {}).get("pnl_per_hour_dollars")
+    note(
+        model_id,
+        f"ready: held-out P&L {formatting.metric(pnl, 'pnl_per_hour_dollars')}, "
+        f"artifact sha256 {outcome.artifact_sha256[:12]}",
+        phase="ready",
+    )
     log.info(
         "training run %s v%s ready (sha256 %s)",
         model.name,

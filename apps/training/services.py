@@ -27,6 +27,7 @@ from apps.training.models import (
     WalkForward,
     WalkForwardFold,
 )
+from apps.training.runs import note
 from apps.training.selectors import (  # noqa: F401  (spec_of re-exported)
     previous_promoted,
     promotion_check,
@@ -57,16 +58,24 @@ def start_training_run(*, spec: RunSpec, enqueue: bool = True, check_limit: bool
     """Validate ``spec``, create the model row (status training) and queue the Celery task.
 
     Raises :class:`SpecError` before anything is written when the spec is invalid (bounds,
-    types, or an estimated memory over ``RL_TRAINING_MEMORY_BUDGET_MB``), and
+    types, an estimated memory over ``RL_TRAINING_MEMORY_BUDGET_MB``, markets that are not
+    recorded or windows without enough recorded ticks: :func:`datachecks.validate_run`), and
     :class:`RegistryError` when the concurrency limit is reached or the parent is missing.
     ``check_limit=False`` is for the folds of a walk-forward, which are queued together and
-    run as fast as the workers that exist take them.
+    run as fast as the workers that exist take them. ``enqueue=False`` only writes the row
+    (the caller runs it: :func:`run_training_here`).
     """
     model = create_run(spec=spec, check_limit=check_limit)
     if enqueue:
         transaction.on_commit(lambda: train_model_task.delay(model.pk))
     log.info("training run %s v%s queued (%s)", model.name, model.version, spec.algorithm)
     return model
+
+
+def run_training_here(*, model: RLModel) -> dict[str, Any]:
+    """Run the queued ``model``'s task in this process (Celery's ``apply``: the same task,
+    not through the queue), for a command that waits for its run when no worker answers."""
+    return train_model_task.apply(args=(model.pk,)).get()
 
 
 @transaction.atomic
@@ -181,6 +190,7 @@ def cancel_training_run(*, model: RLModel) -> RLModel:
     model.status = ModelStatus.CANCELLED
     model.error = "cancelled by a user"
     model.save(update_fields=["status", "error", "updated_at"])
+    note(model.pk, "cancel requested: a running task stops at its next check", phase="cancelled")
     return model
 
 
@@ -333,6 +343,7 @@ __all__ = [
     "promote_model",
     "retire_model",
     "rollback_model",
+    "run_training_here",
     "start_paper_episode",
     "start_study",
     "start_training_run",

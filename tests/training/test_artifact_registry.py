@@ -22,6 +22,7 @@ from apps.training.tasks import train_model_task
 from apps.training.trainer import new_model
 from tests.trading.support import policy_model, register
 from tests.training.artifact_support import SENTINEL_ENV, malicious_sb3_zip, pwned
+from tests.training.data_support import record_books
 
 pytestmark = pytest.mark.django_db
 
@@ -99,6 +100,7 @@ def spec(markets: list[str], **overrides) -> RunSpec:
 
 
 def test_a_poisoned_parent_is_refused_at_queueing_and_again_in_the_task(sentinel) -> None:
+    record_books(["M-A", "M-B"], T0, T0 + timedelta(seconds=60))
     parent = register(["M-A", "M-B"])
     child = services.start_training_run(spec=spec(["M-A", "M-B"]), enqueue=False)
     assert child.parent_id == parent.pk

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from apps.marketdata.models import OrderbookSnapshot
 from apps.training import services
 from apps.training.artifacts import ArtifactError
 from apps.training.models import ModelStatus, RLModel, TradingEpisode
@@ -18,6 +19,7 @@ from apps.training.spec import RunSpec
 from apps.training.tasks import train_model_task
 from apps.ui import formatting
 from tests.training.conftest import small_spec
+from tests.training.data_support import record_books
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -98,8 +100,10 @@ def test_cleanup_keeps_the_newest_and_the_active_and_removes_artifacts(recorded_
 
 
 def test_a_failing_run_ends_failed_with_the_error_and_no_artifact(settings) -> None:
-    # Nothing was recorded for this market: loading its history fails inside the task.
+    # The market's data is there when the run is queued and gone when the worker loads it:
+    # loading its history fails inside the task.
     t0 = datetime(2020, 1, 1, tzinfo=UTC)
+    record_books(["KX-NOTHING"], t0, t0 + timedelta(seconds=20))
     spec = RunSpec(
         name="tiny",
         algorithm="PPO",
@@ -113,6 +117,7 @@ def test_a_failing_run_ends_failed_with_the_error_and_no_artifact(settings) -> N
         episode_steps=20,
     )
     model = services.start_training_run(spec=spec, enqueue=False)
+    OrderbookSnapshot.objects.filter(market_ticker="KX-NOTHING").delete()
     train_model_task(model.pk)
     model.refresh_from_db()
     assert model.status == ModelStatus.FAILED

@@ -12,6 +12,7 @@ from django.core.management import CommandError, call_command
 from django.utils.html import escape
 
 from apps.training.models import RLModel
+from tests.training.data_support import record_books
 
 pytestmark = pytest.mark.django_db
 
@@ -72,7 +73,9 @@ def test_the_admin_form_refuses_on_the_field_and_queues_nothing(
 
 
 def test_a_sound_form_still_queues(admin_client) -> None:
-    response = admin_client.post(URL, FORM)
+    record_books(["KX-A", "KX-B"], T0, T0 + timedelta(minutes=15))
+    # No worker runs in this test: queueing anyway is the form's explicit choice.
+    response = admin_client.post(URL, {**FORM, "queue_anyway": "on"})
     assert response.status_code == 302, response.context["form"].errors
     assert RLModel.objects.get(name="bounded").status == "training"
 
@@ -116,6 +119,7 @@ def test_manage_py_train_names_the_flag_and_queues_nothing(args, message) -> Non
 
 
 def test_the_memory_budget_is_a_setting(settings) -> None:
+    record_books(["KX-A", "KX-B"], T0, T0 + timedelta(minutes=15))
     train("--step-s", "0.01")  # 60,000 + 30,000 ticks of 2 markets: ~0.5 GiB
     assert RLModel.objects.count() == 1
     settings.RL_TRAINING_MEMORY_BUDGET_MB = 256

@@ -11,6 +11,13 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
 from apps.training import selectors, services
+from apps.training.datachecks import (
+    DEFAULT_EPISODE_STEPS,
+    STEP_CHOICES_S,
+    run_defaults,
+    unrecorded,
+)
+from apps.training.dispatch import worker_status
 from apps.training.evaluation import describe_metrics
 from apps.training.models import ModelStatus, RLModel
 from apps.training.spec import RunSpec, SpecError, parse_json
@@ -25,6 +32,8 @@ def _hp(value: str) -> tuple[str, object]:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"--hp {key[:40]}: {exc}") from None
 
+
+FALLBACK_STEP_S = STEP_CHOICES_S[0]  # when nothing is recorded (the run is then refused)
 
 # The flag of each RunSpec field, to name it in an error.
 FLAGS = {
@@ -56,7 +65,10 @@ def spec_problems(exc: SpecError) -> str:
 
 
 class Command(BaseCommand):
-    help = "Train PPO / A2C / MaskablePPO on recorded history as a Celery task, then evaluate."
+    help = (
+        "Train PPO / A2C / MaskablePPO on recorded history as a Celery task, then evaluate "
+        "(in this process when no worker answers and the command waits)."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--name", required=True, help="model name (versions are per name)")
@@ -64,8 +76,16 @@ class Command(BaseCommand):
         parser.add_argument("--markets", default="", help="comma-separated; default: recorded")
         parser.add_argument("--timesteps", type=int, default=20_000)
         parser.add_argument("--seed", type=int, default=0)
-        parser.add_argument("--step-s", type=float, default=1.0, help="env clock step, seconds")
-        parser.add_argument("--episode-steps", type=int, default=300)
+        parser.add_argument(
+            "--step-s",
+            type=float,
+            help="env clock step, seconds (default: one that fits the recorded data)",
+        )
+        parser.add_argument(
+            "--episode-steps",
+            type=int,
+            help="steps per episode (default: one that fits the recorded data, at most 300)",
+        )
         parser.add_argument("--eval-episodes", type=int, default=3)
         parser.add_argument(
             "--n-envs", type=int, default=1, help="envs per forward pass (n_steps is per env)"
@@ -83,13 +103,28 @@ class Command(BaseCommand):
         markets = [m for m in str(opts["markets"]).split(",") if m] or selectors.recorded_markets()
         if not markets:
             raise CommandError("no recorded markets: run ingest_orderbook first")
+        # Windows, env step and episode length not given fit what is recorded for the markets
+        # (validate_run then says what the data lacks, e.g. a market that is not recorded).
+        defaults = run_defaults(markets, train_share=opts["train_share"])
         windows = [opts["train_start"], opts["train_end"], opts["eval_start"], opts["eval_end"]]
         if not all(windows):
-            span = selectors.recorded_span(markets)
-            if span is None:
+            if defaults is None:
+                missing = unrecorded(markets)
+                if missing:
+                    raise CommandError(f"--markets: not in the recorded data: {', '.join(missing)}")
                 raise CommandError(f"no recorded deltas for {', '.join(markets)}")
-            (ts, te), (es, ee) = selectors.split_windows(*span, train_share=opts["train_share"])
-            windows = [w or d for w, d in zip(windows, (ts, te, es, ee), strict=True)]
+            derived = (
+                defaults.train_start,
+                defaults.train_end,
+                defaults.eval_start,
+                defaults.eval_end,
+            )
+            windows = [w or d for w, d in zip(windows, derived, strict=True)]
+        step_s, episode_steps = opts["step_s"], opts["episode_steps"]
+        if step_s is None:
+            step_s = defaults.step_s if defaults else FALLBACK_STEP_S
+        if episode_steps is None:
+            episode_steps = defaults.episode_steps if defaults else DEFAULT_EPISODE_STEPS
         spec = RunSpec(
             name=opts["name"],
             algorithm=opts["algorithm"],
@@ -101,8 +136,8 @@ class Command(BaseCommand):
             total_timesteps=opts["timesteps"],
             hyperparameters=dict(opts["hp"]),
             seed=opts["seed"],
-            step_s=opts["step_s"],
-            episode_steps=opts["episode_steps"],
+            step_s=step_s,
+            episode_steps=episode_steps,
             eval_episodes=opts["eval_episodes"],
             parent_version=opts["parent_version"],
             n_envs=opts["n_envs"],
@@ -112,8 +147,10 @@ class Command(BaseCommand):
         bar = tqdm(total=spec.total_timesteps, unit="steps", desc=f"training {spec.name}")
         watcher = threading.Thread(target=self._watch, args=(holder, bar, stop), daemon=True)
         watcher.start()
+        # Waiting anyway: with no worker listening, the run is this process's job.
+        here = not opts["no_wait"] and not worker_status().online
         try:
-            model = services.start_training_run(spec=spec)
+            model = services.start_training_run(spec=spec, enqueue=not here)
         except (SpecError, services.RegistryError) as exc:
             stop.set()
             watcher.join(5)
@@ -125,7 +162,12 @@ class Command(BaseCommand):
             stop.set()
             bar.close()
             self.stdout.write(f"queued {model}")
+            warning = worker_status().warning()
+            if warning:
+                self.stderr.write(f"warning: {warning}")
             return
+        if here:
+            services.run_training_here(model=model)
         while RLModel.objects.get(pk=model.pk).status == ModelStatus.TRAINING:
             time.sleep(1)
         stop.set()
