@@ -39,7 +39,7 @@ from apps.marketdata.endpoints import (
 )
 from apps.marketdata.kalshi.book import OrderBook
 from apps.marketdata.kalshi.client import ClientConfig, FeedSink, HandshakeRejected, KalshiClient
-from apps.marketdata.kalshi.messages import OrderbookDelta, OrderbookSnapshot, Trade
+from apps.marketdata.kalshi.messages import Lifecycle, OrderbookDelta, OrderbookSnapshot, Trade
 from apps.marketdata.kalshi.units import utc_from_ms, utc_from_ns
 from apps.marketdata.models import OrderbookSnapshot as SnapshotModel
 from apps.marketdata.orphans import start_sweep
@@ -48,12 +48,14 @@ from apps.marketdata.writer import (
     CONNECTION_CLOSE,
     DELTA,
     EVENT,
+    LIFECYCLE,
     SNAPSHOT,
     TRADE,
     WORKER_STATUS,
     ConnectionRow,
     DeltaRow,
     EventRow,
+    LifecycleRow,
     RecordWriter,
     SnapshotRow,
     TradeRow,
@@ -90,6 +92,9 @@ class IngestOptions:
     duration_s: float = 0.0
     use_yes_price: bool = False
     record_trades: bool = True
+    # The market_lifecycle_v2 channel (every market: it takes no filter; every message is
+    # kept, see MarketLifecycle).
+    record_lifecycle: bool = True
     snapshot_interval_s: float = 60.0
     progress_interval_s: float = 5.0
     publish_interval_s: float = 0.5
@@ -107,6 +112,7 @@ class RecorderSink(FeedSink):
         self.exchange = exchange
         self.use_yes_price = use_yes_price
         self._periodic_seq: dict[uuid.UUID, int] = {}
+        self._lifecycle_seq: dict[uuid.UUID, int] = {}
         self._connections: dict[uuid.UUID, ConnectionRow] = {}
         self.unnumbered_trades = 0
 
@@ -186,6 +192,38 @@ class RecorderSink(FeedSink):
                 msg.taker_side,
                 utc_from_ms(msg.ts_ms),
                 utc_from_ns(received_ns),
+            ),
+        )
+
+    def on_lifecycle(self, connection_id: uuid.UUID, msg: Lifecycle, received_ns: int) -> None:
+        # Identity: this connection's own arrival count (the channel's frames carry no seq).
+        local_seq = self._lifecycle_seq.get(connection_id, 0) + 1
+        self._lifecycle_seq[connection_id] = local_seq
+        self.writer.enqueue(
+            LIFECYCLE,
+            LifecycleRow(
+                connection_id,
+                msg.sid,
+                msg.seq,
+                local_seq,
+                msg.kind,
+                msg.event_type,
+                msg.market_ticker,
+                msg.event_ticker,
+                msg.series_ticker,
+                msg.result,
+                msg.settlement_value_e4,
+                utc_from_ms(msg.open_ts_ms),
+                utc_from_ms(msg.close_ts_ms),
+                utc_from_ms(msg.ts_ms),
+                msg.is_deactivated,
+                msg.can_close_early,
+                msg.price_level_structure,
+                msg.fee_type,
+                msg.fee_multiplier_e4,
+                utc_from_ms(msg.sending_ts_ms),
+                utc_from_ns(received_ns),
+                msg.raw,
             ),
         )
 
@@ -391,7 +429,11 @@ async def run_ingest_async(
     writer.start()
     sweeper, stop_sweep = start_sweep(writer, say=progress or log.warning)
     sink = RecorderSink(writer, exchange=options.exchange, use_yes_price=options.use_yes_price)
-    channels = ("orderbook_delta", "trade") if options.record_trades else ("orderbook_delta",)
+    channels: tuple[str, ...] = ("orderbook_delta",)
+    if options.record_trades:
+        channels += ("trade",)
+    if options.record_lifecycle:
+        channels += ("market_lifecycle_v2",)
     client = KalshiClient(
         ClientConfig(
             ws_url=ws_url,

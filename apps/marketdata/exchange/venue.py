@@ -15,13 +15,14 @@ depend on this module, and it depends on none of them.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections import deque
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, Protocol
 
-from apps.marketdata.kalshi.units import PRICE_SCALE
+from apps.marketdata.kalshi.units import PRICE_SCALE, dollars_to_e4
 
 from . import frames
 from .errors import MarketError
@@ -335,6 +336,28 @@ class Venue:
         market.price_level_structure = structure
         market.price_ranges = PRICE_LEVEL_STRUCTURES[structure]
         self.market_event(ticker, "price_level_structure_updated", price_level_structure=structure)
+
+    def replay_lifecycle(self, kind: str, msg: Mapping[str, Any]) -> None:
+        """A recorded lifecycle message, sent again as it was (a replay): the markets it
+        names that this venue holds take the state it announces, so REST agrees."""
+        ticker = msg.get("market_ticker")
+        market = self._markets.get(ticker) if isinstance(ticker, str) else None
+        event_type = msg.get("event_type")
+        if market is not None and kind == LIFECYCLE:
+            if event_type == "determined" and msg.get("result") in ("yes", "no", "scalar"):
+                market.status, market.result = "determined", msg["result"]
+                value = msg.get("settlement_value")
+                if isinstance(value, str):
+                    market.settlement_value_e4 = dollars_to_e4(value)
+            elif event_type == "settled":
+                market.status = "finalized"
+            elif event_type in ("activated", "deactivated"):
+                market.status = "active" if event_type == "activated" else "inactive"
+            elif event_type == "close_date_updated" and type(msg.get("close_ts")) is int:
+                market.close_time = frames.rfc3339_s(msg["close_ts"])
+                if msg["close_ts"] * 1000 <= frames.now_ms() and market.status == "active":
+                    market.status = "closed"
+        self.publish_lifecycle(kind, json.dumps(dict(msg), separators=(",", ":")))
 
     def change_fees(self, series_ticker: str, fee_type: str, fee_multiplier: str) -> None:
         """A series' fee settings change now: one ``event_fee_update`` per event of it."""

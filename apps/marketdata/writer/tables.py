@@ -68,6 +68,33 @@ class TradeRow(NamedTuple):
     received_at: datetime
 
 
+class LifecycleRow(NamedTuple):
+    """One ``market_lifecycle_v2`` channel frame -> ``rl_market_lifecycle`` (raw + parsed)."""
+
+    connection_id: uuid.UUID
+    sid: int
+    seq: int | None
+    local_seq: int
+    kind: str
+    event_type: str
+    market_ticker: str
+    event_ticker: str
+    series_ticker: str
+    result: str
+    settlement_value_e4: int | None
+    open_ts: datetime | None
+    close_ts: datetime | None
+    event_ts: datetime | None
+    is_deactivated: bool | None
+    can_close_early: bool | None
+    price_level_structure: str
+    fee_type: str
+    fee_multiplier_e4: int | None
+    exchange_ts: datetime | None
+    received_at: datetime
+    raw: str
+
+
 class EventRow(NamedTuple):
     """A recording marker (gap, resync, disconnect, ...) -> ``rl_recording_events``."""
 
@@ -114,6 +141,7 @@ class WorkerStatusRow(NamedTuple):
 DELTA: Final = "delta"
 SNAPSHOT: Final = "snapshot"
 TRADE: Final = "trade"
+LIFECYCLE: Final = "lifecycle"
 EVENT: Final = "event"
 # Recording metadata, written through the same queue and spill as the market data so that
 # nothing on the recorder's event loop ever waits on the database for it. Keys name spill
@@ -227,6 +255,20 @@ TABLES: Final[dict[str, TableSpec]] = {
         time_index=10,
         exchange_ts_index=9,
         conflict_columns=_MESSAGE_KEY,
+    ),
+    LIFECYCLE: TableSpec(
+        LIFECYCLE,
+        "rl_market_lifecycle",
+        "marketdata.MarketLifecycle",
+        LifecycleRow,
+        (
+            "uuid int8 int8 int8 varchar varchar varchar varchar varchar varchar int4 "
+            "timestamptz timestamptz timestamptz bool bool varchar varchar int4 "
+            "timestamptz timestamptz text"
+        ).split(),
+        time_index=20,
+        exchange_ts_index=19,
+        conflict_columns=("connection_id", "local_seq"),
     ),
     EVENT: TableSpec(
         EVENT,
