@@ -40,7 +40,9 @@ from apps.marketdata.endpoints import (
 from apps.marketdata.kalshi.book import OrderBook
 from apps.marketdata.kalshi.client import ClientConfig, FeedSink, HandshakeRejected, KalshiClient
 from apps.marketdata.kalshi.messages import Lifecycle, OrderbookDelta, OrderbookSnapshot, Trade
+from apps.marketdata.kalshi.rest import KalshiRest, RestError
 from apps.marketdata.kalshi.units import utc_from_ms, utc_from_ns
+from apps.marketdata.metadata import fetch_metadata
 from apps.marketdata.models import OrderbookSnapshot as SnapshotModel
 from apps.marketdata.orphans import start_sweep
 from apps.marketdata.writer import (
@@ -48,7 +50,10 @@ from apps.marketdata.writer import (
     CONNECTION_CLOSE,
     DELTA,
     EVENT,
+    FEE_CHANGE,
     LIFECYCLE,
+    MARKET_INFO,
+    SERIES_FEES,
     SNAPSHOT,
     TRADE,
     WORKER_STATUS,
@@ -95,6 +100,10 @@ class IngestOptions:
     # The market_lifecycle_v2 channel (every market: it takes no filter; every message is
     # kept, see MarketLifecycle).
     record_lifecycle: bool = True
+    # Market metadata and series fees over REST: at start, then every this many seconds
+    # (0 = at start only).
+    metadata_interval_s: float = 300.0
+    metadata_retry_s: float = 15.0  # after a failed fetch
     snapshot_interval_s: float = 60.0
     progress_interval_s: float = 5.0
     publish_interval_s: float = 0.5
@@ -394,9 +403,71 @@ class IngestResult:
     client_latency_ns: list[int] = field(default_factory=list)
 
 
-def _counters(client: KalshiClient, writer: RecordWriter) -> dict[str, Any]:
+@dataclass
+class MetadataStats:
+    fetches: int = 0
+    failures: int = 0
+    markets: int = 0
+    series: int = 0
+    fee_changes: int = 0
+    skipped: int = 0
+    rest_requests: int = 0
+    rest_rate_limited: int = 0
+    last_error: str = ""
+
+
+def _counters(
+    client: KalshiClient, writer: RecordWriter, metadata: MetadataStats | None = None
+) -> dict[str, Any]:
     stats = client.stats.as_dict()
-    return {"client": stats, "writer": writer.stats_dict()}
+    counters = {"client": stats, "writer": writer.stats_dict()}
+    if metadata is not None:
+        counters["metadata"] = dict(metadata.__dict__)
+    return counters
+
+
+async def _metadata_loop(
+    options: IngestOptions,
+    rest: KalshiRest,
+    markets: list[str],
+    writer: RecordWriter,
+    stats: MetadataStats,
+    say: Callable[[str], None],
+) -> None:
+    """Fetch the recorded markets' metadata and fees now and on a schedule, into the writer."""
+    while True:
+        try:
+            result = await asyncio.to_thread(fetch_metadata, rest, markets)
+        except RestError as exc:
+            stats.failures += 1
+            stats.last_error = str(exc)[:300]
+            log.warning("market metadata not fetched (%s); retrying", exc)
+            delay = options.metadata_retry_s
+        else:
+            stats.fetches += 1
+            for table, rows in (
+                (MARKET_INFO, result.markets),
+                (SERIES_FEES, result.series),
+                (FEE_CHANGE, result.fee_changes),
+            ):
+                for row in rows:
+                    writer.enqueue(table, row)
+            stats.markets, stats.series = len(result.markets), len(result.series)
+            stats.fee_changes, stats.skipped = len(result.fee_changes), len(result.skipped)
+            for reason in result.skipped[:5]:
+                log.warning("metadata skipped: %s", reason)
+            if stats.fetches == 1:
+                say(
+                    f"metadata: {len(result.markets)} markets, {len(result.series)} series "
+                    f"fees, {len(result.fee_changes)} scheduled fee changes"
+                )
+            if not options.metadata_interval_s:
+                return
+            delay = options.metadata_interval_s
+        finally:
+            stats.rest_requests = rest.stats.requests
+            stats.rest_rate_limited = rest.stats.rate_limited
+        await asyncio.sleep(delay)
 
 
 def _problems(client: KalshiClient, writer: RecordWriter, started: float) -> list[str]:
@@ -453,8 +524,15 @@ async def run_ingest_async(
     started_at = timezone.now()
     started = time.time()
     client_task = asyncio.create_task(client.run(), name="kalshi-client")
+    metadata_stats = MetadataStats()
+    rest = KalshiRest(rest_base_for(ws_url, options.exchange), endpoint.signer)
+    metadata_task = asyncio.create_task(
+        _metadata_loop(options, rest, markets, writer, metadata_stats, say), name="metadata"
+    )
     housekeeping = asyncio.create_task(
-        _housekeeping(options, client, writer, sink, say, status_name, started_at, started)
+        _housekeeping(
+            options, client, writer, sink, say, status_name, started_at, started, metadata_stats
+        )
     )
     try:
         with stop_signals(stopping, enabled=install_signal_handlers):
@@ -466,7 +544,8 @@ async def run_ingest_async(
                 client.stop()
                 await asyncio.gather(client_task, return_exceptions=True)
                 housekeeping.cancel()
-                await asyncio.gather(housekeeping, return_exceptions=True)
+                metadata_task.cancel()
+                await asyncio.gather(housekeeping, metadata_task, return_exceptions=True)
     finally:
         stop_sweep.set()
         # A sweep that found its orphans enqueues their close rows in moments; one stuck on
@@ -478,7 +557,7 @@ async def run_ingest_async(
             worker_status_row(
                 status_name,
                 started_at=started_at,
-                counters=_counters(client, writer),
+                counters=_counters(client, writer, metadata_stats),
                 problems=[],
                 stopped=True,
             ),
@@ -514,6 +593,7 @@ async def _housekeeping(
     status_name: str,
     started_at: datetime,
     started: float,
+    metadata: MetadataStats | None = None,
 ) -> None:
     """Periodic snapshots, top-of-book publishing, progress lines and heartbeats."""
     from apps.marketdata.live import BookPublisher
@@ -550,7 +630,7 @@ async def _housekeeping(
                 worker_status_row(
                     status_name,
                     started_at=started_at,
-                    counters=_counters(client, writer),
+                    counters=_counters(client, writer, metadata),
                     problems=_problems(client, writer, started),
                 ),
             )

@@ -279,3 +279,71 @@ class MarketLifecycle(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event_type} {self.market_ticker or self.event_ticker}"
+
+
+class MarketInfo(models.Model):
+    """A recorded market's description as ``GET /markets`` last gave it (one row per ticker,
+    updated on every fetch; its history of changes is in :class:`MarketLifecycle`)."""
+
+    ticker = models.CharField(max_length=128, unique=True)
+    event_ticker = models.CharField(max_length=128, blank=True, default="")
+    series_ticker = models.CharField(max_length=128, blank=True, default="")
+    status = models.CharField(max_length=32, blank=True, default="")
+    open_time = models.DateTimeField(null=True, blank=True)
+    close_time = models.DateTimeField(null=True, blank=True)
+    can_close_early = models.BooleanField(null=True, blank=True)
+    result = models.CharField(max_length=64, blank=True, default="")
+    settlement_value_e4 = models.IntegerField(null=True, blank=True)
+    price_level_structure = models.CharField(max_length=64, blank=True, default="")
+    price_ranges = models.JSONField(
+        default=list, help_text='[{"start": "0.0000", "end": "1.0000", "step": "0.0100"}]'
+    )
+    raw = models.TextField(help_text="the Market object as received (JSON)")
+    fetched_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "rl_markets"
+        ordering = ["ticker"]
+
+    def __str__(self) -> str:
+        return f"{self.ticker} ({self.status})"
+
+
+class SeriesFees(models.Model):
+    """A series' fee settings as ``GET /series/{ticker}`` last gave them (one row a series).
+    ``fee_multiplier_e4``: the multiplier in 1/10,000 (10_000 = 1, 5_000 = 0.5)."""
+
+    series_ticker = models.CharField(max_length=128, unique=True)
+    fee_type = models.CharField(max_length=64)
+    fee_multiplier_e4 = models.IntegerField()
+    raw = models.TextField(help_text="the Series object as received (JSON)")
+    fetched_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "rl_series_fees"
+        ordering = ["series_ticker"]
+
+    def __str__(self) -> str:
+        return f"{self.series_ticker} {self.fee_type} x{self.fee_multiplier_e4 / 10_000:g}"
+
+
+class SeriesFeeChange(models.Model):
+    """A scheduled change of a series' fees (``GET /series/fee_changes``): from
+    ``scheduled_ts`` on, the series charges ``fee_type`` with ``fee_multiplier_e4``."""
+
+    change_id = models.CharField(max_length=128, unique=True)
+    series_ticker = models.CharField(max_length=128)
+    fee_type = models.CharField(max_length=64)
+    fee_multiplier_e4 = models.IntegerField()
+    scheduled_ts = models.DateTimeField()
+    fetched_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "rl_series_fee_changes"
+        indexes = [
+            models.Index(fields=["series_ticker", "scheduled_ts"], name="rl_fee_change_series"),
+        ]
+        ordering = ["series_ticker", "scheduled_ts"]
+
+    def __str__(self) -> str:
+        return f"{self.series_ticker} -> {self.fee_type} at {self.scheduled_ts:%Y-%m-%d %H:%M}"

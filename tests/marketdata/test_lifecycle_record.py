@@ -21,7 +21,7 @@ from apps.marketdata.exchange import (
     ensure_dev_keys,
 )
 from apps.marketdata.ingest import IngestOptions, run_ingest_async
-from apps.marketdata.models import MarketLifecycle
+from apps.marketdata.models import MarketInfo, MarketLifecycle, SeriesFeeChange, SeriesFees
 
 from .exchange_support import PUBLIC_PEM, Client
 
@@ -76,7 +76,12 @@ def test_lifecycle_is_recorded_losslessly_replayed_and_hostile_frames_are_counte
             stop = asyncio.Event()
             task = asyncio.create_task(
                 run_ingest_async(
-                    IngestOptions(ws_url=url, exchange="local", progress_interval_s=60),
+                    IngestOptions(
+                        ws_url=url,
+                        exchange="local",
+                        progress_interval_s=60,
+                        metadata_interval_s=0.5,
+                    ),
                     stop_event=stop,
                     install_signal_handlers=False,
                 )
@@ -89,7 +94,7 @@ def test_lifecycle_is_recorded_losslessly_replayed_and_hostile_frames_are_counte
                     thread.call,
                     lambda body=body: exchange.venue.publish_lifecycle("market_lifecycle_v2", body),
                 )
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.5)  # the next metadata fetch sees the results
             stop.set()
             return await task
 
@@ -139,6 +144,28 @@ def test_lifecycle_is_recorded_losslessly_replayed_and_hostile_frames_are_counte
         True,
         False,
     ]
+    # Metadata over REST: every recorded market, with its close time from the start (the
+    # recorder started after the markets opened), then its result once known.
+    assert set(result.markets) == {t for t in final if not t.startswith("KXSYN-26DEC31NEW")}
+    info = {m.ticker: m for m in MarketInfo.objects.all()}
+    assert set(info) == set(result.markets)
+    for ticker in ("KXSYN-26DEC31-M00", "KXSYNMK-26DEC31-M01", "KXSYNINX-26DEC31-M02"):
+        status, result_, value = final[ticker]
+        row = info[ticker]
+        assert (row.status, row.result, row.settlement_value_e4) == (status, result_, value)
+        assert row.close_time is not None and row.open_time < row.close_time
+        assert row.can_close_early is True
+    assert info["KXSYN-26DEC31-M03"].price_level_structure == "deci_cent"
+    assert info["KXSYNINX-26DEC31-M05"].series_ticker == "KXSYNINX"
+    fees = {s.series_ticker: (s.fee_type, s.fee_multiplier_e4) for s in SeriesFees.objects.all()}
+    assert fees == {
+        "KXSYN": ("quadratic", 10_000),
+        "KXSYNMK": ("quadratic_with_maker_fees", 10_000),
+        "KXSYNINX": ("quadratic", 2_500),  # the scheduled change took effect during the run
+    }
+    [change] = SeriesFeeChange.objects.all()
+    assert (change.series_ticker, change.fee_multiplier_e4) == ("KXSYNINX", 2_500)
+
     recorded = _signature([(r.kind, r.event_type, r.market_ticker or r.event_ticker) for r in rows])
     recorded_msgs = sorted(json.dumps(json.loads(r.raw)["msg"], sort_keys=True) for r in rows)
 

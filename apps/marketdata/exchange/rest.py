@@ -1,7 +1,8 @@
 """The public REST reads the local exchange serves (kalshi-protocol.md §7, §8).
 
 ``GET /markets`` (list), ``/markets/{ticker}``, ``/markets/{ticker}/orderbook``,
-``/markets/trades``, ``/series/{ticker}``, ``/series/fee_changes`` and ``/exchange/status``.
+``/markets/trades``, ``/events/{ticker}``, ``/series/{ticker}``, ``/series/fee_changes`` and
+``/exchange/status``.
 Pure functions from (venue, query) to (HTTP status, JSON body); the server wraps them in an
 HTTP response on the same port as the WebSocket. Market and series fields follow the
 documented Market and Series objects; fields the local exchange has no value for are left out.
@@ -251,6 +252,21 @@ def route(
         if rest == "/series/fee_changes":
             return 200, fee_changes(venue, params)
         parts = rest.split("/")
+        if len(parts) == 3 and parts[1] == "events":
+            event_ticker = unquote(parts[2])
+            members = [m for m in markets.values() if m.event_ticker == event_ticker]
+            if not members:
+                raise RestError(404, "not_found", f"event {event_ticker} not found")
+            return 200, {
+                "event": {
+                    "event_ticker": event_ticker,
+                    "series_ticker": members[0].series_ticker,
+                    "title": f"Event {event_ticker}",
+                    "sub_title": "",
+                    "mutually_exclusive": False,
+                },
+                "markets": [market_json(m) for m in members],
+            }
         if len(parts) == 3 and parts[1] == "series":
             series = venue.series(unquote(parts[2]))
             if series is None:
