@@ -3,6 +3,7 @@ the REST reads that describe them (kalshi-protocol.md §5, §7, §8, §9)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import urllib.error
@@ -14,6 +15,7 @@ from apps.marketdata.exchange import (
     ExchangeConfig,
     ExchangeThread,
     FaultConfig,
+    JsonlReplaySource,
     LocalExchange,
     SyntheticConfig,
     SyntheticSource,
@@ -177,3 +179,61 @@ def test_markets_close_resolve_and_settle_on_the_lifecycle_channel() -> None:
     assert rest["KXSYNMK-26DEC31-M04"]["result"] == ""
     # A closed market's book is empty and stays so.
     assert exchange.book_levels("KXSYN-26DEC31-M00") == ([], [])
+
+
+def test_a_jsonl_capture_replays_its_lifecycle_messages(tmp_path) -> None:
+    determined = {
+        "market_ticker": "KXREP-26DEC31-A",
+        "event_type": "determined",
+        "result": "no",
+        "settlement_value": "0.0000",
+        "determination_ts": 1791427634,
+        "extra_field_nobody_models": {"kept": True},
+    }
+    fee = {
+        "event_ticker": "KXREP-26DEC31",
+        "fee_type_override": "quadratic",
+        "fee_multiplier_override": 0.5,
+        "ts": 1791427600,
+    }
+    lines = [
+        {
+            "type": "orderbook_snapshot",
+            "sid": 1,
+            "seq": 1,
+            "msg": {"market_ticker": "KXREP-26DEC31-A", "yes_dollars_fp": [["0.4000", "5.00"]]},
+        },
+        {"type": "event_fee_update", "sid": 2, "msg": fee},
+        {"type": "market_lifecycle_v2", "sid": 2, "msg": determined},
+    ]
+    path = tmp_path / "capture.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    exchange = LocalExchange(
+        ExchangeConfig(keys=(ApiKey(public_key=PUBLIC_PEM),), start_paused=True),
+        source=JsonlReplaySource(path, speed=0),
+    )
+
+    async def listen(url: str, thread: ExchangeThread) -> list[dict[str, Any]]:
+        client = await Client.connect(url)
+        await client.send("subscribe", {"channels": ["market_lifecycle_v2"]})
+        await client.until(lambda f: f["type"] == "subscribed")
+        await asyncio.to_thread(thread.call, exchange.resume)
+        got = [await client.recv(), await client.recv()]
+        await client.close()
+        return got
+
+    thread = ExchangeThread(exchange)
+    with thread as url:
+        got = run(listen(url, thread))
+        market = _get(f"{exchange.rest_url}/markets/KXREP-26DEC31-A")[1]["market"]
+    # Only book frames define markets; lifecycle frames are sent again as recorded.
+    assert exchange.tickers() == ["KXREP-26DEC31-A"]
+    assert [(f["type"], f["msg"]) for f in got] == [
+        ("event_fee_update", fee),
+        ("market_lifecycle_v2", determined),
+    ]
+    assert (market["status"], market["result"], market["settlement_value_dollars"]) == (
+        "determined",
+        "no",
+        "0.0000",
+    )

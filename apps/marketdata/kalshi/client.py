@@ -27,7 +27,9 @@ One :class:`KalshiClient` owns one logical feed (a list of markets). It keeps on
 * A dropped or silent socket (no pong within ``ping_timeout_s``) reconnects with exponential
   backoff and full jitter, then resubscribes everything on a new connection id.
 
-No Django here: the sink is the only bridge to storage.
+No Django here: the sink is the only bridge to storage. Above 700 lines on purpose: one
+connection's state machine (sid ownership, seq checks, resyncs, reconnects) is one invariant,
+and splitting it would spread that invariant over modules.
 """
 
 from __future__ import annotations

@@ -35,6 +35,9 @@ what it accepts is bounded explicitly, each bound with its own message and ``cod
 * text that is stored (tickers, trade ids) holds no U+0000, which PostgreSQL text refuses
   (``bad_text``).
 
+Above 700 lines on purpose: the schemas, converters and bounds of the decoder stay together
+so each bound sits beside the field it guards (lifecycle frames already live apart).
+
 Lifecycle frames (``market_lifecycle_v2``, ``event_lifecycle``, ``event_fee_update``) are
 modelled in :mod:`.lifecycle` and decode into its :class:`~.lifecycle.Lifecycle` message,
 under the same bounds plus that module's own.
