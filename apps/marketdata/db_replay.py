@@ -3,9 +3,12 @@
 A market data source of the exchange that lives beside it, not in it: it needs Django, and the
 exchange (``apps.marketdata.exchange``) is a core that imports none.
 
-Rows of ``OrderbookSnapshot`` / ``OrderbookDelta`` (and ``PublicTrade``) are merged in
-``received_at`` order and applied like a JSONL replay: snapshots set the book (subscribers see
-deltas), deltas apply, trades re-print. Django is imported lazily, and every query runs in one
+Rows of ``OrderbookSnapshot`` / ``OrderbookDelta`` (and ``PublicTrade`` and
+``MarketLifecycle``) are merged in ``received_at`` order and applied like a JSONL replay:
+snapshots set the book (subscribers see deltas), deltas apply, trades re-print, lifecycle
+messages are sent again from their stored frame text (all of them: ``tickers`` limits the
+books, not the lifecycle channel, which carries every market).
+Django is imported lazily, and every query runs in one
 dedicated worker thread: Django connections belong to the thread that opened them, and a
 server-side cursor must stay on one connection, so the default multi-thread executor would be
 wrong here. The event loop never waits on the database except between batches.
@@ -17,6 +20,7 @@ import asyncio
 import concurrent.futures
 import heapq
 import itertools
+import json
 import math
 from collections.abc import Iterator, Sequence
 from datetime import datetime
@@ -25,13 +29,21 @@ from typing import Any
 from apps.marketdata.exchange.errors import ConfigError
 from apps.marketdata.exchange.markets import Market
 from apps.marketdata.exchange.replay import (
+    ReplayError,
     ReplayEvent,
     ReplayPacer,
     event_prices,
+    lifecycle_event,
     market_from_ticker,
 )
 from apps.marketdata.exchange.sources import MarketDataSource
 from apps.marketdata.exchange.venue import Venue
+
+
+def models_module() -> Any:
+    from apps.marketdata import models
+
+    return models
 
 
 def _ns(moment: datetime) -> int:
@@ -157,8 +169,31 @@ class DbReplaySource(MarketDataSource):
                 )
                 .iterator(chunk_size=chunk)
             )
+        lifecycle_model = getattr(models_module(), "MarketLifecycle", None)
+        if lifecycle_model is not None:
+            streams.append(self._lifecycle_events(lifecycle_model))
         # Each stream is ordered by received_at; merging keeps the global order.
         return heapq.merge(*streams, key=lambda e: e.t_ns or 0)
+
+    def _lifecycle_events(self, model: Any) -> Iterator[ReplayEvent]:
+        queryset = model.objects.all()
+        if self.since is not None:
+            queryset = queryset.filter(received_at__gte=self.since)
+        if self.until is not None:
+            queryset = queryset.filter(received_at__lt=self.until)
+        rows = (
+            queryset.order_by("received_at", "id")
+            .values_list("raw", "received_at")
+            .iterator(chunk_size=self.chunk_size)
+        )
+        for raw, received in rows:
+            try:
+                frame = json.loads(raw)
+                if not isinstance(frame, dict):
+                    raise ReplayError("not a JSON object")
+                yield lifecycle_event(frame, _ns(received))
+            except ValueError:
+                continue  # stored frames were decoded once already; a bad one is skipped
 
     def _scan_markets(self) -> list[Market]:
         snapshot_model, delta_model, _ = self._models()

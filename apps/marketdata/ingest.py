@@ -39,8 +39,10 @@ from apps.marketdata.endpoints import (
 )
 from apps.marketdata.kalshi.book import OrderBook
 from apps.marketdata.kalshi.client import ClientConfig, FeedSink, HandshakeRejected, KalshiClient
-from apps.marketdata.kalshi.messages import OrderbookDelta, OrderbookSnapshot, Trade
+from apps.marketdata.kalshi.messages import Lifecycle, OrderbookDelta, OrderbookSnapshot, Trade
+from apps.marketdata.kalshi.rest import KalshiRest, RestError
 from apps.marketdata.kalshi.units import utc_from_ms, utc_from_ns
+from apps.marketdata.metadata import fetch_metadata
 from apps.marketdata.models import OrderbookSnapshot as SnapshotModel
 from apps.marketdata.orphans import start_sweep
 from apps.marketdata.partitions import ensure_in_background
@@ -49,12 +51,17 @@ from apps.marketdata.writer import (
     CONNECTION_CLOSE,
     DELTA,
     EVENT,
+    FEE_CHANGE,
+    LIFECYCLE,
+    MARKET_INFO,
+    SERIES_FEES,
     SNAPSHOT,
     TRADE,
     WORKER_STATUS,
     ConnectionRow,
     DeltaRow,
     EventRow,
+    LifecycleRow,
     RecordWriter,
     SnapshotRow,
     TradeRow,
@@ -91,6 +98,13 @@ class IngestOptions:
     duration_s: float = 0.0
     use_yes_price: bool = False
     record_trades: bool = True
+    # The market_lifecycle_v2 channel (every market: it takes no filter; every message is
+    # kept, see MarketLifecycle).
+    record_lifecycle: bool = True
+    # Market metadata and series fees over REST: at start, then every this many seconds
+    # (0 = at start only).
+    metadata_interval_s: float = 300.0
+    metadata_retry_s: float = 15.0  # after a failed fetch
     snapshot_interval_s: float = 60.0
     progress_interval_s: float = 5.0
     publish_interval_s: float = 0.5
@@ -108,6 +122,7 @@ class RecorderSink(FeedSink):
         self.exchange = exchange
         self.use_yes_price = use_yes_price
         self._periodic_seq: dict[uuid.UUID, int] = {}
+        self._lifecycle_seq: dict[uuid.UUID, int] = {}
         self._connections: dict[uuid.UUID, ConnectionRow] = {}
         self.unnumbered_trades = 0
 
@@ -187,6 +202,38 @@ class RecorderSink(FeedSink):
                 msg.taker_side,
                 utc_from_ms(msg.ts_ms),
                 utc_from_ns(received_ns),
+            ),
+        )
+
+    def on_lifecycle(self, connection_id: uuid.UUID, msg: Lifecycle, received_ns: int) -> None:
+        # Identity: this connection's own arrival count (the channel's frames carry no seq).
+        local_seq = self._lifecycle_seq.get(connection_id, 0) + 1
+        self._lifecycle_seq[connection_id] = local_seq
+        self.writer.enqueue(
+            LIFECYCLE,
+            LifecycleRow(
+                connection_id,
+                msg.sid,
+                msg.seq,
+                local_seq,
+                msg.kind,
+                msg.event_type,
+                msg.market_ticker,
+                msg.event_ticker,
+                msg.series_ticker,
+                msg.result,
+                msg.settlement_value_e4,
+                utc_from_ms(msg.open_ts_ms),
+                utc_from_ms(msg.close_ts_ms),
+                utc_from_ms(msg.ts_ms),
+                msg.is_deactivated,
+                msg.can_close_early,
+                msg.price_level_structure,
+                msg.fee_type,
+                msg.fee_multiplier_e4,
+                utc_from_ms(msg.sending_ts_ms),
+                utc_from_ns(received_ns),
+                msg.raw,
             ),
         )
 
@@ -357,9 +404,71 @@ class IngestResult:
     client_latency_ns: list[int] = field(default_factory=list)
 
 
-def _counters(client: KalshiClient, writer: RecordWriter) -> dict[str, Any]:
+@dataclass
+class MetadataStats:
+    fetches: int = 0
+    failures: int = 0
+    markets: int = 0
+    series: int = 0
+    fee_changes: int = 0
+    skipped: int = 0
+    rest_requests: int = 0
+    rest_rate_limited: int = 0
+    last_error: str = ""
+
+
+def _counters(
+    client: KalshiClient, writer: RecordWriter, metadata: MetadataStats | None = None
+) -> dict[str, Any]:
     stats = client.stats.as_dict()
-    return {"client": stats, "writer": writer.stats_dict()}
+    counters = {"client": stats, "writer": writer.stats_dict()}
+    if metadata is not None:
+        counters["metadata"] = dict(metadata.__dict__)
+    return counters
+
+
+async def _metadata_loop(
+    options: IngestOptions,
+    rest: KalshiRest,
+    markets: list[str],
+    writer: RecordWriter,
+    stats: MetadataStats,
+    say: Callable[[str], None],
+) -> None:
+    """Fetch the recorded markets' metadata and fees now and on a schedule, into the writer."""
+    while True:
+        try:
+            result = await asyncio.to_thread(fetch_metadata, rest, markets)
+        except RestError as exc:
+            stats.failures += 1
+            stats.last_error = str(exc)[:300]
+            log.warning("market metadata not fetched (%s); retrying", exc)
+            delay = options.metadata_retry_s
+        else:
+            stats.fetches += 1
+            for table, rows in (
+                (MARKET_INFO, result.markets),
+                (SERIES_FEES, result.series),
+                (FEE_CHANGE, result.fee_changes),
+            ):
+                for row in rows:
+                    writer.enqueue(table, row)
+            stats.markets, stats.series = len(result.markets), len(result.series)
+            stats.fee_changes, stats.skipped = len(result.fee_changes), len(result.skipped)
+            for reason in result.skipped[:5]:
+                log.warning("metadata skipped: %s", reason)
+            if stats.fetches == 1:
+                say(
+                    f"metadata: {len(result.markets)} markets, {len(result.series)} series "
+                    f"fees, {len(result.fee_changes)} scheduled fee changes"
+                )
+            if not options.metadata_interval_s:
+                return
+            delay = options.metadata_interval_s
+        finally:
+            stats.rest_requests = rest.stats.requests
+            stats.rest_rate_limited = rest.stats.rate_limited
+        await asyncio.sleep(delay)
 
 
 def _problems(client: KalshiClient, writer: RecordWriter, started: float) -> list[str]:
@@ -392,7 +501,11 @@ async def run_ingest_async(
     writer.start()
     sweeper, stop_sweep = start_sweep(writer, say=progress or log.warning)
     sink = RecorderSink(writer, exchange=options.exchange, use_yes_price=options.use_yes_price)
-    channels = ("orderbook_delta", "trade") if options.record_trades else ("orderbook_delta",)
+    channels: tuple[str, ...] = ("orderbook_delta",)
+    if options.record_trades:
+        channels += ("trade",)
+    if options.record_lifecycle:
+        channels += ("market_lifecycle_v2",)
     client = KalshiClient(
         ClientConfig(
             ws_url=ws_url,
@@ -412,8 +525,15 @@ async def run_ingest_async(
     started_at = timezone.now()
     started = time.time()
     client_task = asyncio.create_task(client.run(), name="kalshi-client")
+    metadata_stats = MetadataStats()
+    rest = KalshiRest(rest_base_for(ws_url, options.exchange), endpoint.signer)
+    metadata_task = asyncio.create_task(
+        _metadata_loop(options, rest, markets, writer, metadata_stats, say), name="metadata"
+    )
     housekeeping = asyncio.create_task(
-        _housekeeping(options, client, writer, sink, say, status_name, started_at, started)
+        _housekeeping(
+            options, client, writer, sink, say, status_name, started_at, started, metadata_stats
+        )
     )
     try:
         with stop_signals(stopping, enabled=install_signal_handlers):
@@ -425,7 +545,8 @@ async def run_ingest_async(
                 client.stop()
                 await asyncio.gather(client_task, return_exceptions=True)
                 housekeeping.cancel()
-                await asyncio.gather(housekeeping, return_exceptions=True)
+                metadata_task.cancel()
+                await asyncio.gather(housekeeping, metadata_task, return_exceptions=True)
     finally:
         stop_sweep.set()
         # A sweep that found its orphans enqueues their close rows in moments; one stuck on
@@ -437,7 +558,7 @@ async def run_ingest_async(
             worker_status_row(
                 status_name,
                 started_at=started_at,
-                counters=_counters(client, writer),
+                counters=_counters(client, writer, metadata_stats),
                 problems=[],
                 stopped=True,
             ),
@@ -473,6 +594,7 @@ async def _housekeeping(
     status_name: str,
     started_at: datetime,
     started: float,
+    metadata: MetadataStats | None = None,
 ) -> None:
     """Periodic snapshots, top-of-book publishing, progress lines, heartbeats and time
     partitions created ahead."""
@@ -515,7 +637,7 @@ async def _housekeeping(
                 worker_status_row(
                     status_name,
                     started_at=started_at,
-                    counters=_counters(client, writer),
+                    counters=_counters(client, writer, metadata),
                     problems=_problems(client, writer, started),
                 ),
             )

@@ -230,3 +230,127 @@ class RecordingEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.market_ticker or '*'} at {self.at:%H:%M:%S}"
+
+
+class MarketLifecycle(models.Model):
+    """One message of the ``market_lifecycle_v2`` channel, stored losslessly: ``raw`` is the
+    frame's exact text, beside the parsed fields the product uses.
+
+    The channel takes no market filter; the recorder keeps every message, not only those of
+    the markets it records (they are small and few, a market listed during the recording is
+    one a later recording may want, and ``event_fee_update`` names events, not markets).
+
+    Identity is (connection, ``local_seq``): the recorder's own count of lifecycle frames on
+    the connection, in arrival order, because the channel's frames carry no ``seq`` in the
+    documented example (``seq`` keeps Kalshi's when a frame has one). ``kind`` is the frame
+    type (``market_lifecycle_v2``, ``event_lifecycle``, ``event_fee_update``); ``event_ts``
+    the moment the message is about (determination, settlement, new close time, open time,
+    fee update time; else the exchange's send time).
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    connection = connection_field(related_name="lifecycle")
+    sid = models.BigIntegerField()
+    seq = models.BigIntegerField(null=True, blank=True)
+    local_seq = models.BigIntegerField(help_text="arrival number on the connection, from 1")
+    kind = models.CharField(max_length=32)
+    event_type = models.CharField(max_length=64)
+    market_ticker = models.CharField(max_length=128, blank=True, default="")
+    event_ticker = models.CharField(max_length=128, blank=True, default="")
+    series_ticker = models.CharField(max_length=128, blank=True, default="")
+    result = models.CharField(max_length=64, blank=True, default="")
+    settlement_value_e4 = models.IntegerField(null=True, blank=True)
+    open_ts = models.DateTimeField(null=True, blank=True)
+    close_ts = models.DateTimeField(null=True, blank=True)
+    event_ts = models.DateTimeField(null=True, blank=True)
+    is_deactivated = models.BooleanField(null=True, blank=True)
+    can_close_early = models.BooleanField(null=True, blank=True)
+    price_level_structure = models.CharField(max_length=64, blank=True, default="")
+    fee_type = models.CharField(max_length=64, blank=True, default="")
+    fee_multiplier_e4 = models.IntegerField(null=True, blank=True)
+    exchange_ts = models.DateTimeField(null=True, blank=True)
+    received_at = models.DateTimeField()
+    raw = models.TextField(help_text="the frame exactly as received")
+
+    class Meta:
+        db_table = "rl_market_lifecycle"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["connection", "local_seq"], name="rl_lifecycle_unique_message"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["market_ticker", "received_at"], name="rl_lifecycle_market_time"),
+        ]
+        ordering = ["-received_at"]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} {self.market_ticker or self.event_ticker}"
+
+
+class MarketInfo(models.Model):
+    """A recorded market's description as ``GET /markets`` last gave it (one row per ticker,
+    updated on every fetch; its history of changes is in :class:`MarketLifecycle`)."""
+
+    ticker = models.CharField(max_length=128, unique=True)
+    event_ticker = models.CharField(max_length=128, blank=True, default="")
+    series_ticker = models.CharField(max_length=128, blank=True, default="")
+    status = models.CharField(max_length=32, blank=True, default="")
+    open_time = models.DateTimeField(null=True, blank=True)
+    close_time = models.DateTimeField(null=True, blank=True)
+    can_close_early = models.BooleanField(null=True, blank=True)
+    result = models.CharField(max_length=64, blank=True, default="")
+    settlement_value_e4 = models.IntegerField(null=True, blank=True)
+    price_level_structure = models.CharField(max_length=64, blank=True, default="")
+    price_ranges = models.JSONField(
+        default=list, help_text='[{"start": "0.0000", "end": "1.0000", "step": "0.0100"}]'
+    )
+    raw = models.TextField(help_text="the Market object as received (JSON)")
+    fetched_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "rl_markets"
+        ordering = ["ticker"]
+
+    def __str__(self) -> str:
+        return f"{self.ticker} ({self.status})"
+
+
+class SeriesFees(models.Model):
+    """A series' fee settings as ``GET /series/{ticker}`` last gave them (one row a series).
+    ``fee_multiplier_e4``: the multiplier in 1/10,000 (10_000 = 1, 5_000 = 0.5)."""
+
+    series_ticker = models.CharField(max_length=128, unique=True)
+    fee_type = models.CharField(max_length=64)
+    fee_multiplier_e4 = models.IntegerField()
+    raw = models.TextField(help_text="the Series object as received (JSON)")
+    fetched_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "rl_series_fees"
+        ordering = ["series_ticker"]
+
+    def __str__(self) -> str:
+        return f"{self.series_ticker} {self.fee_type} x{self.fee_multiplier_e4 / 10_000:g}"
+
+
+class SeriesFeeChange(models.Model):
+    """A scheduled change of a series' fees (``GET /series/fee_changes``): from
+    ``scheduled_ts`` on, the series charges ``fee_type`` with ``fee_multiplier_e4``."""
+
+    change_id = models.CharField(max_length=128, unique=True)
+    series_ticker = models.CharField(max_length=128)
+    fee_type = models.CharField(max_length=64)
+    fee_multiplier_e4 = models.IntegerField()
+    scheduled_ts = models.DateTimeField()
+    fetched_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "rl_series_fee_changes"
+        indexes = [
+            models.Index(fields=["series_ticker", "scheduled_ts"], name="rl_fee_change_series"),
+        ]
+        ordering = ["series_ticker", "scheduled_ts"]
+
+    def __str__(self) -> str:
+        return f"{self.series_ticker} -> {self.fee_type} at {self.scheduled_ts:%Y-%m-%d %H:%M}"

@@ -157,6 +157,7 @@ class HostileExchange:
         # Channels whose subscribe is answered like a merge into an existing sid: an ``ok``
         # with the sid, a seq and the market list (observed, protocol notes §3).
         self.merge_acks = set(merge_acks)
+        self.extra_sids: dict[str, int] = {}
         self.commands: list[dict[str, Any]] = []
         self.sessions: list[Session] = []
         self.script_done = asyncio.Event()
@@ -215,7 +216,13 @@ class HostileExchange:
         cmd_id = command.get("id")
         if command.get("cmd") == "subscribe":
             for channel in params.get("channels", []):
-                sid = self.sid_of[channel]
+                sid = self.sid_of.get(channel)
+                if sid is None:
+                    # A channel the script does not use (market_lifecycle_v2): acknowledged on
+                    # a sid of its own, and then silent.
+                    sid = self.extra_sids.setdefault(
+                        channel, max(self.sid_of.values()) + 1 + len(self.extra_sids)
+                    )
                 session.sids[channel] = sid
                 if channel in self.merge_acks:
                     ack = {"type": "ok", "id": cmd_id, "sid": sid, "seq": session.next_seq(sid)}

@@ -71,7 +71,7 @@ def test_rest_markets_paginates_with_a_cursor_and_filters() -> None:
         market = page["markets"][0]
         book = exchange.market(market["ticker"])
         assert market["status"] == "active"
-        assert market["event_ticker"] == "KXSYN-26DEC31"
+        assert market["event_ticker"] == f"{book.series_ticker}-26DEC31"
         assert market["yes_bid_dollars"] == f"0.{book.best_yes():04d}"
         assert market["yes_ask_dollars"] == f"0.{10_000 - book.best_no():04d}"
         assert market["price_level_structure"] == book.price_level_structure
@@ -89,10 +89,12 @@ def test_rest_markets_paginates_with_a_cursor_and_filters() -> None:
             a,
             b,
         ]
+        # Markets 0, 3, 6 are in KXSYN; 1, 4 in KXSYNMK; 2, 5 in KXSYNINX (three fee kinds).
         assert (
-            len(_get(f"{base}/markets?event_ticker=KXSYN-26DEC31&status=open")[1]["markets"]) == 7
+            len(_get(f"{base}/markets?event_ticker=KXSYN-26DEC31&status=open")[1]["markets"]) == 3
         )
-        assert len(_get(f"{base}/markets?series_ticker=KXSYN")[1]["markets"]) == 7
+        assert len(_get(f"{base}/markets?series_ticker=KXSYN")[1]["markets"]) == 3
+        assert len(_get(f"{base}/markets?series_ticker=KXSYNINX")[1]["markets"]) == 2
         assert _get(f"{base}/markets?series_ticker=OTHER")[1] == {"markets": [], "cursor": ""}
         assert _get(f"{base}/markets?status=closed")[1]["markets"] == []
         for bad in ("status=bogus", "limit=0", "limit=1001", "cursor=!!!"):

@@ -12,6 +12,7 @@ from apps.marketdata.kalshi.messages import (
     RAW_EXCERPT_BYTES,
     ErrorMessage,
     FrameDecoder,
+    Lifecycle,
     Ok,
     OrderbookDelta,
     OrderbookSnapshot,
@@ -417,13 +418,25 @@ def test_it_parses_the_ticker_example(decoder: FrameDecoder) -> None:
     )
 
 
-@pytest.mark.parametrize(
-    ("frame", "kind", "sid"), [(FILL, "fill", 13), (LIFECYCLE, "market_lifecycle_v2", 13)]
-)
+@pytest.mark.parametrize(("frame", "kind", "sid"), [(FILL, "fill", 13)])
 def test_channels_it_does_not_model_come_back_as_unknown_messages(
     decoder: FrameDecoder, frame: str, kind: str, sid: int
 ) -> None:
     assert decoder.decode(frame) == UnknownMessage(type=kind, sid=sid, seq=None)
+
+
+def test_the_documented_lifecycle_example_decodes_with_its_exact_text(
+    decoder: FrameDecoder,
+) -> None:
+    message = decoder.decode(LIFECYCLE)
+    assert isinstance(message, Lifecycle)
+    assert (message.sid, message.seq, message.kind) == (13, None, "market_lifecycle_v2")
+    assert (message.event_type, message.market_ticker) == ("created", "INXD-23SEP14-B4487")
+    assert message.event_ticker == "INXD-23SEP14" and message.can_close_early is True
+    assert (message.open_ts_ms, message.close_ts_ms) == (1694635200000, 1694721600000)
+    assert message.ts_ms == 1694635200000  # a "created" message is about the open time
+    assert message.raw == LIFECYCLE  # lossless: the frame as received
+    assert message.result == "" and message.settlement_value_e4 is None
 
 
 def test_an_unknown_type_keeps_its_seq_so_it_still_counts(decoder: FrameDecoder) -> None:

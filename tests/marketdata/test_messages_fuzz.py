@@ -18,6 +18,7 @@ from apps.marketdata.kalshi import units
 from apps.marketdata.kalshi.messages import (
     ErrorMessage,
     FrameDecoder,
+    Lifecycle,
     Ok,
     OrderbookDelta,
     OrderbookSnapshot,
@@ -45,6 +46,7 @@ MESSAGE_TYPES = (
     ErrorMessage,
     Trade,
     Ticker,
+    Lifecycle,
     UnknownMessage,
 )
 DECODERS = (FrameDecoder(), FrameDecoder(use_yes_price=True))
@@ -89,7 +91,8 @@ KEYS = sorted(
     | {key for obj in SEED_OBJECTS if isinstance(obj.get("msg"), dict) for key in obj["msg"]}
 )
 TYPES = ["orderbook_snapshot", "orderbook_delta", "subscribed", "unsubscribed", "ok", "error"]
-TYPES += ["trade", "ticker", "fill", "event_lifecycle", ""]
+TYPES += ["trade", "ticker", "fill", "event_lifecycle", "market_lifecycle_v2"]
+TYPES += ["event_fee_update", ""]
 
 
 def _check(raw: bytes | str) -> None:
@@ -112,6 +115,11 @@ def _check(raw: bytes | str) -> None:
                 assert prices == sorted(set(prices))
                 assert all(0 < price < units.PRICE_SCALE for price in prices)
                 assert all(type(size) is int and size >= 0 for _, size in levels)
+        elif isinstance(message, Lifecycle):
+            value = message.settlement_value_e4
+            assert value is None or 0 <= value <= units.PRICE_SCALE
+            assert "\x00" not in message.market_ticker + message.event_ticker + message.result
+            assert isinstance(message.raw, str) and len(message.raw) <= 65_536
 
 
 @FUZZ

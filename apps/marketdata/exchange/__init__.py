@@ -29,8 +29,15 @@ exchange makes these choices:
   next seq), no ``ok``; without markets it re-sends every market of the sid.
 * A command is validated completely before anything changes: a failing multi-channel
   subscribe or multi-sid unsubscribe subscribes / unsubscribes nothing.
-* Real Kalshi channels this exchange does not simulate (fill, user_orders, lifecycle, ...)
-  get error 10 (channel error); names Kalshi does not know get error 8.
+* Real Kalshi channels this exchange does not simulate (fill, user_orders, ...) get error 10
+  (channel error); names Kalshi does not know get error 8.
+* ``market_lifecycle_v2`` takes no market filter (documented): a subscribe's market list is
+  validated like any other but ignored, and the sid gets every market. Its frames
+  (``market_lifecycle_v2``, ``event_lifecycle``, ``event_fee_update``) carry no ``seq``,
+  like the documented example. A series fee change sends one ``event_fee_update`` per event
+  of the series, with the new settings as ``fee_type_override`` /
+  ``fee_multiplier_override``. Closing a market early sends ``close_date_updated`` (close
+  time = now) and empties its book through ordinary deltas.
 * Unsolicited errors (fault knob, buffer overflow) are ``{"type":"error","sid":S,"msg":
   {"code":25,"msg":"Subscription buffer overflow"}}`` without ``id``, and end that sid.
 * A NO-side book level or delta under ``use_yes_price`` is priced ``1 - q``, and levels keep
@@ -43,7 +50,7 @@ exchange makes these choices:
 from .config import ApiKey, ExchangeConfig, FaultConfig
 from .errors import ConfigError, MarketError
 from .keys import DevKeys, ensure_dev_keys
-from .markets import PRICE_LEVEL_STRUCTURES, Market, PriceRange
+from .markets import PRICE_LEVEL_STRUCTURES, FeeChange, Market, PriceRange, Series
 from .replay import JsonlReplaySource
 from .server import LocalExchange
 from .sources import MarketDataSource, SyntheticConfig, SyntheticSource
@@ -60,12 +67,14 @@ __all__ = [
     "ExchangeStats",
     "ExchangeThread",
     "FaultConfig",
+    "FeeChange",
     "JsonlReplaySource",
     "LocalExchange",
     "Market",
     "MarketDataSource",
     "MarketError",
     "PriceRange",
+    "Series",
     "SyntheticConfig",
     "SyntheticSource",
     "Venue",

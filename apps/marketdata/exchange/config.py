@@ -86,6 +86,8 @@ class FaultConfig:
     - ``error_after_messages`` / ``error_code``: after the K-th data message of a connection,
       send an unsolicited error (default 25, buffer overflow) on that message's sid and end
       that subscription, as Kalshi does.
+    - ``rest_rate_limit_first``: answer the first N REST requests with HTTP 429
+      ``{"error": "too many requests"}`` (no Retry-After), as Kalshi's token bucket does.
     """
 
     drop_after_messages: int | None = None
@@ -97,12 +99,14 @@ class FaultConfig:
     stall_ignores_pings: bool = False
     error_after_messages: int | None = None
     error_code: int = 25
+    rest_rate_limit_first: int | None = None
 
     def __post_init__(self) -> None:
         for f in fields(self):
             if f.name.endswith(("_messages", "_after", "_every")):
                 _positive_int(f.name, getattr(self, f.name))
         _positive_seconds("stall_s", self.stall_s, allow_none=False)
+        _positive_int("rest_rate_limit_first", self.rest_rate_limit_first)
         if self.error_code not in ERROR_TEXTS:
             raise ConfigError(
                 f"error_code {self.error_code} is not a documented Kalshi error code "

@@ -24,6 +24,18 @@ class FaultInjector:
         self.venue = venue
         self.faults = faults  # in force now; new sessions start with these
         self.stats = stats
+        self._rest_429 = faults.rest_rate_limit_first or 0
+
+    def rate_limit_rest(self, requests: int) -> None:
+        """Answer the next ``requests`` REST requests with 429 ``too many requests``."""
+        self._rest_429 = max(0, requests)
+
+    def take_rest_rate_limit(self) -> bool:
+        """Whether this REST request is refused (counts one of the armed refusals)."""
+        if self._rest_429 <= 0:
+            return False
+        self._rest_429 -= 1
+        return True
 
     def _sessions(self) -> list[Session]:
         return [c for c in self.venue.connections() if isinstance(c, Session)]

@@ -9,6 +9,7 @@ envelope per subscription (sid and seq differ per subscriber).
 
 from __future__ import annotations
 
+import calendar
 import json
 import time
 from typing import Any
@@ -191,3 +192,51 @@ def malformed_frame(kind: str) -> str | bytes:
         # Kalshi sends text frames only; a binary frame of invalid UTF-8 is doubly wrong.
         return b"\xff\xfe\x00not a text frame"
     raise ValueError(f"unknown malformed frame kind {kind!r}; choose one of {MALFORMED_KINDS}")
+
+
+# ---- market_lifecycle_v2 (kalshi-protocol.md §5): rare, so plain json.dumps ----------------
+
+
+def iso_to_s(text: str) -> int:
+    """``"2026-12-31T23:59:00Z"`` -> Unix seconds (the lifecycle ``*_ts`` fields)."""
+    return calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ"))
+
+
+def lifecycle_body(market: Market, event_type: str, **fields: Any) -> str:
+    """A ``market_lifecycle_v2`` msg: ``market_ticker``, ``event_type`` and its own fields."""
+    body: dict[str, Any] = {"market_ticker": market.ticker, "event_type": event_type, **fields}
+    return json.dumps(body, separators=(",", ":"))
+
+
+def created_fields(market: Market) -> dict[str, Any]:
+    """The fields of a ``created`` message (the doc example's shape)."""
+    return {
+        "open_ts": iso_to_s(market.open_time),
+        "close_ts": iso_to_s(market.close_time),
+        "additional_metadata": {
+            "name": market.title,
+            "title": market.title,
+            "event_ticker": market.event_ticker,
+            "can_close_early": market.can_close_early,
+            "price_level_structure": market.price_level_structure,
+        },
+    }
+
+
+def event_lifecycle_body(event_ticker: str, series_ticker: str, title: str) -> str:
+    """An ``event_lifecycle`` msg (an event was created)."""
+    return json.dumps(
+        {"event_ticker": event_ticker, "series_ticker": series_ticker, "title": title},
+        separators=(",", ":"),
+    )
+
+
+def event_fee_body(
+    event_ticker: str, series_ticker: str, fee_type: str, fee_multiplier: str, ts_s: int
+) -> str:
+    """An ``event_fee_update`` msg: the fee settings now in force for an event."""
+    return (
+        f'{{"event_ticker":{json.dumps(event_ticker)},"series_ticker":{json.dumps(series_ticker)},'
+        f'"fee_type_override":{json.dumps(fee_type)},"fee_multiplier_override":{fee_multiplier},'
+        f'"ts":{ts_s}}}'
+    )

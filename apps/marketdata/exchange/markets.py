@@ -56,6 +56,55 @@ PRICE_LEVEL_STRUCTURES: dict[str, tuple[PriceRange, ...]] = {
 }
 
 
+# Market ``status`` values in REST responses (kalshi-protocol.md §9).
+MARKET_STATUSES = (
+    "initialized",
+    "inactive",
+    "active",
+    "closed",
+    "determined",
+    "disputed",
+    "amended",
+    "finalized",
+)
+
+
+@dataclass
+class Series:
+    """A series and its fee settings (``GET /series/{ticker}``, kalshi-protocol.md §8).
+
+    ``fee_multiplier`` is kept as the decimal text Kalshi's JSON number is written from
+    (``"1"``, ``"0.5"``), so a multiplier is never a binary fraction on the wire.
+    """
+
+    ticker: str
+    fee_type: str = "quadratic"
+    fee_multiplier: str = "1"
+    title: str = ""
+    frequency: str = "daily"
+    category: str = "Synthetic"
+
+    def __post_init__(self) -> None:
+        if self.fee_type not in FEE_TYPES:
+            raise MarketError(f"series {self.ticker}: unknown fee_type {self.fee_type!r}")
+        if not self.title:
+            self.title = f"Local exchange series {self.ticker}"
+
+
+@dataclass(frozen=True)
+class FeeChange:
+    """A scheduled change of a series' fee settings (``GET /series/fee_changes``)."""
+
+    id: str
+    series_ticker: str
+    fee_type: str
+    fee_multiplier: str
+    scheduled_ts: str  # RFC 3339
+
+
+FEE_TYPES = ("quadratic", "quadratic_with_maker_fees", "flat")
+
+
 def market_id_for(ticker: str) -> str:
     """A stable UUID for a ticker that has no recorded ``market_id``."""
     return str(uuid.uuid5(_MARKET_ID_NAMESPACE, ticker))
@@ -78,6 +127,13 @@ class Market:
     title: str = ""
     open_time: str = "2026-01-01T00:00:00Z"
     close_time: str = "2026-12-31T23:59:00Z"
+    # Where the market is in its life (kalshi-protocol.md §9): the REST ``status`` field,
+    # ``result`` ("" until determined) and the scalar settlement value once determined.
+    status: str = "active"
+    can_close_early: bool = True
+    result: str = ""
+    settlement_value_e4: int | None = None
+    settlement_timer_seconds: int = 1
     yes: dict[int, int] = field(default_factory=dict)
     no: dict[int, int] = field(default_factory=dict)
     # Trade statistics, for REST and the ticker channel.
@@ -100,6 +156,8 @@ class Market:
             self.market_id = market_id_for(self.ticker)
         if not self.title:
             self.title = f"Local exchange market {self.ticker}"
+        if self.status not in MARKET_STATUSES:
+            raise MarketError(f"market {self.ticker}: unknown status {self.status!r}")
         # Tickers are written into frames many times a second: encode once.
         self.ticker_json = json.dumps(self.ticker)
         self.price_ranges = PRICE_LEVEL_STRUCTURES[self.price_level_structure]

@@ -6,8 +6,12 @@ Accepted line formats:
 * the landonct capture format ``{"timestamp": <ns>, "msg": "<raw frame as a JSON string>"}``.
 
 Only the market content of frames is used: ``orderbook_snapshot`` sets the book (subscribers
-receive the difference as deltas), ``orderbook_delta`` applies, ``trade`` is re-printed; acks,
-ticker frames and unknown types are skipped. Recorded sid/seq are ignored: the exchange gives
+receive the difference as deltas), ``orderbook_delta`` applies, ``trade`` is re-printed, and
+the lifecycle channel's frames (``market_lifecycle_v2``, ``event_lifecycle``,
+``event_fee_update``) are sent again with their ``msg`` unchanged (and the replayed markets
+take the state they announce); acks, ticker frames and unknown types are skipped. Lifecycle
+frames do not define markets: only book and trade frames do.
+Recorded sid/seq are ignored: the exchange gives
 every client its own, so a replay looks like a normal live stream. Every historic wire format
 (integer cents, ``_dollars``, ``_fp``) is read into the product's fixed-point units.
 """
@@ -49,7 +53,7 @@ class ReplayError(ValueError):
 class ReplayEvent:
     """One replayable event. ``t_ns`` is the recording time (None when the line has none)."""
 
-    kind: str  # "snapshot" | "delta" | "trade"
+    kind: str  # "snapshot" | "delta" | "trade" | "lifecycle"
     ticker: str
     market_id: str | None
     t_ns: int | None
@@ -63,6 +67,22 @@ class ReplayEvent:
     taker_side: str = ""
     ts_ms: int | None = None
     trade_id: str | None = None
+    frame_type: str = ""  # lifecycle: the recorded frame type
+    msg: dict[str, Any] | None = None  # lifecycle: the recorded msg, sent as it was
+
+
+LIFECYCLE_TYPES = ("market_lifecycle_v2", "event_lifecycle", "event_fee_update")
+
+
+def lifecycle_event(frame: dict[str, Any], t_ns: int | None) -> ReplayEvent:
+    """A replay event for one recorded lifecycle frame (already a JSON object)."""
+    msg = frame.get("msg")
+    if not isinstance(msg, dict):
+        raise ReplayError(f"{frame.get('type')} without msg")
+    ticker = msg.get("market_ticker") if isinstance(msg.get("market_ticker"), str) else ""
+    if t_ns is None and type(frame.get("sending_ts_ms")) is int:
+        t_ns = frame["sending_ts_ms"] * 1_000_000
+    return ReplayEvent("lifecycle", ticker, None, t_ns, frame_type=frame["type"], msg=msg)
 
 
 def _price(msg: dict[str, Any], dollars_key: str, cents_key: str) -> int:
@@ -127,6 +147,8 @@ def parse_line(line: str, *, recorded_use_yes_price: bool = False) -> ReplayEven
     if not isinstance(frame, dict):
         raise ReplayError("frame is not a JSON object")
     kind = frame.get("type")
+    if kind in LIFECYCLE_TYPES:
+        return lifecycle_event(frame, t_ns)
     if kind not in ("orderbook_snapshot", "orderbook_delta", "trade"):
         return None
     msg = frame.get("msg")
@@ -251,6 +273,8 @@ class ReplayPacer:
             venue.set_book(event.ticker, yes=event.yes, no=event.no, ts_ms=ts_ms)
         elif event.kind == "delta":
             venue.apply_delta(event.ticker, event.side, event.price_e4, event.delta_e2, ts_ms=ts_ms)
+        elif event.kind == "lifecycle":
+            venue.replay_lifecycle(event.frame_type, event.msg or {})
         else:
             venue.apply_trade(
                 event.ticker,
@@ -354,6 +378,8 @@ class JsonlReplaySource(MarketDataSource):
     def _scan(self) -> list[Market]:
         found: dict[str, tuple[str | None, set[int], bool]] = {}
         for event in self.events(warn=False):  # run() reports bad lines, once
+            if event.kind == "lifecycle":
+                continue  # lifecycle messages name markets, they do not define them
             market_id, prices, fractional = found.get(event.ticker, (None, set(), False))
             more_prices, more_fractional = event_prices(event)
             found[event.ticker] = (

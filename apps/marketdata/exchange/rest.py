@@ -1,7 +1,11 @@
-"""The two public REST reads the local exchange serves (kalshi-protocol.md §7).
+"""The public REST reads the local exchange serves (kalshi-protocol.md §7, §8).
 
-Pure functions from (markets, query) to (HTTP status, JSON body); the server wraps them in an
-HTTP response on the same port as the WebSocket.
+``GET /markets`` (list), ``/markets/{ticker}``, ``/markets/{ticker}/orderbook``,
+``/markets/trades``, ``/events/{ticker}``, ``/series/{ticker}``, ``/series/fee_changes`` and
+``/exchange/status``.
+Pure functions from (venue, query) to (HTTP status, JSON body); the server wraps them in an
+HTTP response on the same port as the WebSocket. Market and series fields follow the
+documented Market and Series objects; fields the local exchange has no value for are left out.
 """
 
 from __future__ import annotations
@@ -14,12 +18,20 @@ from urllib.parse import parse_qs, unquote
 
 from apps.marketdata.kalshi.units import PRICE_SCALE, e2_to_count
 
-from .frames import PRICE_STR
-from .markets import Market
+from .frames import PRICE_STR, rfc3339_ms
+from .markets import Market, Series
+from .venue import Venue
 
 REST_PREFIX = "/trade-api/v2"
-# The list filter's vocabulary differs from the Market status field: "open" lists "active".
-_STATUS_FILTERS = ("unopened", "open", "paused", "closed", "settled")
+# The list filter's vocabulary differs from the Market status field: "open" lists "active"
+# (docs.kalshi.com market lifecycle: "closed" is any market past close that is not finalized).
+_STATUS_FILTERS: dict[str, tuple[str, ...]] = {
+    "unopened": ("initialized",),
+    "open": ("active",),
+    "paused": ("inactive",),
+    "closed": ("closed", "determined", "disputed", "amended"),
+    "settled": ("finalized",),
+}
 
 
 class RestError(Exception):
@@ -45,7 +57,7 @@ def market_json(market: Market) -> dict[str, Any]:
         "event_ticker": market.event_ticker,
         "market_type": "binary",
         "title": market.title,
-        "status": "active",
+        "status": market.status,
         "open_time": market.open_time,
         "close_time": market.close_time,
         "expiration_time": market.close_time,
@@ -62,9 +74,37 @@ def market_json(market: Market) -> dict[str, Any]:
         "price_level_structure": market.price_level_structure,
         "price_ranges": [r.as_json() for r in market.price_ranges],
         "fractional_trading_enabled": market.fractional,
-        "result": "",
-        "can_close_early": True,
+        "result": market.result,
+        "can_close_early": market.can_close_early,
+        "settlement_timer_seconds": market.settlement_timer_seconds,
+        **(
+            {"settlement_value_dollars": PRICE_STR[market.settlement_value_e4]}
+            if market.settlement_value_e4 is not None
+            else {}
+        ),
     }
+
+
+def series_json(series: Series) -> dict[str, Any]:
+    """The Series object (``GET /series/{ticker}``); ``fee_multiplier`` is a JSON number."""
+    return {
+        "ticker": series.ticker,
+        "frequency": series.frequency,
+        "title": series.title,
+        "category": series.category,
+        "tags": [],
+        "settlement_sources": [],
+        "contract_url": "",
+        "contract_terms_url": "",
+        "fee_type": series.fee_type,
+        "fee_multiplier": _number(series.fee_multiplier),
+        "additional_prohibitions": [],
+    }
+
+
+def _number(text: str) -> int | float:
+    value = float(text)
+    return int(value) if value.is_integer() else value
 
 
 def _encode_cursor(offset: int) -> str:
@@ -109,7 +149,7 @@ def list_markets(markets: Sequence[Market], query: Mapping[str, str]) -> dict[st
     selected = [
         m
         for m in sorted(markets, key=lambda m: m.ticker)
-        if (not status or status == "open")  # every local market is active
+        if (not status or m.status in _STATUS_FILTERS[status])
         and (tickers is None or m.ticker in tickers)
         and (events is None or m.event_ticker in events)
         and (series is None or m.series_ticker == series)
@@ -135,8 +175,65 @@ def orderbook(market: Market, query: Mapping[str, str]) -> dict[str, Any]:
     return {"orderbook_fp": book}
 
 
-def route(markets: Mapping[str, Market], method: str, path: str, query: str) -> tuple[int, Any]:
-    """(status, body) for a REST request below ``/trade-api/v2``."""
+def list_trades(venue: Venue, query: Mapping[str, str]) -> dict[str, Any]:
+    """``GET /markets/trades``: newest first; ``ticker``, ``min_ts``/``max_ts`` (Unix s),
+    ``limit`` (1..1000, default 100) and ``cursor``."""
+    limit = _int_param(query, "limit", 100, 1, 1000)
+    ticker = query.get("ticker") or None
+    min_ts = _int_param(query, "min_ts", 0, 0, 2**40)
+    max_ts = _int_param(query, "max_ts", 2**40, 0, 2**40)
+    selected = [
+        t
+        for t in reversed(venue.recent_trades)
+        if (ticker is None or t["ticker"] == ticker) and min_ts <= t["ts_ms"] // 1000 <= max_ts
+    ]
+    offset = _decode_cursor(query["cursor"]) if query.get("cursor") else 0
+    page = selected[offset : offset + limit]
+    end = offset + len(page)
+    return {
+        "trades": [
+            {
+                "trade_id": t["trade_id"],
+                "ticker": t["ticker"],
+                "count_fp": e2_to_count(t["count_e2"]),
+                "yes_price_dollars": PRICE_STR[t["yes_price_e4"]],
+                "no_price_dollars": PRICE_STR[PRICE_SCALE - t["yes_price_e4"]],
+                "taker_side": t["taker_side"],
+                "created_time": rfc3339_ms(t["ts_ms"]),
+            }
+            for t in page
+        ],
+        "cursor": _encode_cursor(end) if end < len(selected) else "",
+    }
+
+
+def fee_changes(venue: Venue, query: Mapping[str, str]) -> dict[str, Any]:
+    """``GET /series/fee_changes``: scheduled changes, optionally of one ``series_ticker``."""
+    series = query.get("series_ticker") or None
+    return {
+        "series_fee_change_arr": [
+            {
+                "id": c.id,
+                "series_ticker": c.series_ticker,
+                "fee_type": c.fee_type,
+                "fee_multiplier": _number(c.fee_multiplier),
+                "scheduled_ts": c.scheduled_ts,
+            }
+            for c in venue.fee_changes
+            if series is None or c.series_ticker == series
+        ]
+    }
+
+
+def route(
+    venue: Venue, method: str, path: str, query: str, *, rate_limited: bool = False
+) -> tuple[int, Any]:
+    """(status, body) for a REST request below ``/trade-api/v2``.
+
+    ``rate_limited``: answer 429 with Kalshi's body (the fault knob of the token bucket)."""
+    if rate_limited:
+        return 429, {"error": "too many requests"}
+    markets = venue.by_ticker()
     try:
         if method != "GET":
             raise RestError(405, "method_not_allowed", "the local exchange serves GET only")
@@ -144,7 +241,37 @@ def route(markets: Mapping[str, Market], method: str, path: str, query: str) -> 
         rest = path[len(REST_PREFIX) :].rstrip("/")
         if rest == "/markets":
             return 200, list_markets(list(markets.values()), params)
+        if rest == "/markets/trades":
+            return 200, list_trades(venue, params)
+        if rest == "/exchange/status":
+            return 200, {
+                "exchange_active": True,
+                "trading_active": True,
+                "exchange_estimated_resume_time": None,
+            }
+        if rest == "/series/fee_changes":
+            return 200, fee_changes(venue, params)
         parts = rest.split("/")
+        if len(parts) == 3 and parts[1] == "events":
+            event_ticker = unquote(parts[2])
+            members = [m for m in markets.values() if m.event_ticker == event_ticker]
+            if not members:
+                raise RestError(404, "not_found", f"event {event_ticker} not found")
+            return 200, {
+                "event": {
+                    "event_ticker": event_ticker,
+                    "series_ticker": members[0].series_ticker,
+                    "title": f"Event {event_ticker}",
+                    "sub_title": "",
+                    "mutually_exclusive": False,
+                },
+                "markets": [market_json(m) for m in members],
+            }
+        if len(parts) == 3 and parts[1] == "series":
+            series = venue.series(unquote(parts[2]))
+            if series is None:
+                raise RestError(404, "not_found", f"series {unquote(parts[2])} not found")
+            return 200, {"series": series_json(series)}
         if len(parts) >= 3 and parts[1] == "markets":
             ticker = unquote(parts[2])
             market = markets.get(ticker)

@@ -33,6 +33,8 @@ def build_source(
     speed: float,
     recorded_use_yes_price: bool,
     planted: PlantedConfig | None = None,
+    resolve_after_s: float | None = None,
+    resolve_markets: int = 1,
 ) -> MarketDataSource:
     """The synthetic generator unless a replay or a planted world was asked for (one only).
 
@@ -54,7 +56,14 @@ def build_source(
     if replay_db is not None:
         return replay_db
     return SyntheticSource(
-        SyntheticConfig(markets=markets, rate=rate, seed=seed, max_messages=max_messages)
+        SyntheticConfig(
+            markets=markets,
+            rate=rate,
+            seed=seed,
+            max_messages=max_messages,
+            resolve_after_s=resolve_after_s,
+            resolve_markets=min(resolve_markets, markets),
+        )
     )
 
 

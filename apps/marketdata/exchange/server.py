@@ -80,7 +80,12 @@ class LocalExchange:
         """Load the source's markets into the venue (idempotent; ``running()`` calls it)."""
         if self._prepared:
             return
-        for market in await self.source.prepare():
+        markets = await self.source.prepare()
+        series, fee_changes = self.source.describe_series()
+        for one in series:
+            self.venue.add_series(one)
+        self.venue.fee_changes.extend(fee_changes)
+        for market in markets:
             self.venue.add_market(market)
         self._prepared = True
 
@@ -187,6 +192,10 @@ class LocalExchange:
     def emit_subscription_error(self, *, code: int = 25, sid: int | None = None) -> int:
         return self.fault_injector.emit_subscription_error(code=code, sid=sid)
 
+    def rate_limit_rest(self, requests: int) -> None:
+        """The next ``requests`` REST requests are answered 429 (Kalshi's token bucket)."""
+        self.fault_injector.rate_limit_rest(requests)
+
     # ---- serving --------------------------------------------------------------------------
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
@@ -200,7 +209,10 @@ class LocalExchange:
             return None  # proceed with the WebSocket upgrade
         self.stats.rest_requests += 1
         if path == rest.REST_PREFIX or path.startswith(rest.REST_PREFIX + "/"):
-            status, body = rest.route(self.venue.by_ticker(), request.method, path, query)
+            limited = self.fault_injector.take_rest_rate_limit()
+            if limited:
+                self.stats.rest_rate_limited += 1
+            status, body = rest.route(self.venue, request.method, path, query, rate_limited=limited)
             return _json_response(status, body)
         return _json_response(404, {"error": {"code": "not_found", "message": "not found"}})
 

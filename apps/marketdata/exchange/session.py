@@ -31,7 +31,9 @@ logger = logging.getLogger(__name__)
 
 # Channels Kalshi knows (2026 enum, shared with the client) and the ones this exchange serves.
 KNOWN_CHANNELS = CHANNELS
-SERVED_CHANNELS = ("orderbook_delta", "trade", "ticker")
+SERVED_CHANNELS = ("orderbook_delta", "trade", "ticker", "market_lifecycle_v2")
+# Channels that take no market filter: every market, whatever the subscribe lists (§5).
+ALL_MARKETS_CHANNELS = frozenset({"market_lifecycle_v2"})
 SEQUENCED_CHANNELS = frozenset({"orderbook_delta", "trade"})
 UPDATE_ACTIONS = ("add_markets", "delete_markets", "get_snapshot")
 
@@ -468,15 +470,16 @@ class Session:
         # Everything validated: from here on the command succeeds for every channel.
         for channel in channels:
             existing = self.by_channel.get(channel)
+            wanted = None if channel in ALL_MARKETS_CHANNELS else tickers
             if existing is not None:
-                self._merge(existing, cmd_id, tickers, skip_ticker_ack, initial_ticker)
+                self._merge(existing, cmd_id, wanted, skip_ticker_ack, initial_ticker)
                 continue
-            sub = self.add_subscription(channel, tickers, use_yes_price=use_yes_price)
+            sub = self.add_subscription(channel, wanted, use_yes_price=use_yes_price)
             self.send_control(
                 "subscribed",
                 {"id": cmd_id, "type": "subscribed", "msg": {"channel": channel, "sid": sub.sid}},
             )
-            markets = tickers if tickers is not None else self.venue.tickers()
+            markets = wanted if wanted is not None else self.venue.tickers()
             self.send_initial_data(sub, markets, snapshot=initial_ticker)
 
     def _merge(

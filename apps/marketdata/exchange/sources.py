@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from apps.marketdata.kalshi.units import PRICE_SCALE
 
+from . import frames
 from .errors import ConfigError
-from .markets import Market
+from .markets import FeeChange, Market, Series
 from .venue import Venue
 
 
@@ -32,6 +34,11 @@ class MarketDataSource:
     async def run(self, venue: Venue) -> None:
         """Emit events into ``venue`` until done (or forever); cancelled on shutdown."""
         raise NotImplementedError
+
+    def describe_series(self) -> tuple[list[Series], list[FeeChange]]:
+        """The series (fee settings) and scheduled fee changes; a market whose series is not
+        listed gets a default one (``quadratic``, multiplier 1)."""
+        return [], []
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,23 @@ class SyntheticConfig:
     - ``seed``: the numpy Generator seed; the same seed gives the same event sequence.
     - ``max_messages``: stop after exactly this many messages (None = never).
     - ``initial_levels`` / ``max_levels``: levels per side at start / at most.
+    - Series and fees (kalshi-protocol.md §8): market i belongs to series ``i % 3`` of
+      :data:`SYNTHETIC_SERIES`: ``<series_ticker>`` (``quadratic``, multiplier 1),
+      ``<series_ticker>MK`` (``quadratic_with_maker_fees``, 1) and ``<series_ticker>INX`` (an
+      index series: ``quadratic``, 0.5); one event per series, ``<series>-<event_suffix>``.
+      Markets opened an hour before ``prepare()``; their close time is the end of the event
+      day, except for the ones that resolve.
+    - ``resolve_after_s``: None = nothing happens to markets. Otherwise, that many seconds
+      after ``run()`` starts, the first ``resolve_markets`` markets close early
+      (``close_date_updated``, book emptied) and are ``determined`` (results alternate yes,
+      no; a scalar value for an index-series market), then ``settled`` after
+      ``settle_after_s``; at the same moment market ``resolve_markets`` (when there is one)
+      is ``deactivated`` and, ``settle_after_s`` later, ``activated`` again; the index series'
+      fee multiplier changes to 0.25 (``event_fee_update``; also listed in advance by
+      ``GET /series/fee_changes``); a ``linear_cent`` market that does not resolve moves to
+      ``deci_cent`` (``price_level_structure_updated``); and a new market is listed in a new
+      event (``event_lifecycle``, ``created``). Those markets' close times (REST and
+      ``created``) are ``resolve_after_s`` after ``prepare()``.
     """
 
     markets: int = 8
@@ -57,8 +81,21 @@ class SyntheticConfig:
     event_suffix: str = "26DEC31"
     initial_levels: int = 10
     max_levels: int = 30
+    resolve_after_s: float | None = None
+    resolve_markets: int = 1
+    settle_after_s: float = 1.0
 
     def __post_init__(self) -> None:
+        if self.resolve_after_s is not None and (
+            not isinstance(self.resolve_after_s, int | float)
+            or not math.isfinite(self.resolve_after_s)
+            or self.resolve_after_s < 0
+        ):
+            raise ConfigError(f"resolve_after_s must be >= 0 seconds, got {self.resolve_after_s!r}")
+        if type(self.resolve_markets) is not int or not 0 <= self.resolve_markets <= self.markets:
+            raise ConfigError("resolve_markets must be an integer in 0..markets")
+        if not isinstance(self.settle_after_s, int | float) or not self.settle_after_s >= 0:
+            raise ConfigError(f"settle_after_s must be >= 0 seconds, got {self.settle_after_s!r}")
         if type(self.markets) is not int or not 1 <= self.markets <= 10_000:
             raise ConfigError(f"markets must be an integer in 1..10000, got {self.markets!r}")
         if not isinstance(self.rate, int | float) or not math.isfinite(self.rate) or self.rate < 0:
@@ -72,6 +109,13 @@ class SyntheticConfig:
 
 
 _STRUCTURES = ("linear_cent", "deci_cent", "tapered_deci_cent")
+# (suffix, fee_type, fee_multiplier): one series of each kind (kalshi-protocol.md §8).
+SYNTHETIC_SERIES = (
+    ("", "quadratic", "1"),
+    ("MK", "quadratic_with_maker_fees", "1"),
+    ("INX", "quadratic", "0.5"),
+)
+_INDEX_FEE_AFTER = "0.25"  # the index series' multiplier after its scheduled change
 _P_DRIFT = 0.03
 _P_TRADE = 0.08
 _P_CANCEL = 0.40
@@ -115,26 +159,53 @@ class SyntheticSource(MarketDataSource):
         self._u = _Uniforms(np.random.default_rng(self.config.seed))
         self._states: list[_MarketState] = []
         self.messages_emitted = 0
+        self.series: list[Series] = [
+            Series(f"{self.config.series_ticker}{suffix}", fee_type, multiplier)
+            for suffix, fee_type, multiplier in SYNTHETIC_SERIES
+        ]
+        self._prepared_at = time.time()
+        self.fee_changes: list[FeeChange] = []
 
     # ---- set-up ---------------------------------------------------------------------------
 
     async def prepare(self) -> list[Market]:
         if not self._states:
+            self._prepared_at = time.time()
             self._states = [self._new_market(i) for i in range(self.config.markets)]
+            if self.config.resolve_after_s is not None:
+                index = self.series[2]
+                self.fee_changes.append(
+                    FeeChange(
+                        f"{index.ticker}-FEE-1",
+                        index.ticker,
+                        index.fee_type,
+                        _INDEX_FEE_AFTER,
+                        frames.rfc3339_s(int(self._prepared_at + self.config.resolve_after_s)),
+                    )
+                )
         return [s.market for s in self._states]
 
     def _new_market(self, index: int) -> _MarketState:
         cfg, u = self.config, self._u
         width = max(2, len(str(cfg.markets - 1)))
-        event = f"{cfg.series_ticker}-{cfg.event_suffix}"
+        series = self.series[index % len(self.series)]
+        event = f"{series.ticker}-{cfg.event_suffix}"
         structure = _STRUCTURES[index % 3]
+        resolves = cfg.resolve_after_s is not None and index < cfg.resolve_markets
+        close_s = (
+            int(self._prepared_at + cfg.resolve_after_s)  # type: ignore[operator]
+            if resolves
+            else int(self._prepared_at) + 30 * 86_400
+        )
         market = Market(
             ticker=f"{event}-M{index:0{width}d}",
             event_ticker=event,
-            series_ticker=cfg.series_ticker,
+            series_ticker=series.ticker,
             price_level_structure=structure,
             fractional=structure != "linear_cent",
             title=f"Synthetic market {index}",
+            open_time=frames.rfc3339_s(int(self._prepared_at) - 3600),
+            close_time=frames.rfc3339_s(close_s),
         )
         if structure == "tapered_deci_cent":
             # Straddle the $0.10 (or $0.90) boundary so both tick sizes show up.
@@ -153,6 +224,9 @@ class SyntheticSource(MarketDataSource):
                 levels[price] = self._size(market)
                 price = market.steps_down(price, 1 + int(u() * 2))
         return state
+
+    def describe_series(self) -> tuple[list[Series], list[FeeChange]]:
+        return list(self.series), list(self.fee_changes)
 
     # ---- the random process ---------------------------------------------------------------
 
@@ -242,6 +316,8 @@ class SyntheticSource(MarketDataSource):
         """One random event; returns the messages it emitted (0 .. min(2, budget))."""
         u = self._u
         state = self._states[int(u() * len(self._states))]
+        if state.market.status != "active":
+            return 0  # closed, resolved or paused: nothing trades there
         r = u()
         if r < _P_DRIFT:
             self._drift(state)
@@ -257,6 +333,58 @@ class SyntheticSource(MarketDataSource):
     # ---- pacing ---------------------------------------------------------------------------
 
     async def run(self, venue: Venue) -> None:
+        if self.config.resolve_after_s is None:
+            await self._run_books(venue)
+            return
+        script = asyncio.ensure_future(self._lifecycle(venue))
+        try:
+            await self._run_books(venue)
+            await script
+        finally:
+            script.cancel()
+
+    async def _lifecycle(self, venue: Venue) -> None:
+        """The market lives and deaths of ``SyntheticConfig.resolve_after_s``."""
+        cfg = self.config
+        assert cfg.resolve_after_s is not None
+        await asyncio.sleep(max(0.0, self._prepared_at + cfg.resolve_after_s - time.time()))
+        await venue.gate()
+        resolving = [s.market for s in self._states[: cfg.resolve_markets]]
+        for number, market in enumerate(resolving):
+            venue.close_market(market.ticker)
+            if market.series_ticker == self.series[2].ticker:
+                venue.determine(market.ticker, "scalar", 4_250)
+            else:
+                result = "yes" if number % 2 == 0 else "no"
+                venue.determine(market.ticker, result, PRICE_SCALE if result == "yes" else 0)
+        paused = None
+        if cfg.resolve_markets < cfg.markets:
+            paused = self._states[cfg.resolve_markets].market
+        if paused is not None:
+            venue.set_active(paused.ticker, False)
+        index = self.series[2]
+        venue.change_fees(index.ticker, index.fee_type, _INDEX_FEE_AFTER)
+        for state in self._states[cfg.resolve_markets :]:
+            if state.market.price_level_structure == "linear_cent":
+                venue.set_price_level_structure(state.market.ticker, "deci_cent")
+                break
+        newcomer = Market(
+            ticker=f"{self.series[0].ticker}-{cfg.event_suffix}NEW-M00",
+            event_ticker=f"{self.series[0].ticker}-{cfg.event_suffix}NEW",
+            series_ticker=self.series[0].ticker,
+            title="Synthetic market listed during the run",
+            open_time=frames.rfc3339_s(int(time.time())),
+            close_time=frames.rfc3339_s(int(time.time()) + 86_400),
+        )
+        venue.create_market(newcomer, new_event=True)
+        await asyncio.sleep(cfg.settle_after_s)
+        await venue.gate()
+        for market in resolving:
+            venue.settle(market.ticker)
+        if paused is not None:
+            venue.set_active(paused.ticker, True)
+
+    async def _run_books(self, venue: Venue) -> None:
         cfg = self.config
         if cfg.rate <= 0:
             return

@@ -25,6 +25,8 @@ class ExchangeStats:
     gaps_injected: int = 0
     stalls: int = 0
     subscription_errors: int = 0
+    lifecycle_messages: int = 0  # market_lifecycle_v2 channel frames produced (before fan-out)
+    rest_rate_limited: int = 0  # REST requests answered 429 by the fault knob
 
     def as_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -15,18 +15,21 @@ depend on this module, and it depends on none of them.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections import deque
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, Protocol
 
-from apps.marketdata.kalshi.units import PRICE_SCALE
+from apps.marketdata.kalshi.units import PRICE_SCALE, dollars_to_e4
 
 from . import frames
 from .errors import MarketError
-from .markets import Market, book_from_levels
+from .markets import PRICE_LEVEL_STRUCTURES, FeeChange, Market, Series, book_from_levels
 from .stats import ExchangeStats
+
+LIFECYCLE = "market_lifecycle_v2"
 
 
 class Connection(Protocol):
@@ -63,13 +66,23 @@ class Venue:
         self._start_paused = start_paused
         self._markets: dict[str, Market] = {}
         self._ids: dict[str, str] = {}
-        # Subscriptions by channel and market, plus the all-markets ones (trade, ticker).
+        self._series: dict[str, Series] = {}
+        self.fee_changes: list[FeeChange] = []
+        # Recent public trades for GET /markets/trades, newest last (bounded).
+        self.recent_trades: deque[dict[str, Any]] = deque(maxlen=10_000)
+        # Subscriptions by channel and market, plus the all-markets ones (trade, ticker,
+        # and market_lifecycle_v2, which takes no market filter).
         self._by_market: dict[str, dict[str, set[Subscriber]]] = {
             "orderbook_delta": {},
             "trade": {},
             "ticker": {},
+            LIFECYCLE: {},
         }
-        self._all_markets: dict[str, set[Subscriber]] = {"trade": set(), "ticker": set()}
+        self._all_markets: dict[str, set[Subscriber]] = {
+            "trade": set(),
+            "ticker": set(),
+            LIFECYCLE: set(),
+        }
         self._connections: set[Connection] = set()
         self._unpaused: asyncio.Event | None = None
 
@@ -80,6 +93,18 @@ class Venue:
             raise MarketError(f"market {market.ticker} is defined twice")
         self._markets[market.ticker] = market
         self._ids[market.market_id] = market.ticker
+        if market.series_ticker not in self._series:
+            self._series[market.series_ticker] = Series(market.series_ticker)
+
+    def add_series(self, series: Series) -> None:
+        self._series[series.ticker] = series
+
+    def series(self, ticker: str) -> Series | None:
+        """The series (a market's series is created with defaults when none was given)."""
+        return self._series.get(ticker)
+
+    def series_by_ticker(self) -> Mapping[str, Series]:
+        return MappingProxyType(self._series)
 
     def has_market(self, ticker: str) -> bool:
         return ticker in self._markets
@@ -161,15 +186,27 @@ class Venue:
             raise MarketError(f"{ticker}: bad trade {yes_price_e4=} {count_e2=}")
         market.record_trade(yes_price_e4, count_e2)
         self.stats.source_messages += 1
+        trade_id = trade_id or str(uuid.uuid4())
+        ts_ms = ts_ms or frames.now_ms()
+        self.recent_trades.append(
+            {
+                "trade_id": trade_id,
+                "ticker": ticker,
+                "yes_price_e4": yes_price_e4,
+                "count_e2": count_e2,
+                "taker_side": taker_side,
+                "ts_ms": ts_ms,
+            }
+        )
         subs = self._subscribers("trade", ticker)
         if subs:
             body = frames.trade_body(
                 market,
-                trade_id=trade_id or str(uuid.uuid4()),
+                trade_id=trade_id,
                 yes_price_e4=yes_price_e4,
                 count_e2=count_e2,
                 taker_side=taker_side,
-                ts_ms=ts_ms or frames.now_ms(),
+                ts_ms=ts_ms,
             )
             for sub in subs:
                 sub.session.send_data(sub, "trade", body)
@@ -225,6 +262,116 @@ class Venue:
         body = frames.ticker_body(market, ts_ms or frames.now_ms())
         for sub in subs:
             sub.session.send_unsequenced(sub, "ticker", body)
+
+    # ---- market lifecycle (market_lifecycle_v2, kalshi-protocol.md §5, §9) ----------------
+
+    def publish_lifecycle(self, kind: str, body: str) -> None:
+        """One frame of type ``kind`` to every lifecycle subscriber (no seq, like the doc)."""
+        self.stats.lifecycle_messages += 1
+        for sub in tuple(self._all_markets[LIFECYCLE]):
+            sub.session.send_unsequenced(sub, kind, body)
+
+    def market_event(self, ticker: str, event_type: str, **fields: Any) -> None:
+        """A ``market_lifecycle_v2`` message about ``ticker``."""
+        market = self.market(ticker)
+        self.publish_lifecycle(LIFECYCLE, frames.lifecycle_body(market, event_type, **fields))
+
+    def create_market(self, market: Market, *, new_event: bool = False) -> None:
+        """A market listed while running: ``event_lifecycle`` (for a new event), ``created``."""
+        self.add_market(market)
+        if new_event:
+            self.publish_lifecycle(
+                "event_lifecycle",
+                frames.event_lifecycle_body(
+                    market.event_ticker, market.series_ticker, f"Event {market.event_ticker}"
+                ),
+            )
+        self.market_event(market.ticker, "created", **frames.created_fields(market))
+
+    def set_active(self, ticker: str, active: bool) -> None:
+        """Pause (``deactivated``) or unpause (``activated``) trading in a market."""
+        market = self.market(ticker)
+        market.status = "active" if active else "inactive"
+        self.market_event(
+            ticker, "activated" if active else "deactivated", is_deactivated=not active
+        )
+
+    def close_market(self, ticker: str, *, ts_ms: int | None = None) -> None:
+        """Close early: the close time moves to now (``close_date_updated``), the book is
+        emptied (closing cancels resting orders) and the status is ``closed``."""
+        market = self.market(ticker)
+        close_s = (ts_ms or frames.now_ms()) // 1000
+        market.close_time = frames.rfc3339_s(close_s)
+        market.status = "closed"
+        self.market_event(ticker, "close_date_updated", close_ts=close_s)
+        self.set_book(ticker, yes=None, no=None, ts_ms=ts_ms)
+
+    def determine(self, ticker: str, result: str, settlement_value_e4: int) -> None:
+        """The result is known: ``determined`` with result and settlement value."""
+        if result not in ("yes", "no", "scalar"):
+            raise MarketError(f"{ticker}: result must be yes, no or scalar, got {result!r}")
+        if not 0 <= settlement_value_e4 <= PRICE_SCALE:
+            raise MarketError(f"{ticker}: settlement value {settlement_value_e4} outside [0, 1]")
+        market = self.market(ticker)
+        market.status = "determined"
+        market.result = result
+        market.settlement_value_e4 = settlement_value_e4
+        self.market_event(
+            ticker,
+            "determined",
+            result=result,
+            settlement_value=frames.PRICE_STR[settlement_value_e4],
+            determination_ts=frames.now_ms() // 1000,
+        )
+
+    def settle(self, ticker: str) -> None:
+        market = self.market(ticker)
+        market.status = "finalized"
+        self.market_event(ticker, "settled", settled_ts=frames.now_ms() // 1000)
+
+    def set_price_level_structure(self, ticker: str, structure: str) -> None:
+        if structure not in PRICE_LEVEL_STRUCTURES:
+            raise MarketError(f"{ticker}: unknown price_level_structure {structure!r}")
+        market = self.market(ticker)
+        market.price_level_structure = structure
+        market.price_ranges = PRICE_LEVEL_STRUCTURES[structure]
+        self.market_event(ticker, "price_level_structure_updated", price_level_structure=structure)
+
+    def replay_lifecycle(self, kind: str, msg: Mapping[str, Any]) -> None:
+        """A recorded lifecycle message, sent again as it was (a replay): the markets it
+        names that this venue holds take the state it announces, so REST agrees."""
+        ticker = msg.get("market_ticker")
+        market = self._markets.get(ticker) if isinstance(ticker, str) else None
+        event_type = msg.get("event_type")
+        if market is not None and kind == LIFECYCLE:
+            if event_type == "determined" and msg.get("result") in ("yes", "no", "scalar"):
+                market.status, market.result = "determined", msg["result"]
+                value = msg.get("settlement_value")
+                if isinstance(value, str):
+                    market.settlement_value_e4 = dollars_to_e4(value)
+            elif event_type == "settled":
+                market.status = "finalized"
+            elif event_type in ("activated", "deactivated"):
+                market.status = "active" if event_type == "activated" else "inactive"
+            elif event_type == "close_date_updated" and type(msg.get("close_ts")) is int:
+                market.close_time = frames.rfc3339_s(msg["close_ts"])
+                if msg["close_ts"] * 1000 <= frames.now_ms() and market.status == "active":
+                    market.status = "closed"
+        self.publish_lifecycle(kind, json.dumps(dict(msg), separators=(",", ":")))
+
+    def change_fees(self, series_ticker: str, fee_type: str, fee_multiplier: str) -> None:
+        """A series' fee settings change now: one ``event_fee_update`` per event of it."""
+        series = self._series[series_ticker]
+        series.fee_type, series.fee_multiplier = fee_type, fee_multiplier
+        now_s = frames.now_ms() // 1000
+        events = dict.fromkeys(
+            m.event_ticker for m in self._markets.values() if m.series_ticker == series_ticker
+        )
+        for event in events:
+            self.publish_lifecycle(
+                "event_fee_update",
+                frames.event_fee_body(event, series_ticker, fee_type, fee_multiplier, now_s),
+            )
 
     # ---- subscription index (called by sessions) ------------------------------------------
 

@@ -27,7 +27,9 @@ One :class:`KalshiClient` owns one logical feed (a list of markets). It keeps on
 * A dropped or silent socket (no pong within ``ping_timeout_s``) reconnects with exponential
   backoff and full jitter, then resubscribes everything on a new connection id.
 
-No Django here: the sink is the only bridge to storage.
+No Django here: the sink is the only bridge to storage. Above 700 lines on purpose: one
+connection's state machine (sid ownership, seq checks, resyncs, reconnects) is one invariant,
+and splitting it would spread that invariant over modules.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from apps.marketdata.kalshi.commands import CommandBuilder
 from apps.marketdata.kalshi.messages import (
     ErrorMessage,
     FrameDecoder,
+    Lifecycle,
     Ok,
     OrderbookDelta,
     OrderbookSnapshot,
@@ -69,6 +72,8 @@ log = logging.getLogger(__name__)
 
 ORDERBOOK = "orderbook_delta"
 TRADE = "trade"
+# No market filter (documented): the client subscribes it for every market.
+LIFECYCLE = "market_lifecycle_v2"
 FATAL_SUB_ERRORS = frozenset({10, 17, 25})
 
 # Marker kinds reported to the sink (stored in rl_recording_events by the recorder).
@@ -88,8 +93,10 @@ _CHANNEL_OF: dict[type, str] = {
     OrderbookDelta: ORDERBOOK,
     OrderbookSnapshot: ORDERBOOK,
     Trade: TRADE,
+    Lifecycle: LIFECYCLE,
 }
 _FRAME_NAME: dict[type, str] = {
+    Lifecycle: "lifecycle",
     OrderbookDelta: "orderbook_delta",
     OrderbookSnapshot: "orderbook_snapshot",
     Trade: "trade",
@@ -124,6 +131,8 @@ class FeedSink(Protocol):
     def on_delta(self, connection_id: uuid.UUID, msg: OrderbookDelta, received_ns: int) -> None: ...
 
     def on_trade(self, connection_id: uuid.UUID, msg: Trade, received_ns: int) -> None: ...
+
+    def on_lifecycle(self, connection_id: uuid.UUID, msg: Lifecycle, received_ns: int) -> None: ...
 
     def on_event(
         self,
@@ -177,6 +186,7 @@ class ClientStats:
     snapshots: int = 0
     deltas: int = 0
     trades: int = 0
+    lifecycle: int = 0
     acks: int = 0
     malformed: int = 0
     malformed_reasons: dict[str, int] = field(default_factory=dict)  # ProtocolError.code -> n
@@ -439,6 +449,9 @@ class KalshiClient:
                 self.sink.on_trade(self.connection_id, msg, received_ns)
             elif kind is OrderbookSnapshot:
                 self._on_snapshot(msg, received_ns)
+            elif kind is Lifecycle:
+                stats.lifecycle += 1
+                self.sink.on_lifecycle(self.connection_id, msg, received_ns)
             elif kind is Subscribed:
                 stats.acks += 1
                 self._on_subscribed(msg)
@@ -709,7 +722,7 @@ class KalshiClient:
         for channel in channels:
             cmd = self._commands.subscribe(
                 [channel],
-                markets,
+                None if channel == LIFECYCLE else markets,
                 use_yes_price=self.config.use_yes_price if channel == ORDERBOOK else None,
             )
             self._pending_cmds[cmd.id] = (channel, list(markets))

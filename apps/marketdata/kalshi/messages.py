@@ -35,6 +35,13 @@ what it accepts is bounded explicitly, each bound with its own message and ``cod
 * text that is stored (tickers, trade ids) holds no U+0000, which PostgreSQL text refuses
   (``bad_text``).
 
+Above 700 lines on purpose: the schemas, converters and bounds of the decoder stay together
+so each bound sits beside the field it guards (lifecycle frames already live apart).
+
+Lifecycle frames (``market_lifecycle_v2``, ``event_lifecycle``, ``event_fee_update``) are
+modelled in :mod:`.lifecycle` and decode into its :class:`~.lifecycle.Lifecycle` message,
+under the same bounds plus that module's own.
+
 No Django here. The decode path for deltas is kept short on purpose: it runs for every
 message the recorder receives (see ``benchmarks/bench_book.py``); the bounds on it are
 msgspec constraints checked in C, one ``in`` test on the ticker, and a length check on unit
@@ -49,6 +56,8 @@ from typing import Annotated, Final, Literal
 
 import msgspec
 
+from apps.marketdata.kalshi import lifecycle
+from apps.marketdata.kalshi.lifecycle import Lifecycle, LifecycleReject
 from apps.marketdata.kalshi.units import (
     PRICE_SCALE,
     UnitError,
@@ -63,6 +72,7 @@ from apps.marketdata.kalshi.units import (
 __all__ = [
     "ErrorMessage",
     "FrameDecoder",
+    "Lifecycle",
     "Message",
     "Ok",
     "OrderbookDelta",
@@ -265,6 +275,7 @@ Message = (
     | ErrorMessage
     | Trade
     | Ticker
+    | Lifecycle
     | UnknownMessage
 )
 
@@ -450,16 +461,22 @@ _WireFrame = (
     | _ErrorFrame
     | _TradeFrame
     | _TickerFrame
+    | lifecycle.MarketFrame
+    | lifecycle.EventFrame
+    | lifecycle.FeeFrame
 )
 _KNOWN_TYPES: Final = frozenset(
     cls.__struct_config__.tag
     for cls in _WireFrame.__args__  # type: ignore[attr-defined]
 )
+_LIFECYCLE_FRAMES: Final = frozenset(lifecycle.WIRE_FRAMES)
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS: Final = timedelta(milliseconds=1)
 _WINDOW: Final = "2000-01-01..2100-01-01 UTC"
-_TS_FIELDS: Final = frozenset({"ts", "ts_ms", "sending_ts_ms"})
+_TS_FIELDS: Final = frozenset(
+    {"ts", "ts_ms", "sending_ts_ms", "open_ts", "close_ts", "determination_ts", "settled_ts"}
+)
 # msgspec's message for a violated numeric or length bound, e.g.
 # "Expected `int` >= 946684800000 - at `$.msg.ts_ms`" or "Expected `array` of length <= 9999".
 _BOUND_ERROR = re.compile(
@@ -648,8 +665,10 @@ class FrameDecoder:
                     frame.sending_ts_ms,
                     m.client_order_id,
                 )
+            if type(frame) in _LIFECYCLE_FRAMES:
+                return lifecycle.convert(frame, raw)
             return self._handlers[type(frame)](frame)
-        except (_Reject, UnitError) as exc:
+        except (_Reject, LifecycleReject, UnitError) as exc:
             raise ProtocolError(
                 f"{frame.__struct_config__.tag} frame rejected: {exc}", raw, code=exc.code
             ) from None
@@ -728,7 +747,7 @@ def _field_error(kind: str, exc: BaseException, raw: bytes | str) -> ProtocolErr
         if field in _TS_FIELDS and bound.group("type") == "int":
             return ProtocolError(
                 f"{kind} frame rejected: {path[2:]} is outside the accepted window {_WINDOW} "
-                f"(Unix ms {MIN_TS_MS}..{MAX_TS_MS}, seconds for a trade's ts)",
+                f"(Unix ms {MIN_TS_MS}..{MAX_TS_MS}, seconds for ts and lifecycle *_ts)",
                 raw,
                 code="timestamp_out_of_range",
             )

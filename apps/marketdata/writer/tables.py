@@ -68,6 +68,72 @@ class TradeRow(NamedTuple):
     received_at: datetime
 
 
+class LifecycleRow(NamedTuple):
+    """One ``market_lifecycle_v2`` channel frame -> ``rl_market_lifecycle`` (raw + parsed)."""
+
+    connection_id: uuid.UUID
+    sid: int
+    seq: int | None
+    local_seq: int
+    kind: str
+    event_type: str
+    market_ticker: str
+    event_ticker: str
+    series_ticker: str
+    result: str
+    settlement_value_e4: int | None
+    open_ts: datetime | None
+    close_ts: datetime | None
+    event_ts: datetime | None
+    is_deactivated: bool | None
+    can_close_early: bool | None
+    price_level_structure: str
+    fee_type: str
+    fee_multiplier_e4: int | None
+    exchange_ts: datetime | None
+    received_at: datetime
+    raw: str
+
+
+class MarketInfoRow(NamedTuple):
+    """A market's REST description -> ``rl_markets`` (upserted on ticker, newest wins)."""
+
+    ticker: str
+    event_ticker: str
+    series_ticker: str
+    status: str
+    open_time: datetime | None
+    close_time: datetime | None
+    can_close_early: bool | None
+    result: str
+    settlement_value_e4: int | None
+    price_level_structure: str
+    price_ranges: list[dict[str, str]]
+    raw: str
+    fetched_at: datetime
+
+
+class SeriesFeesRow(NamedTuple):
+    """A series' fee settings -> ``rl_series_fees`` (upserted on series, newest wins)."""
+
+    series_ticker: str
+    fee_type: str
+    fee_multiplier_e4: int
+    raw: str
+    fetched_at: datetime
+
+
+class FeeChangeRow(NamedTuple):
+    """A scheduled series fee change -> ``rl_series_fee_changes`` (upserted on its id)."""
+
+    change_id: str
+    series_ticker: str
+    fee_type: str
+    fee_multiplier_e4: int
+    scheduled_ts: datetime
+    fetched_at: datetime
+
+
 class EventRow(NamedTuple):
     """A recording marker (gap, resync, disconnect, ...) -> ``rl_recording_events``."""
 
@@ -114,6 +180,7 @@ class WorkerStatusRow(NamedTuple):
 DELTA: Final = "delta"
 SNAPSHOT: Final = "snapshot"
 TRADE: Final = "trade"
+LIFECYCLE: Final = "lifecycle"
 EVENT: Final = "event"
 # Recording metadata, written through the same queue and spill as the market data so that
 # nothing on the recorder's event loop ever waits on the database for it. Keys name spill
@@ -121,6 +188,9 @@ EVENT: Final = "event"
 CONNECTION: Final = "connection"  # a connection opened: inserted, never overwritten
 CONNECTION_CLOSE: Final = "connclose"  # its close record: inserted or sets closed_at/reason
 WORKER_STATUS: Final = "workerstatus"  # a heartbeat: the latest per worker name wins
+MARKET_INFO: Final = "marketinfo"  # REST metadata of a market: the latest fetch wins
+SERIES_FEES: Final = "seriesfees"  # a series' fee settings: the latest fetch wins
+FEE_CHANGE: Final = "feechange"  # a scheduled fee change: the latest fetch wins
 
 
 @dataclass(frozen=True)
@@ -202,6 +272,48 @@ _CONNECTION_OPEN: Final = TableSpec(
 )
 
 TABLES: Final[dict[str, TableSpec]] = {
+    MARKET_INFO: TableSpec(
+        MARKET_INFO,
+        "rl_markets",
+        "marketdata.MarketInfo",
+        MarketInfoRow,
+        (
+            "varchar varchar varchar varchar timestamptz timestamptz bool varchar int4 "
+            "varchar jsonb text timestamptz"
+        ).split(),
+        time_index=None,
+        exchange_ts_index=None,
+        conflict_columns=("ticker",),
+        newer_column="fetched_at",
+        update_columns=MarketInfoRow._fields[1:],
+        metadata=True,
+    ),
+    SERIES_FEES: TableSpec(
+        SERIES_FEES,
+        "rl_series_fees",
+        "marketdata.SeriesFees",
+        SeriesFeesRow,
+        "varchar varchar int4 text timestamptz".split(),
+        time_index=None,
+        exchange_ts_index=None,
+        conflict_columns=("series_ticker",),
+        newer_column="fetched_at",
+        update_columns=SeriesFeesRow._fields[1:],
+        metadata=True,
+    ),
+    FEE_CHANGE: TableSpec(
+        FEE_CHANGE,
+        "rl_series_fee_changes",
+        "marketdata.SeriesFeeChange",
+        FeeChangeRow,
+        "varchar varchar varchar int4 timestamptz timestamptz".split(),
+        time_index=None,
+        exchange_ts_index=None,
+        conflict_columns=("change_id",),
+        newer_column="fetched_at",
+        update_columns=FeeChangeRow._fields[1:],
+        metadata=True,
+    ),
     DELTA: TableSpec(
         DELTA,
         "rl_orderbook_deltas",
@@ -231,6 +343,20 @@ TABLES: Final[dict[str, TableSpec]] = {
         time_index=10,
         exchange_ts_index=9,
         conflict_columns=_MESSAGE_KEY,
+    ),
+    LIFECYCLE: TableSpec(
+        LIFECYCLE,
+        "rl_market_lifecycle",
+        "marketdata.MarketLifecycle",
+        LifecycleRow,
+        (
+            "uuid int8 int8 int8 varchar varchar varchar varchar varchar varchar int4 "
+            "timestamptz timestamptz timestamptz bool bool varchar varchar int4 "
+            "timestamptz timestamptz text"
+        ).split(),
+        time_index=20,
+        exchange_ts_index=19,
+        conflict_columns=("connection_id", "local_seq"),
     ),
     EVENT: TableSpec(
         EVENT,

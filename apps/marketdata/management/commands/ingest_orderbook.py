@@ -42,6 +42,12 @@ class Command(BaseCommand):
             "--no-trades", action="store_true", help="do not record the trade channel"
         )
         parser.add_argument(
+            "--no-lifecycle",
+            action="store_true",
+            help="do not record the market_lifecycle_v2 channel (market metadata and fees "
+            "are still fetched over REST)",
+        )
+        parser.add_argument(
             "--batch-rows", type=positive_int, default=None, help="rows per database batch"
         )
         parser.add_argument(
@@ -70,6 +76,7 @@ class Command(BaseCommand):
             duration_s=opts["duration"],
             use_yes_price=opts["use_yes_price"],
             record_trades=not opts["no_trades"],
+            record_lifecycle=not opts["no_lifecycle"],
             batch_rows=opts["batch_rows"],
             flush_interval_s=opts["flush_interval"],
             snapshot_interval_s=opts["snapshot_interval"],

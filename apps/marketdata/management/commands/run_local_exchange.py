@@ -41,6 +41,17 @@ class Command(BaseCommand):
         src.add_argument(
             "--max-messages", type=int, default=None, help="stop generating after this many"
         )
+        src.add_argument(
+            "--resolve-after",
+            type=float,
+            default=None,
+            metavar="SECONDS",
+            help="synthetic markets close, resolve and settle this long after the start "
+            "(market_lifecycle_v2); default: never",
+        )
+        src.add_argument(
+            "--resolve-markets", type=int, default=1, help="how many markets resolve (default 1)"
+        )
         src.add_argument("--replay-jsonl", metavar="PATH", help="replay a JSONL capture")
         src.add_argument(
             "--replay-db", action="store_true", help="replay recorded books from the database"
@@ -111,6 +122,8 @@ class Command(BaseCommand):
                 rate=options["rate"],
                 seed=options["seed"],
                 max_messages=options["max_messages"],
+                resolve_after_s=options["resolve_after"],
+                resolve_markets=options["resolve_markets"],
                 replay_jsonl=options["replay_jsonl"],
                 replay_db=DbReplaySource(
                     speed=options["speed"],
