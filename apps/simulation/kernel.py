@@ -32,6 +32,10 @@ redeemed for $1 each (Kalshi nets them). Selling removes ``cost × sold / held``
 basis, rounded down to $0.000001 (the rest stays with the contracts still held). A limit only
 blocks an order that makes its own measure worse, so a position over a limit can always be
 reduced.
+
+Size: just over 700 lines, on purpose: the rules are one compiled unit whose functions call
+each other inside numba (``_decide`` from ``execute_all`` and ``action_masks``, the settlement
+and marks from the step); keeping them in one module keeps one reading order and one cache.
 """
 
 from __future__ import annotations
