@@ -654,3 +654,35 @@ def test_a_rejected_price_names_the_frame_type_and_the_value(decoder: FrameDecod
     with pytest.raises(ProtocolError) as caught:
         decoder.decode(_delta_with(price_dollars="1.5"))
     assert caught.value.reason == "orderbook_delta frame rejected: price '1.5' is above $1.00"
+
+
+@pytest.mark.parametrize(
+    ("multiplier", "expected"), [("0.5", 5_000), ("0.25", 2_500), ("1", 10_000), (0, 0)]
+)
+def test_a_fee_update_multiplier_is_read_as_a_number_or_a_decimal_string(
+    decoder: FrameDecoder, multiplier: object, expected: int
+) -> None:
+    frame = json.dumps(
+        {
+            "type": "event_fee_update",
+            "sid": 3,
+            "msg": {"event_ticker": "KXA-26", "fee_multiplier_override": multiplier},
+        }
+    )
+    message = decoder.decode(frame)
+    assert isinstance(message, Lifecycle) and message.fee_multiplier_e4 == expected
+
+
+@pytest.mark.parametrize("multiplier", ["x", "1e999", "-1", "0.00001", "NaN", True])
+def test_a_fee_update_multiplier_that_is_not_one_is_a_counted_protocol_error(
+    decoder: FrameDecoder, multiplier: object
+) -> None:
+    frame = json.dumps(
+        {
+            "type": "event_fee_update",
+            "sid": 3,
+            "msg": {"event_ticker": "KXA-26", "fee_multiplier_override": multiplier},
+        }
+    )
+    with pytest.raises(ProtocolError):
+        decoder.decode(frame)

@@ -130,7 +130,9 @@ class _FeeBody(msgspec.Struct, gc=False):
     event_ticker: _Ticker
     series_ticker: _Ticker | None = None
     fee_type_override: _Word | None = None
-    fee_multiplier_override: _Multiplier | None = None
+    # A JSON number in the SDKs; a decimal string is accepted too (Kalshi writes other
+    # decimals as strings), so a change of encoding does not lose the message.
+    fee_multiplier_override: _Multiplier | Annotated[str, msgspec.Meta(max_length=32)] | None = None
     ts: _TsS | None = None
 
 
@@ -156,13 +158,15 @@ def _ms(seconds: int | None) -> int | None:
     return None if seconds is None else seconds * 1000
 
 
-def _multiplier_e4(value: float | None) -> int | None:
+def _multiplier_e4(value: float | str | None) -> int | None:
     if value is None:
         return None
     try:
-        scaled = Decimal(repr(value)) * 10_000
-    except InvalidOperation:  # pragma: no cover - msgspec only hands finite floats
+        scaled = Decimal(value if isinstance(value, str) else repr(value)) * 10_000
+    except InvalidOperation:
         raise LifecycleReject(f"fee multiplier {value!r} is not a number") from None
+    if not scaled.is_finite() or not 0 <= scaled <= 1_000_000:
+        raise LifecycleReject(f"fee multiplier {value!r} is outside 0..100")
     if scaled != scaled.to_integral_value():
         raise LifecycleReject(f"fee multiplier {value!r} has more than 4 decimals")
     return int(scaled)
