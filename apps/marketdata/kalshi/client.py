@@ -1,9 +1,5 @@
 """The Kalshi market-data client: connect -> sign -> subscribe -> read, with its own watchdogs.
 
-(Over 700 lines on purpose: the rules below share one state machine per connection — sids,
-seq tracking, books awaiting snapshots, resyncs — and each rule's code reads that state;
-split by rule, every part would reach into the others.)
-
 One :class:`KalshiClient` owns one logical feed (a list of markets). It keeps one in-memory
 :class:`~apps.marketdata.kalshi.book.OrderBook` per market and hands every frame it receives to a
 :class:`FeedSink` (the recorder stores them; tests and the demo print them). Rules:

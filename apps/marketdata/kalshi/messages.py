@@ -1,9 +1,5 @@
 """Typed parsing of Kalshi WebSocket server frames (kalshi-protocol.md §3, §4, §5).
 
-(Over 700 lines on purpose: the public message types, their private wire schemas and the
-bounded decoder are one contract, each bound written beside the field it bounds; split, a
-reader would have to hold three files to check one field.)
-
 One call, :meth:`FrameDecoder.decode`, turns a raw frame into one of the frozen structs below,
 already in the product's fixed-point units (see :mod:`.units`): prices are ``price_e4``
 (10_000 = $1.00), sizes ``size_e2`` (100 = one contract), times ``*_ms`` (Unix milliseconds).
