@@ -8,16 +8,17 @@ from/to time filter to the millisecond. Formats come from :mod:`apps.ui.formatti
 from __future__ import annotations
 
 from django.contrib import admin
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest
 
 from apps.trading.models import TradingAction
 from apps.training.services import episode_may_go
 from apps.ui import formatting
 from apps.ui.admin_filters import TimeRangeFilter
+from apps.ui.admin_records import RecordPageMixin
 
 
 @admin.register(TradingAction)
-class TradingActionAdmin(admin.ModelAdmin):
+class TradingActionAdmin(RecordPageMixin, admin.ModelAdmin):
     list_display = (
         "time_ms",
         "market_ticker",
@@ -78,17 +79,6 @@ class TradingActionAdmin(admin.ModelAdmin):
         if obj is None or not episode_may_go(obj.episode):
             return False
         return super().has_delete_permission(request, obj)
-
-    def change_view(
-        self,
-        request: HttpRequest,
-        object_id: str,
-        form_url: str = "",
-        extra_context: dict | None = None,
-    ) -> HttpResponse:
-        # A record: no Save, and no Delete link (a decision goes only with its model).
-        context = {**(extra_context or {}), "show_delete": False}
-        return super().change_view(request, object_id, form_url, context)
 
     @admin.display(description="time (UTC)", ordering="time")
     def time_ms(self, obj: TradingAction) -> str:

@@ -25,6 +25,7 @@ from apps.training.models import ModelStatus, RLModel, TradingEpisode
 from apps.training.spec import MAX_MARKETS, SpecError
 from apps.ui import formatting
 from apps.ui.admin_filters import TimeRangeFilter
+from apps.ui.admin_records import RecordPageMixin
 
 
 def episode_plot_img(episode: TradingEpisode, *, width_px: int) -> str:
@@ -502,7 +503,7 @@ class RLModelAdmin(admin.ModelAdmin):
 
 
 @admin.register(TradingEpisode)
-class TradingEpisodeAdmin(EpisodeFormats, admin.ModelAdmin):
+class TradingEpisodeAdmin(RecordPageMixin, EpisodeFormats, admin.ModelAdmin):
     list_display = (
         "__str__",
         "model",
@@ -534,18 +535,6 @@ class TradingEpisodeAdmin(EpisodeFormats, admin.ModelAdmin):
         "positions_display",
     )
     readonly_fields = fields
-
-    def change_view(
-        self,
-        request: HttpRequest,
-        object_id: str,
-        form_url: str = "",
-        extra_context: dict | None = None,
-    ) -> HttpResponse:
-        # A record, not a form: no Save and no Delete link (an episode goes only with its
-        # model, from the model's deletion page).
-        context = {**(extra_context or {}), "show_delete": False}
-        return super().change_view(request, object_id, form_url, context)
 
     @admin.display(description="markets")
     def markets_display(self, obj: TradingEpisode) -> str:
