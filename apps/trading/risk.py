@@ -20,10 +20,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import numpy as np
 
+from apps.marketdata.kalshi.units import utc_from_ns
 from apps.simulation.layout import A_EXPOSURE, P_NO, P_YES
 from apps.simulation.portfolio import Portfolio
 from apps.trading.hotpath import first_over_position
@@ -180,11 +180,7 @@ class KillSwitch:
 
     def as_dict(self) -> dict[str, object]:
         """The switch's state for /rl/status."""
-        at = (
-            datetime.fromtimestamp(self.engaged_at_ns / 1e9, UTC).isoformat()
-            if self.engaged_at_ns is not None
-            else None
-        )
+        at = utc_from_ns(self.engaged_at_ns).isoformat() if self.engaged_at_ns is not None else None
         return {
             "engaged": self.engaged,
             "reason": self.reason,

@@ -20,13 +20,13 @@ import shutil
 import socket
 import traceback
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from django.db import transaction
 from django.utils import timezone
 
+from apps.marketdata.kalshi.units import utc_from_ns
 from apps.simulation.history import RecordedHistory
 from apps.simulation.loader import load
 from apps.training.models import (
@@ -131,10 +131,6 @@ def mark_failed(model_id: int, exc: BaseException) -> None:
     )
 
 
-def _dt(ns: int) -> datetime:
-    return datetime.fromtimestamp(ns / 1e9, UTC)
-
-
 def _require_data(history: RecordedHistory, window: str) -> None:
     """Training on a window with no trusted book teaches nothing: fail with the reason."""
     empty = [m for j, m in enumerate(history.markets) if not history.trusted[:, j].any()]
@@ -169,8 +165,8 @@ def mark_ready(model_id: int, outcome: TrainOutcome, out_dir: Path) -> str:
                 model=model,
                 mode=EpisodeMode.EVALUATION,
                 markets=spec.markets,
-                started_at=_dt(r.start_time_ns),
-                ended_at=_dt(r.end_time_ns),
+                started_at=utc_from_ns(r.start_time_ns),
+                ended_at=utc_from_ns(r.end_time_ns),
                 steps=r.steps,
                 total_reward=r.total_reward,
                 total_return=r.total_return,
